@@ -1,0 +1,448 @@
+"""Step outputs on disk: atomic writes, Parquet table directories, manifests and the resolved config.
+
+Every step writes one output directory. A directory is *complete* only when its `manifest.json`
+exists and lists files that are all present with their recorded sizes: the manifest is written last,
+after every other file was renamed into place, so a crash at any moment leaves either the previous
+complete output or something that no reader will take for complete.
+
+A *table* is a directory of `part-NNNNN.parquet` files plus its own manifest; Ray Data, pyarrow and
+pandas all read such a directory directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from densekit import __version__
+from densekit.errors import ConfigError, IncompleteOutputError, InputError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+CONFIG = "config.yaml"
+PART = "part-{:05d}.parquet"
+
+
+# --- atomic files and directories ------------------------------------------------------------------
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns() % 10**9}")
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it to `path`, on error delete it.
+
+    The caller writes a file (or a directory) at the yielded path. Readers never see a half-written
+    `path`: rename is atomic on one file system.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        yield tmp
+        if tmp.is_file():
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        if path.is_dir() and tmp.is_dir():
+            # os.replace cannot replace a non-empty directory: move the old one aside first.
+            old = _tmp_name(path)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# --- manifests -------------------------------------------------------------------------------------
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _listed_files(directory: Path) -> list[Path]:
+    """Every regular file below `directory` except manifests' temporaries and the top manifest."""
+    files = []
+    for p in sorted(directory.rglob("*")):
+        if not p.is_file() or ".tmp-" in p.name:
+            continue
+        if p == directory / MANIFEST:
+            continue
+        files.append(p)
+    return files
+
+
+def write_manifest(
+    directory: str | Path,
+    step: str,
+    extra: Mapping[str, Any] | None = None,
+    checksums: bool = True,
+) -> dict:
+    """Write `directory/manifest.json` last: every file's size, sha256 and (Parquet) row count.
+
+    Args:
+        directory: the finished output directory.
+        step: the step that wrote it (e.g. "import", "encode").
+        extra: step-specific facts to record (counts of skipped rows, embedding dim, model path, ...).
+        checksums: compute sha256 of every file (reads everything once more).
+
+    Returns:
+        The manifest as written.
+    """
+    directory = Path(directory)
+    files = {}
+    total_rows = 0
+    for p in _listed_files(directory):
+        rel = p.relative_to(directory).as_posix()
+        entry: dict[str, Any] = {"bytes": p.stat().st_size}
+        if checksums:
+            entry["sha256"] = sha256_file(p)
+        if p.suffix == ".parquet":
+            entry["rows"] = pq.ParquetFile(p).metadata.num_rows
+            if p.parent == directory:
+                total_rows += entry["rows"]
+        files[rel] = entry
+    manifest = {
+        "step": step,
+        "densekit_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "rows": total_rows,
+        "files": files,
+        **(dict(extra) if extra else {}),
+    }
+    write_json_atomic(directory / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(directory: str | Path, deep: bool = False) -> dict:
+    """Return the manifest of a complete output directory, or raise IncompleteOutputError.
+
+    Checks that every listed file exists with its recorded size; with `deep`, also its sha256.
+    """
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not directory.exists():
+        raise IncompleteOutputError(f"{directory}: does not exist")
+    if not path.exists():
+        raise IncompleteOutputError(
+            f"{directory}: no {MANIFEST}; the step that writes it did not finish "
+            "(rerun that step; it resumes or starts over)"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise IncompleteOutputError(f"{path}: not a valid densekit manifest ({e})") from e
+    for rel, entry in files.items():
+        p = directory / rel
+        if not p.is_file():
+            raise IncompleteOutputError(f"{directory}: {rel} is listed in {MANIFEST} but missing")
+        if p.stat().st_size != entry.get("bytes"):
+            raise IncompleteOutputError(
+                f"{directory}: {rel} has {p.stat().st_size} bytes, {MANIFEST} says {entry.get('bytes')}"
+            )
+        if deep and "sha256" in entry and sha256_file(p) != entry["sha256"]:
+            raise IncompleteOutputError(f"{directory}: {rel} does not match its sha256 in {MANIFEST}")
+    return manifest
+
+
+def is_complete(directory: str | Path) -> bool:
+    try:
+        read_manifest(directory)
+        return True
+    except IncompleteOutputError:
+        return False
+
+
+# --- step outputs ----------------------------------------------------------------------------------
+
+
+def config_to_dict(cfg: Any) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def config_to_yaml(cfg: Any) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+# Keys that do not change what a step computes: a rerun that differs only in these reuses the output.
+NON_SEMANTIC_KEYS = frozenset({"overwrite", "resources", "output"})
+
+
+def _semantic(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in NON_SEMANTIC_KEYS}
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def prepare_output(
+    directory: str | Path,
+    cfg: Any,
+    overwrite: bool = False,
+    keep_partial: bool = False,
+) -> bool:
+    """Decide what a step does with its output directory; write its resolved config there.
+
+    Returns False when the directory is already complete for the same config (the step has nothing
+    to do), True when the step must (re)compute. A complete output made by a different config is an
+    error unless `overwrite`. An incomplete one is wiped, unless `keep_partial` (steps that resume
+    part-way, like encode, keep their finished shards).
+    """
+    from omegaconf import OmegaConf
+
+    directory = Path(directory)
+    new = config_to_dict(cfg)
+    if is_complete(directory) and not overwrite:
+        old_path = directory / CONFIG
+        old = OmegaConf.to_container(OmegaConf.load(old_path)) if old_path.exists() else {}
+        changed = _diff_keys(_semantic(old), _semantic(new))  # type: ignore[arg-type]
+        if not changed:
+            logger.info("%s is complete for this config: nothing to do", directory)
+            return False
+        raise ConfigError(
+            f"{directory} already holds a complete output made with a different config "
+            f"(differs in: {', '.join(changed[:8])}); pass overwrite=true or choose another output"
+        )
+    if directory.exists():
+        if overwrite or not keep_partial:
+            logger.info("clearing %s (%s)", directory, "overwrite" if overwrite else "incomplete")
+            shutil.rmtree(directory)
+        else:
+            (directory / MANIFEST).unlink(missing_ok=True)
+            old_path = directory / CONFIG
+            if old_path.exists():
+                old = OmegaConf.to_container(OmegaConf.load(old_path))
+                changed = _diff_keys(_semantic(old), _semantic(new))  # type: ignore[arg-type]
+                if changed:
+                    logger.info(
+                        "%s holds partial output of another config (differs in: %s): clearing it",
+                        directory,
+                        ", ".join(changed[:8]),
+                    )
+                    shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(directory / CONFIG, config_to_yaml(cfg))
+    return True
+
+
+# --- Parquet tables --------------------------------------------------------------------------------
+
+
+class TableWriter:
+    """Stream record batches into a table directory as Parquet parts of at most `rows_per_part` rows.
+
+    Each part is written under a temporary name and renamed when full, so memory stays bounded by
+    one row group and a crash never leaves a truncated part. Call `close()` (or use `with`), then
+    `write_manifest` on the directory (or on its parent for multi-table outputs).
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        schema: pa.Schema,
+        rows_per_part: int = 1_000_000,
+        row_group_size: int = 65_536,
+    ):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.schema = schema
+        self.rows_per_part = rows_per_part
+        self.row_group_size = row_group_size
+        self.rows = 0
+        self.parts = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._tmp: Path | None = None
+        self._part_rows = 0
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffered = 0
+
+    def write(self, batch: pa.RecordBatch | pa.Table | Mapping[str, list]) -> None:
+        if isinstance(batch, Mapping):
+            batch = pa.RecordBatch.from_pydict(dict(batch), schema=self.schema)
+        elif isinstance(batch, pa.Table):
+            for b in batch.to_batches():
+                self.write(b)
+            return
+        if batch.num_rows == 0:
+            return
+        if batch.schema != self.schema:
+            batch = pa.RecordBatch.from_arrays(
+                [batch.column(name).cast(field.type) for name, field in zip(self.schema.names, self.schema)],
+                schema=self.schema,
+            )
+        while batch.num_rows:
+            room = self.rows_per_part - self._part_rows - self._buffered
+            head, batch = batch.slice(0, room), batch.slice(room)
+            self._buffer.append(head)
+            self._buffered += head.num_rows
+            if self._buffered >= self.row_group_size:
+                self._flush()
+            if self._part_rows + self._buffered >= self.rows_per_part:
+                self._flush()
+                self._finish_part()
+
+    def _flush(self) -> None:
+        if not self._buffered:
+            return
+        if self._writer is None:
+            self._tmp = _tmp_name(self.directory / PART.format(self.parts))
+            self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        self._writer.write_table(pa.Table.from_batches(self._buffer, schema=self.schema))
+        self._part_rows += self._buffered
+        self.rows += self._buffered
+        self._buffer, self._buffered = [], 0
+
+    def _finish_part(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        assert self._tmp is not None
+        os.replace(self._tmp, self.directory / PART.format(self.parts))
+        self.parts += 1
+        self._writer, self._tmp, self._part_rows = None, None, 0
+
+    def close(self) -> int:
+        """Finish the last part; an empty table still gets one (empty) part so its schema is kept."""
+        self._flush()
+        if self._writer is None and self.parts == 0:
+            self._tmp = _tmp_name(self.directory / PART.format(0))
+            self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        self._finish_part()
+        return self.rows
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            if self._tmp is not None:
+                self._tmp.unlink(missing_ok=True)
+            self._writer = None
+
+    def __enter__(self) -> TableWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def table_parts(directory: str | Path) -> list[Path]:
+    """The Parquet files of a table directory (or the file itself), in order."""
+    directory = Path(directory)
+    if directory.is_file():
+        return [directory]
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: no such table (expected a directory of Parquet files)")
+    parts = sorted(p for p in directory.glob("*.parquet") if ".tmp-" not in p.name)
+    if not parts:
+        raise IncompleteOutputError(f"{directory}: holds no Parquet files")
+    return parts
+
+
+def _open_part(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(path, None, f"not a readable Parquet file ({e})") from e
+
+
+def iter_table(
+    directory: str | Path,
+    columns: list[str] | None = None,
+    batch_size: int = 65_536,
+) -> Iterator[pa.RecordBatch]:
+    """Stream a table directory batch by batch (bounded memory)."""
+    for part in table_parts(directory):
+        pf = _open_part(part)
+        _check_columns(part, pf.schema_arrow, columns)
+        try:
+            yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise InputError(part, None, f"corrupt Parquet data ({e})") from e
+
+
+def read_table(directory: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """Read a whole (small) table directory into memory: queries, qrels, runs, not corpora."""
+    tables = []
+    for part in table_parts(directory):
+        pf = _open_part(part)
+        _check_columns(part, pf.schema_arrow, columns)
+        try:
+            tables.append(pf.read(columns=columns))
+        except (pa.ArrowInvalid, OSError) as e:
+            raise InputError(part, None, f"corrupt Parquet data ({e})") from e
+    return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+
+
+def table_rows(directory: str | Path) -> int:
+    return sum(_open_part(p).metadata.num_rows for p in table_parts(directory))
+
+
+def _check_columns(path: Path, schema: pa.Schema, columns: list[str] | None) -> None:
+    if columns:
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            raise InputError(
+                path, None, f"missing column(s) {missing}; has {schema.names}"
+            )
+
+
+def scratch_dir(prefix: str = "densekit-") -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))

@@ -1,0 +1,140 @@
+"""`densekit <step> CONFIG [key=value ...]`: one entry point for every step, locally or as a Ray job.
+
+Steps are listed once, in STEPS. Their modules are imported only when the step runs, so
+`densekit --help` stays fast and never imports torch or Ray.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from densekit import config as config_module
+from densekit.config import describe_fields, load_config
+from densekit.errors import DensekitError
+from densekit.logs import setup_logging
+
+logger = logging.getLogger("densekit")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One CLI verb: its summary, its config class (by name in densekit.config) and its function.
+
+    `config` None means the step parses its own arguments: `run` is called with the argv list.
+    """
+
+    summary: str
+    run: str  # "module:function"
+    config: str | None = None  # class name in densekit.config
+
+    def function(self) -> Callable:
+        module, _, name = self.run.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def config_cls(self) -> type | None:
+        return getattr(config_module, self.config) if self.config else None
+
+
+STEPS: dict[str, Step] = {
+    "generate": Step(
+        "write a generated retrieval task (corpus, queries, train/dev qrels)",
+        "densekit.data.synthetic:generate",
+        "GenerateConfig",
+    ),
+    "import": Step(
+        "import MS MARCO / BEIR / TREC / DPR / PROD / Margin-MSE files into Parquet tables",
+        "densekit.data.importer:import_data",
+        "ImportConfig",
+    ),
+    "export": Step(
+        "export tables to TREC run/qrels, the Margin-MSE teacher TSV, MS MARCO TSV or BEIR",
+        "densekit.data.exporter:export_data",
+        "ExportConfig",
+    ),
+}
+
+
+def _usage() -> str:
+    width = max(len(s) for s in STEPS)
+    lines = [
+        "usage: densekit <step> [CONFIG.yaml] [key=value ...]",
+        "       densekit <step> --help      list the step's config keys",
+        "",
+        "Runs locally (Ray starts by itself) or inside `ray job submit` (jobs/<step>.py).",
+        "",
+        "steps:",
+    ]
+    lines += [f"  {name:<{width}}  {step.summary}" for name, step in STEPS.items()]
+    return "\n".join(lines)
+
+
+def _step_help(name: str, step: Step) -> str:
+    cls = step.config_cls()
+    out = [f"usage: densekit {name} [CONFIG.yaml] [key=value ...]", "", step.summary, ""]
+    if cls is None:
+        fn = step.function()
+        out.append(textwrap.dedent(fn.__doc__ or "").strip())
+        return "\n".join(out)
+    if cls.__doc__:
+        out += [cls.__doc__.strip().splitlines()[0], ""]
+    out.append("config keys (dotted; set in the YAML or as key=value):")
+    rows = describe_fields(cls)
+    width = min(max(len(r[0]) for r in rows), 36)
+    for key, typ, default, help_ in rows:
+        if typ and not default and not help_.strip():
+            continue
+        meta = f"[{typ}{', default ' + default if default else ''}]"
+        out.append(f"  {key:<{width}}  {help_} {meta}".rstrip())
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `densekit` command and of every jobs/<step>.py script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("--version", "-V"):
+        from densekit import __version__
+
+        print(f"densekit {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    step = STEPS.get(name)
+    if step is None:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(STEPS), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        print(f"densekit: unknown step '{name}'.{hint}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    if any(a in ("-h", "--help") for a in rest):
+        print(_step_help(name, step))
+        return 0
+    setup_logging()
+    try:
+        cls = step.config_cls()
+        if cls is None:
+            result = step.function()(rest)
+        else:
+            path = None
+            if rest and "=" not in rest[0]:
+                path, rest = rest[0], rest[1:]
+            cfg = load_config(cls, path, rest)
+            result = step.function()(cfg)
+    except DensekitError as e:
+        logger.error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""The exceptions densekit raises for problems a user can fix (bad config, bad input, bad state).
+
+The CLI prints these as one clear message, without a traceback; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DensekitError(Exception):
+    """Base class: a problem with the user's input, config or files, not a bug in densekit."""
+
+
+class ConfigError(DensekitError):
+    """A config file or override is invalid: unknown key, wrong type, missing value, bad path."""
+
+
+class InputError(DensekitError):
+    """A data file is malformed. Names the file, the line (or record) and what was expected.
+
+    Args:
+        path: the file being read.
+        line: 1-based line number (or record number for binary formats); None if not applicable.
+        problem: what is wrong and what was expected, e.g. "expected 2 tab-separated columns, got 1".
+    """
+
+    def __init__(self, path: str | Path, line: int | None, problem: str):
+        self.path = str(path)
+        self.line = line
+        self.problem = problem
+        where = f"{self.path}:{line}" if line is not None else self.path
+        super().__init__(f"{where}: {problem}")
+
+
+class IncompleteOutputError(DensekitError):
+    """An input directory exists but was not finished (no or invalid manifest)."""

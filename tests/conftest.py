@@ -1,0 +1,55 @@
+"""Shared fixtures: a local Ray started once per session, and small on-disk inputs.
+
+Tests never touch the network: models are built from configs with locally trained tokenizers
+(densekit.models.tiny) and saved with save_pretrained, so the real from_pretrained path runs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Keep Ray quiet and small on a 2-core CI machine; no usage stats, no dashboard.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def start_local_ray(num_cpus: int = 2) -> None:
+    import ray
+
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        object_store_memory=1_000_000_000,
+        logging_level="WARNING",
+        log_to_driver=True,
+    )
+
+
+@pytest.fixture
+def ray_session():
+    """A local Ray cluster shared by every test that asks for it (started on first use).
+
+    Tests that build their own multi-node cluster shut this one down first; the next test that
+    asks for `ray_session` starts a fresh one.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        start_local_ray()
+    yield
+    # Left running on purpose: start-up costs ~5-10 s on 2 cores.
+
+
+def pytest_sessionfinish(session, exitstatus):
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except ImportError:
+        pass

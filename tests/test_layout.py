@@ -1,0 +1,77 @@
+"""The fixed top level: platform/ is a source root (never a package), and every step has its five
+places (STEPS entry, jobs/<step>.py, configs/<step>/, a config class, a test file)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from densekit.cli import STEPS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_platform_is_not_a_package():
+    assert not (ROOT / "platform" / "__init__.py").exists(), (
+        "platform/__init__.py would shadow Python's stdlib `platform` (Ray workers die at start-up)"
+    )
+
+
+def test_import_platform_is_stdlib_from_repo_root():
+    # Ray jobs put the working dir first on PYTHONPATH: reproduce that.
+    out = subprocess.run(
+        [sys.executable, "-c", "import platform, uuid; print(platform.__file__, platform.system())"],
+        cwd=ROOT,
+        env={"PYTHONPATH": f"{ROOT}:{ROOT / 'platform'}", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    path, system = out.stdout.split()
+    assert "densekit" not in path and Path(path).name == "platform.py"
+    assert system
+
+
+def test_jobs_is_not_importable_and_holds_thin_scripts():
+    assert not (ROOT / "jobs" / "__init__.py").exists()
+    for script in (ROOT / "jobs").glob("*.py"):
+        tree = ast.parse(script.read_text())
+        funcs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+        assert not funcs, f"{script} must stay a thin wrapper around densekit.cli.main"
+        assert f'main(["{script.stem}"' in script.read_text(), f"{script} must call main for its own step"
+
+
+def test_every_step_has_its_places():
+    jobs = {p.stem for p in (ROOT / "jobs").glob("*.py")}
+    assert jobs == set(STEPS), f"jobs/ and cli.STEPS disagree: {jobs ^ set(STEPS)}"
+    test_files = {p.stem for p in (ROOT / "tests").rglob("test_*.py")}
+    for name, step in STEPS.items():
+        module, _, func = step.run.partition(":")
+        assert hasattr(importlib.import_module(module), func), f"{step.run} does not exist"
+        assert f"test_{name}" in test_files, f"step {name} has no tests/**/test_{name}.py"
+        if step.config is not None:
+            assert step.config_cls() is not None
+            assert (ROOT / "configs" / name).is_dir(), f"step {name} has no configs/{name}/"
+            assert list((ROOT / "configs" / name).glob("*.yaml")), f"configs/{name}/ is empty"
+    config_dirs = {p.name for p in (ROOT / "configs").iterdir() if p.is_dir()} - {"methods"}
+    assert config_dirs <= set(STEPS), f"configs/ folders without a step: {config_dirs - set(STEPS)}"
+
+
+@pytest.mark.parametrize("name", sorted(STEPS))
+def test_step_help_lists_fields(name, capsys):
+    from densekit.cli import main
+
+    assert main([name, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert f"densekit {name}" in out
+    cls = STEPS[name].config_cls()
+    if cls is not None:
+        import dataclasses
+
+        for f in dataclasses.fields(cls):
+            assert f.name in out, f"`densekit {name} --help` does not list {f.name}"
