@@ -53,3 +53,26 @@ def pytest_sessionfinish(session, exitstatus):
             ray.shutdown()
     except ImportError:
         pass
+
+
+TINY_TEXTS = [
+    "dense retrieval trains small query and passage encoders",
+    "a cross encoder teacher scores each query passage pair",
+    "hard negatives are mined from a faiss index of the corpus",
+    "margin mse distils the score margin of positive and negative",
+    "layer wise distillation aligns the scores of chosen layers",
+    "progressive distillation moves from weaker to stronger teachers",
+    "static hard negatives and dynamic hard negatives train the query encoder",
+    "the quick brown fox jumps over the lazy dog",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A 2-layer, 32-wide BERT with a tokenizer trained on TINY_TEXTS (save_pretrained directory).
+
+    Session-scoped: treat it as read-only; copy it (shutil.copytree) before changing it.
+    """
+    from densekit.models.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "bert", TINY_TEXTS, layers=2, hidden=32, seed=0)

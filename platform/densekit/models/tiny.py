@@ -1,0 +1,177 @@
+"""Build small transformer encoders and their tokenizers offline (no hub access), for tests,
+the quickstart and the generated task.
+
+`build_tiny_model` trains a WordPiece tokenizer on the given texts, builds a randomly initialised
+BERT / DistilBERT / RoBERTa-style encoder from a config, and writes both with `save_pretrained`,
+so every caller goes through the real `AutoModel.from_pretrained(directory)` path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+logger = logging.getLogger(__name__)
+
+SPECIAL_BERT = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+SPECIAL_ROBERTA = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int = 4000,
+    arch: Literal["bert", "distilbert", "roberta"] = "bert",
+    model_max_length: int = 512,
+):
+    """Train a lower-casing WordPiece tokenizer on `texts`; return a transformers fast tokenizer.
+
+    BERT and DistilBERT use the BERT special tokens; RoBERTa-style models get RoBERTa's special
+    tokens on the same WordPiece model (what matters in tests is the loading path, not BPE).
+    """
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from tokenizers.trainers import WordPieceTrainer
+
+    specials = SPECIAL_ROBERTA if arch == "roberta" else SPECIAL_BERT
+    unk = "<unk>" if arch == "roberta" else "[UNK]"
+    tok = Tokenizer(WordPiece(unk_token=unk))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=1)
+    tok.train_from_iterator(texts, trainer=trainer)
+    if arch == "roberta":
+        bos, eos = "<s>", "</s>"
+    else:
+        bos, eos = "[CLS]", "[SEP]"
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}",
+        pair=f"{bos} $A {eos} $B:1 {eos}:1",
+        special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))],
+    )
+    if arch == "roberta":
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            bos_token="<s>",
+            eos_token="</s>",
+            sep_token="</s>",
+            cls_token="<s>",
+            unk_token="<unk>",
+            pad_token="<pad>",
+            mask_token="<mask>",
+            model_max_length=model_max_length,
+        )
+    from transformers import BertTokenizerFast
+
+    return BertTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length)
+
+
+def tiny_config(
+    vocab_size: int,
+    arch: Literal["bert", "distilbert", "roberta"] = "bert",
+    layers: int = 2,
+    hidden: int = 32,
+    heads: int = 2,
+    intermediate: int = 64,
+    max_positions: int = 128,
+    pad_token_id: int = 0,
+):
+    """A transformers config for a small encoder of the given architecture."""
+    from transformers import BertConfig, DistilBertConfig, RobertaConfig
+
+    if arch == "bert":
+        return BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=intermediate,
+            max_position_embeddings=max_positions,
+            pad_token_id=pad_token_id,
+        )
+    if arch == "distilbert":
+        return DistilBertConfig(
+            vocab_size=vocab_size,
+            dim=hidden,
+            n_layers=layers,
+            n_heads=heads,
+            hidden_dim=intermediate,
+            max_position_embeddings=max_positions,
+            pad_token_id=pad_token_id,
+        )
+    if arch == "roberta":
+        return RobertaConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=intermediate,
+            # RoBERTa positions start after padding_idx, hence the +2.
+            max_position_embeddings=max_positions + 2,
+            pad_token_id=pad_token_id,
+            bos_token_id=0,
+            eos_token_id=2,
+        )
+    raise ValueError(f"unknown arch '{arch}'; expected bert, distilbert or roberta")
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    texts: Iterable[str],
+    arch: Literal["bert", "distilbert", "roberta"] = "bert",
+    layers: int = 2,
+    hidden: int = 32,
+    heads: int = 2,
+    intermediate: int = 64,
+    vocab_size: int = 4000,
+    max_positions: int = 128,
+    seed: int = 0,
+    tokenizer_from: str | Path | None = None,
+) -> Path:
+    """Write a randomly initialised encoder and its tokenizer to `out_dir` with save_pretrained.
+
+    Args:
+        out_dir: directory to create (AutoModel/AutoTokenizer.from_pretrained load it back).
+        texts: corpus to train the tokenizer on (ignored when `tokenizer_from` is given).
+        arch: "bert", "distilbert" or "roberta".
+        layers, hidden, heads, intermediate: encoder size.
+        vocab_size: WordPiece vocabulary size (the trained vocabulary may be smaller).
+        max_positions: maximum sequence length.
+        seed: weights are a deterministic function of the seed and the config.
+        tokenizer_from: reuse the tokenizer saved in this directory (teacher and student of
+            different sizes must share a tokenizer).
+
+    Returns:
+        The output directory.
+    """
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if tokenizer_from is not None:
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_from))
+    else:
+        tokenizer = train_tokenizer(texts, vocab_size=vocab_size, arch=arch, model_max_length=max_positions)
+    config = tiny_config(
+        len(tokenizer),
+        arch=arch,
+        layers=layers,
+        hidden=hidden,
+        heads=heads,
+        intermediate=intermediate,
+        max_positions=max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    logger.info(
+        "built %s encoder (%d layers, hidden %d, vocab %d) in %s", arch, layers, hidden, len(tokenizer), out
+    )
+    return out
