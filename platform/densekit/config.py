@@ -16,7 +16,7 @@ import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional  # noqa: UP035
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import (
@@ -333,3 +333,136 @@ def describe_fields(cls: type, prefix: str = "") -> list[tuple[str, str, str, st
 def _type_name(t: Any) -> str:
     s = str(t).replace("typing.", "")
     return getattr(t, "__name__", s) if typing.get_origin(t) is None else s
+
+
+# --- train and tune --------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    """A model to load, to build fresh from a Hugging Face encoder, or to cut down to some layers."""
+
+    path: str = opt(MISSING, "a densekit model, a sentence-transformers or a Hugging Face directory")
+    kind: Optional[str] = opt(None, "bi_encoder | colbert | cross_encoder (checked against a saved model)")
+    build: bool = opt(
+        False, "build a fresh model of `kind` on the encoder at `path` (new heads) instead of loading"
+    )
+    spec: Dict[str, Any] = opt({}, "ModelSpec fields to set: pooling, normalize, head_dim, max lengths, ...")  # noqa: UP006
+    layers: Optional[List[int]] = opt(  # noqa: UP006
+        None, "student from teacher layers: keep these layers of `path` (0 = first transformer layer)"
+    )
+    project_to_teacher: bool = opt(
+        False, "student from another encoder: add a linear projection to the teacher's width"
+    )
+    dropout: Optional[float] = opt(None, "override the encoder's dropout probabilities")
+
+
+@dataclass
+class TeacherConfig(ModelConfig):
+    """An online teacher: frozen (default) or trained jointly with the student (LEAD)."""
+
+    joint: bool = opt(False, "train the teacher jointly with the student (mutual distillation)")
+
+
+@dataclass
+class LossConfig:
+    """One named loss: its weight in the sum and its keyword parameters."""
+
+    weight: float = opt(1.0, "weight of this loss in the total")
+    params: Dict[str, Any] = opt({}, "keyword arguments of the loss (temperature, metric_cut, ...)")  # noqa: UP006
+
+
+@dataclass
+class TrainDataConfig:
+    """Training data: groups (query, positives, negatives) or queries only."""
+
+    train: str = opt(MISSING, "training groups table (or a queries table when group_size=0)")
+    group_size: int = opt(8, "passages per query: 1 positive + group_size-1 negatives; 0 = queries only")
+    negatives: Literal["random", "descend"] = opt(
+        "random", "negatives per epoch: a seeded random sample, or the hardest first (stored order)"
+    )
+    positive: Literal["first", "random"] = opt("first", "which judged positive a group uses")
+    teacher_scores: bool = opt(False, "read offline teacher scores from the groups (after `score`)")
+    source: Literal["arrow", "ray_data"] = opt("arrow", "read the table with pyarrow or Ray Data")
+    shuffle_window: int = opt(100_000, "rows shuffled together (memory bound of the reader)")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up and decay."""
+
+    lr: float = opt(2e-5, "peak learning rate")
+    weight_decay: float = opt(0.01, "AdamW weight decay (not on biases and LayerNorm)")
+    eps: float = opt(1e-8, "AdamW epsilon")
+    batch_size: int = opt(32, "queries per micro-batch over ALL workers (divides by num_workers)")
+    grad_accum: int = opt(1, "micro-batches per optimizer step")
+    max_steps: int = opt(1000, "optimizer steps to train")
+    warmup_steps: int = opt(0, "linear warm-up steps (then linear decay to 0 at max_steps)")
+    max_grad_norm: Optional[float] = opt(2.0, "clip the gradient norm (null: no clipping)")
+    amp: Literal["auto", "off", "fp16", "bf16"] = opt("auto", "mixed precision on CUDA (auto: bf16 if supported)")
+    seed: int = opt(42, "seed of weights init, data order and negative sampling")
+
+
+@dataclass
+class EvalConfig:
+    """Periodic dev evaluation through the retrieval core (rank 0), reported to Ray Train."""
+
+    every: int = opt(0, "evaluate every N optimizer steps and at the end (0: never)")
+    queries: Optional[str] = opt(None, "dev queries table")
+    qrels: Optional[str] = opt(None, "dev qrels table")
+    corpus: Optional[str] = opt(None, "corpus table encoded with the current student")
+    index: Optional[str] = opt(
+        None, "a fixed index (asymmetric: documents encoded by a teacher); instead of `corpus`"
+    )
+    metric: str = opt("ndcg@10", "metric that picks the best checkpoint (mrr@10, ndcg@10, recall@100, ...)")
+    k: int = opt(100, "documents retrieved per query")
+    batch_size: int = opt(128, "encoding batch size")
+    max_queries: Optional[int] = opt(None, "evaluate on the first N dev queries only")
+
+
+@dataclass
+class RetrievedConfig:
+    """Retrieved candidates (ADORE): each step retrieves the top-k from a fixed document index."""
+
+    index: Optional[str] = opt(None, "the fixed document index (a densekit `index` output)")
+    k: int = opt(200, "documents retrieved per query each step")
+    append: Literal["missing", "if_none"] = opt(
+        "missing", "append positives not retrieved: all missing ones, or only when none was retrieved"
+    )
+    num_actors: int = opt(1, "search actors serving the index")
+
+
+@dataclass
+class TrainConfig:
+    """Train a student (any method: a config of models, candidates and weighted losses)."""
+
+    model: ModelConfig = opt(ModelConfig, "the student")
+    teacher: Optional[TeacherConfig] = opt(None, "an online teacher (offline scores: data.teacher_scores)")
+    data: TrainDataConfig = opt(TrainDataConfig, "training data")
+    candidates: Literal["auto", "global", "group", "retrieved"] = opt(
+        "auto", "what each query is scored against (auto: what the losses need)"
+    )
+    train_query_encoder_only: bool = opt(
+        False, "freeze the passage tower (ADORE, query-encoder distillation)"
+    )
+    losses: Dict[str, LossConfig] = opt({}, "loss name -> {weight, params}; the total is the weighted sum")  # noqa: UP006
+    optim: OptimConfig = opt(OptimConfig, "optimizer and schedule")
+    eval: EvalConfig = opt(EvalConfig, "periodic evaluation")
+    retrieved: RetrievedConfig = opt(RetrievedConfig, "ADORE's fixed index")
+    checkpoint_every: int = opt(0, "checkpoint every N optimizer steps (0: at evaluations and the end)")
+    keep_checkpoints: int = opt(2, "checkpoints kept (the best by eval.metric and the latest)")
+    max_failures: int = opt(2, "worker failures survived by resuming from the last checkpoint")
+    resources: ResourcesConfig = opt(ResourcesConfig, "workers")
+    output: str = opt(MISSING, "output folder: model/ (final), best/, checkpoints/, metrics.jsonl")
+    overwrite: bool = opt(False, "start over even if the output holds a run of this config")
+
+    def validate(self) -> None:
+        if not self.losses:
+            raise ConfigError("train: no losses configured (e.g. losses: {contrastive: {weight: 1}})")
+        if self.optim.batch_size % self.resources.num_workers:
+            raise ConfigError(
+                f"optim.batch_size={self.optim.batch_size} must divide by "
+                f"resources.num_workers={self.resources.num_workers}"
+            )
+        if self.eval.every and not (self.eval.queries and self.eval.qrels and (self.eval.corpus or self.eval.index)):
+            raise ConfigError("eval.every is set: give eval.queries, eval.qrels and eval.corpus (or eval.index)")
