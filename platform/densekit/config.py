@@ -16,7 +16,7 @@ import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import (
@@ -53,7 +53,7 @@ class ResourcesConfig:
     use_gpu: bool = opt(False, "give each worker a GPU (num_gpus=1 per actor / worker)")
     cpus_per_worker: float = opt(1.0, "CPUs reserved per worker or actor")
     gpus_per_worker: float = opt(1.0, "GPUs per worker when use_gpu (fractions share a GPU)")
-    address: str | None = opt(
+    address: Optional[str] = opt(
         None, "Ray address; None = the job's cluster under `ray job submit`, else a local Ray"
     )
 
@@ -83,13 +83,13 @@ class ImportConfig:
     format: str = opt(MISSING, f"input format: one of {', '.join(IMPORT_FORMATS)}")
     path: str = opt(MISSING, "input file (a folder for format=beir)")
     output: str = opt(MISSING, "output table directory (format=beir: a folder of tables)")
-    corpus: str | None = opt(
+    corpus: Optional[str] = opt(
         None, "imported corpus table: checks pids of qrels/runs/training rows and fills passage text"
     )
-    queries: str | None = opt(
+    queries: Optional[str] = opt(
         None, "imported queries table: checks qids and fills query text of training rows"
     )
-    kind: Literal["corpus", "queries"] | None = opt(
+    kind: Optional[Literal["corpus", "queries"]] = opt(
         None, "msmarco_collection only: whether the file holds passages or queries (default corpus)"
     )
     on_error: Literal["raise", "skip"] = opt(
