@@ -13,7 +13,9 @@ from densekit.data.collate import TrainBatch
 from densekit.models.output import ModelOutput
 
 
-def group_output(scores, target=None, relevant=None, layer_scores=None, query_emb=None) -> ModelOutput:
+def group_output(
+    scores, target=None, relevant=None, layer_scores=None, query_emb=None
+) -> ModelOutput:
     """A ModelOutput over per-query groups [B, G] (positive in column `target`, default 0)."""
     B, G = scores.shape
     target = torch.zeros(B, dtype=torch.long) if target is None else torch.as_tensor(target)
@@ -21,13 +23,25 @@ def group_output(scores, target=None, relevant=None, layer_scores=None, query_em
         relevant = torch.zeros(B, G, dtype=torch.bool)
         relevant[torch.arange(B), target] = True
     cands = Candidates("group", target, relevant, torch.ones(B, G, dtype=torch.bool))
-    return ModelOutput(scores=scores, candidates=cands, layer_scores=layer_scores, query_emb=query_emb, layer_ids=list(range(0 if layer_scores is None else layer_scores.shape[0])))
+    return ModelOutput(
+        scores=scores,
+        candidates=cands,
+        layer_scores=layer_scores,
+        query_emb=query_emb,
+        layer_ids=list(range(0 if layer_scores is None else layer_scores.shape[0])),
+    )
 
 
 def global_output(scores, target, relevant, group_size, layer_scores=None) -> ModelOutput:
     B, C = scores.shape
     gi = torch.as_tensor(target).unsqueeze(1) + torch.arange(group_size)
-    cands = Candidates("global", torch.as_tensor(target), relevant, torch.ones(B, C, dtype=torch.bool), group_index=gi)
+    cands = Candidates(
+        "global",
+        torch.as_tensor(target),
+        relevant,
+        torch.ones(B, C, dtype=torch.bool),
+        group_index=gi,
+    )
     return ModelOutput(scores=scores, candidates=cands, layer_scores=layer_scores)
 
 
@@ -54,4 +68,8 @@ def st():
 
 @pytest.fixture
 def helpers():
-    return SimpleNamespace(group_output=group_output, global_output=global_output, batch_with_teacher_scores=batch_with_teacher_scores)
+    return SimpleNamespace(
+        group_output=group_output,
+        global_output=global_output,
+        batch_with_teacher_scores=batch_with_teacher_scores,
+    )

@@ -53,7 +53,9 @@ def test_nll_and_info_nce_by_hand(st):
     s, _ = st
     target = torch.zeros(2, dtype=torch.long)
     assert info_nce(s, target).item() == pytest.approx(0.9359873742761626, rel=1e-5)
-    assert info_nce(s, target, temperature=0.5).item() == pytest.approx(1.1563888240280926, rel=1e-5)
+    assert info_nce(s, target, temperature=0.5).item() == pytest.approx(
+        1.1563888240280926, rel=1e-5
+    )
 
 
 def test_modules_read_offline_or_online_teacher(st, helpers):
@@ -62,7 +64,9 @@ def test_modules_read_offline_or_online_teacher(st, helpers):
     batch = helpers.batch_with_teacher_scores(t)
     assert MarginMSE()(student, batch).item() == pytest.approx(0.3125)
     online = helpers.group_output(t)
-    assert KLDistill(temperature=2.0)(student, batch, teacher=online).item() == pytest.approx(0.05568228649468928, rel=1e-5)
+    assert KLDistill(temperature=2.0)(student, batch, teacher=online).item() == pytest.approx(
+        0.05568228649468928, rel=1e-5
+    )
     batch.teacher_scores = None
     with pytest.raises(ValueError, match="kl_distill needs teacher scores"):
         KLDistill()(student, batch)
@@ -88,7 +92,9 @@ def test_lwf_uses_the_reference_and_is_zero_at_the_start(st, helpers):
     s_ = s.clone().requires_grad_()
     ref = helpers.group_output(s.clone().requires_grad_())
     loss = LwF(temperature=4.0)
-    assert loss(helpers.group_output(s_), None, reference=ref).item() == pytest.approx(0.0, abs=1e-7)
+    assert loss(helpers.group_output(s_), None, reference=ref).item() == pytest.approx(
+        0.0, abs=1e-7
+    )
     value = loss(helpers.group_output(s_), None, reference=helpers.group_output(t))
     assert value.item() == pytest.approx(0.06364479803997974, rel=1e-5)
     value.backward()
@@ -101,12 +107,23 @@ def test_prod_stage_loss(st, helpers):
     """PROD: 0.1·NLL + 0.9·kd(s, t) + 1.0·kd(s, s_orig), T = 4."""
     s, t = st
     objective = build_objective(
-        {"nll": {"weight": 0.1}, "kl_distill": {"weight": 0.9, "params": {"temperature": 4}}, "lwf": {"weight": 1.0, "params": {"temperature": 4}}}
+        {
+            "nll": {"weight": 0.1},
+            "kl_distill": {"weight": 0.9, "params": {"temperature": 4}},
+            "lwf": {"weight": 1.0, "params": {"temperature": 4}},
+        }
     )
     assert objective.needs_teacher and objective.needs_reference and not objective.teacher_trainable
     ref = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    value = objective(helpers.group_output(s), None, teacher=helpers.group_output(t), reference=helpers.group_output(ref))
-    kd_ref = kl_distill(s, ref, 4.0).item()  # the reference term, checked by the functions' own hand tests
+    value = objective(
+        helpers.group_output(s),
+        None,
+        teacher=helpers.group_output(t),
+        reference=helpers.group_output(ref),
+    )
+    kd_ref = kl_distill(
+        s, ref, 4.0
+    ).item()  # the reference term, checked by the functions' own hand tests
     expected = 0.1 * 0.9359873742761626 + 0.9 * 0.06364479803997974 + kd_ref
     assert value.item() == pytest.approx(expected, rel=1e-5)
     assert set(objective.last_terms) == {"nll", "kl_distill", "lwf"}
@@ -114,13 +131,19 @@ def test_prod_stage_loss(st, helpers):
 
 def test_wrong_shapes_name_the_tensor(st, helpers):
     s, t = st
-    with pytest.raises(ValueError, match=r"margin_mse: teacher_scores must have shape \[2, 3\], got \[2, 4\]"):
+    with pytest.raises(
+        ValueError, match=r"margin_mse: teacher_scores must have shape \[2, 3\], got \[2, 4\]"
+    ):
         margin_mse(s, torch.zeros(2, 4))
     with pytest.raises(ValueError, match=r"kl: teacher_scores must have shape \[2, 3\], got \[3\]"):
         kl_distill(s, torch.zeros(3))
-    with pytest.raises(ValueError, match=r"embedding_mse: teacher_emb must have shape \[2, 3\], got \[2, 5\]"):
+    with pytest.raises(
+        ValueError, match=r"embedding_mse: teacher_emb must have shape \[2, 3\], got \[2, 5\]"
+    ):
         embedding_mse(s, torch.zeros(2, 5))
-    with pytest.raises(ValueError, match="kl_distill: teacher scores .* do not match student scores"):
+    with pytest.raises(
+        ValueError, match="kl_distill: teacher scores .* do not match student scores"
+    ):
         KLDistill()(helpers.group_output(s), None, teacher=helpers.group_output(torch.zeros(2, 4)))
     with pytest.raises(ValueError, match="margin_mse: needs a positive and at least one negative"):
         margin_mse(s[:, :1], t[:, :1])

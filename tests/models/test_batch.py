@@ -18,8 +18,14 @@ def group(qid: str, n_neg: int = 10, scores: bool = True) -> dict:
     return {
         "qid": qid,
         "query": f"query {qid}",
-        "positives": [passage(f"{qid}-pos", "positive text", "t", 9.0 if scores else None), passage(f"{qid}-pos2", "other positive", "", 8.0)],
-        "negatives": [passage(f"{qid}-n{k}", f"negative {k}", "", float(-k) if scores else None) for k in range(n_neg)],
+        "positives": [
+            passage(f"{qid}-pos", "positive text", "t", 9.0 if scores else None),
+            passage(f"{qid}-pos2", "other positive", "", 8.0),
+        ],
+        "negatives": [
+            passage(f"{qid}-n{k}", f"negative {k}", "", float(-k) if scores else None)
+            for k in range(n_neg)
+        ],
     }
 
 
@@ -65,7 +71,9 @@ def test_errors_name_query_and_passage():
     with pytest.raises(InputError, match="qid a, pid a-pos: no teacher score"):
         TrainCollator(3, teacher_scores=True, source="groups/")([group("a", scores=False)])
     with pytest.raises(InputError, match="groups/: qid x: no positives"):
-        TrainCollator(3, source="groups/")([{"qid": "x", "query": "q", "positives": [], "negatives": []}])
+        TrainCollator(3, source="groups/")(
+            [{"qid": "x", "query": "q", "positives": [], "negatives": []}]
+        )
     with pytest.raises(InputError, match="qid y: no negatives, but group_size 3 needs 2"):
         TrainCollator(3)([{**group("y"), "negatives": []}])
 
@@ -73,18 +81,30 @@ def test_errors_name_query_and_passage():
 def test_query_only_batches_and_table_formats():
     rows = [{"qid": "1", "text": "first query"}, {"qid": "2", "text": "second query"}]
     batch = TrainCollator(0)(pd.DataFrame(rows))
-    assert batch.query_texts == ["first query", "second query"] and batch.pids == [] and batch.group_size == 0
-    cols = {k: [g[k] for g in (group("a"), group("b"))] for k in ("qid", "query", "positives", "negatives")}
+    assert (
+        batch.query_texts == ["first query", "second query"]
+        and batch.pids == []
+        and batch.group_size == 0
+    )
+    cols = {
+        k: [g[k] for g in (group("a"), group("b"))]
+        for k in ("qid", "query", "positives", "negatives")
+    }
     assert TrainCollator(2, negatives="descend")(cols).pids == ["a-pos", "a-n0", "b-pos", "b-n0"]
 
 
 def test_pre_tokenised_inputs_are_used(arch_dirs):
     student = build_model(ModelSpec(), arch_dirs["bert"]).eval()
     teacher = build_model(ModelSpec(kind="cross_encoder"), arch_dirs["bert"]).eval()
-    batch = TrainCollator(3, tokenizations=[student.tokenization, teacher.tokenization])([group("a"), group("b")])
+    batch = TrainCollator(3, tokenizations=[student.tokenization, teacher.tokenization])(
+        [group("a"), group("b")]
+    )
     assert set(batch.inputs) == {student.tokenization.key, teacher.tokenization.key}
     assert set(batch.inputs[teacher.tokenization.key]) == {"pairs"}
-    torch.testing.assert_close(batch.inputs[student.tokenization.key]["queries"]["input_ids"], student.tokenize_queries(batch.query_texts)["input_ids"])
+    torch.testing.assert_close(
+        batch.inputs[student.tokenization.key]["queries"]["input_ids"],
+        student.tokenize_queries(batch.query_texts)["input_ids"],
+    )
     # a pre-tokenised entry is what the model reads: corrupt it and the output changes
     with torch.no_grad():
         before = student(batch).scores

@@ -31,7 +31,9 @@ def test_maxsim_equals_a_python_loop():
     g = torch.Generator().manual_seed(0)
     q, d = torch.randn(2, 4, 5, generator=g), torch.randn(3, 6, 5, generator=g)
     qm = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
-    dm = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    dm = torch.tensor(
+        [[1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0]], dtype=torch.bool
+    )
     torch.testing.assert_close(maxsim(q, qm, d, dm), maxsim_loop(q, qm, d, dm))
     # a padded token with a huge similarity must not win the max
     d2 = d.clone()
@@ -40,7 +42,9 @@ def test_maxsim_equals_a_python_loop():
 
 
 def test_query_augmentation_pads_with_mask_tokens(arch_dirs, data):
-    model = build_model(ModelSpec(kind="colbert", max_query_length=12, colbert_dim=8), arch_dirs["bert"])
+    model = build_model(
+        ModelSpec(kind="colbert", max_query_length=12, colbert_dim=8), arch_dirs["bert"]
+    )
     enc = model.tokenize_queries(["dense retrieval", data.queries[0]])
     tok = model.query_tower.tokenizer
     assert enc["input_ids"].shape == (2, 12)
@@ -57,26 +61,38 @@ def load_model_colbert_without_aug(model):
 
 
 def test_markers_go_after_cls(arch_dirs):
-    model = build_model(ModelSpec(kind="colbert", query_marker="fox", doc_marker="dog", colbert_dim=8), arch_dirs["bert"])
+    model = build_model(
+        ModelSpec(kind="colbert", query_marker="fox", doc_marker="dog", colbert_dim=8),
+        arch_dirs["bert"],
+    )
     tok = model.query_tower.tokenizer
     q = model.tokenize_queries(["dense retrieval"])["input_ids"][0]
     d = model.tokenize_passages(["dense retrieval"])["input_ids"][0]
     assert q[0] == tok.cls_token_id and q[1] == tok.convert_tokens_to_ids("fox")
-    assert d[1] == tok.convert_tokens_to_ids("dog") and d.shape[0] == len(tok("dense retrieval")["input_ids"]) + 1
+    assert (
+        d[1] == tok.convert_tokens_to_ids("dog")
+        and d.shape[0] == len(tok("dense retrieval")["input_ids"]) + 1
+    )
     bad = build_model(ModelSpec(kind="colbert", query_marker="[unused0]"), arch_dirs["bert"])
-    with pytest.raises(ValueError, match=r"marker token '\[unused0\]' is not in the tokenizer's vocabulary"):
+    with pytest.raises(
+        ValueError, match=r"marker token '\[unused0\]' is not in the tokenizer's vocabulary"
+    ):
         bad.tokenize_queries(["x"])
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
 def test_forward_scores_and_round_trip(tmp_path, arch_dirs, data, arch):
-    model = build_model(ModelSpec(kind="colbert", colbert_dim=8, max_query_length=10), arch_dirs[arch]).eval()
+    model = build_model(
+        ModelSpec(kind="colbert", colbert_dim=8, max_query_length=10), arch_dirs[arch]
+    ).eval()
     batch = TrainCollator(3, negatives="descend")(data.make_groups(n_neg=2))
     with torch.no_grad():
         out = model(batch, candidates="global")
         grp = model(batch, candidates="group")
         q, qm = model.encode_queries(**model.tokenize_queries(batch.query_texts))
-        d, dm = model.encode_passages(**model.tokenize_passages(batch.passage_texts, batch.passage_titles))
+        d, dm = model.encode_passages(
+            **model.tokenize_passages(batch.passage_texts, batch.passage_titles)
+        )
     assert out.query_emb.shape == (3, 10, 8) and out.passage_emb.shape[0] == 9
     torch.testing.assert_close(out.scores, maxsim_loop(q, qm, d, dm), atol=1e-5, rtol=1e-5)
     for i in range(3):
@@ -98,7 +114,9 @@ def test_a_document_scores_the_same_alone_and_padded(arch_dirs, data):
     q, qm = model.encode_queries(**model.tokenize_queries(data.queries[:1]))
     with torch.no_grad():
         short_alone = model.encode_passages(**model.tokenize_passages(["dense retrieval"]))
-        both = model.encode_passages(**model.tokenize_passages(["dense retrieval", data.passages[6]]))
+        both = model.encode_passages(
+            **model.tokenize_passages(["dense retrieval", data.passages[6]])
+        )
         s1 = maxsim(q, qm, *short_alone)[0, 0]
         s2 = maxsim(q, qm, both[0], both[1])[0, 0]
     assert both[1][0].sum() < both[1][1].sum()  # the short one really is padded

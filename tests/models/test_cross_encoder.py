@@ -24,15 +24,25 @@ def test_score_is_linear_head_on_cls(tmp_path, arch_dirs, data, arch):
         h = hf(**{k: v for k, v in enc.items()}).last_hidden_state[:, 0]  # [N, H]
         head = model.query_tower.head.linear
         expected = h @ head.weight[0] + head.bias[0]
-        torch.testing.assert_close(load_model(tmp_path / "ce").score_pairs(**enc), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            load_model(tmp_path / "ce").score_pairs(**enc), expected, atol=1e-5, rtol=1e-5
+        )
 
 
 def test_forward_scores_each_group(arch_dirs, data):
     model = build_model(ModelSpec(kind="cross_encoder"), arch_dirs["bert"]).eval()
-    batch = TrainCollator(3, negatives="descend", tokenizations=[model.tokenization])(data.make_groups(n_neg=2))
+    batch = TrainCollator(3, negatives="descend", tokenizations=[model.tokenization])(
+        data.make_groups(n_neg=2)
+    )
     with torch.no_grad():
         out = model(batch)
-        flat = model.score_pairs(**model.tokenize_pairs([q for q in batch.query_texts for _ in range(3)], batch.passage_texts, batch.passage_titles))
+        flat = model.score_pairs(
+            **model.tokenize_pairs(
+                [q for q in batch.query_texts for _ in range(3)],
+                batch.passage_texts,
+                batch.passage_titles,
+            )
+        )
     assert out.scores.shape == (3, 3) and out.mode == "group"
     torch.testing.assert_close(out.scores, flat.view(3, 3))
     with pytest.raises(ValueError, match="own group only"):

@@ -42,8 +42,16 @@ def test_model_config_validation_and_plain_encoders(deep_bert_dir):
     with pytest.raises(ConfigError, match="unknown model kind 'colbret'.*Did you mean 'colbert'"):
         load_config(ModelConfig, None, [f"path={deep_bert_dir}", "kind=colbret"])
     with pytest.raises(ConfigError, match="set only one of student_layers, student_num_layers"):
-        load_config(ModelConfig, None, [f"path={deep_bert_dir}", "student_layers=[0]", "student_num_layers=2"])
-    cfg = load_config(ModelConfig, None, [f"path={deep_bert_dir}", "kind=colbert", "colbert_dim=8", "student_num_layers=2"])
+        load_config(
+            ModelConfig,
+            None,
+            [f"path={deep_bert_dir}", "student_layers=[0]", "student_num_layers=2"],
+        )
+    cfg = load_config(
+        ModelConfig,
+        None,
+        [f"path={deep_bert_dir}", "kind=colbert", "colbert_dim=8", "student_num_layers=2"],
+    )
     model = model_from_config(cfg)
     assert model.kind == "colbert" and model.dim == 8 and model.spec.layer_map == [0, 1]
     enc = model.tokenize_passages(["dense retrieval"])

@@ -20,7 +20,10 @@ from densekit.models.tiny import build_tiny_model
 def teachers(tmp_path_factory, data):
     root = tmp_path_factory.mktemp("teachers")
     texts = data.passages + data.queries
-    return {a: build_tiny_model(root / a, texts, arch=a, layers=4, hidden=32, seed=5) for a in ("bert", "distilbert", "roberta")}
+    return {
+        a: build_tiny_model(root / a, texts, arch=a, layers=4, hidden=32, seed=5)
+        for a in ("bert", "distilbert", "roberta")
+    }
 
 
 def _skip_layers(transformer: nn.Module, keep: list[int]) -> nn.Module:
@@ -47,7 +50,10 @@ def test_student_holds_exactly_the_kept_layers(teachers, data, arch):
             src = f"{prefix}{[0, 3][int(i)]}.{rest}"
         assert value.shape == t_sd[src].shape, key
         assert torch.equal(value, t_sd[src]), key
-    assert len([k for k in s_sd if k.startswith(prefix)]) == len([k for k in t_sd if k.startswith(prefix)]) // 2
+    assert (
+        len([k for k in s_sd if k.startswith(prefix)])
+        == len([k for k in t_sd if k.startswith(prefix)]) // 2
+    )
     for a, b in zip(student.query_tower.head.parameters(), teacher.query_tower.head.parameters()):
         assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()  # a copy, not shared
     # embeddings = the teacher run with layers 1 and 2 skipped
@@ -63,7 +69,11 @@ def test_first_n_layers_and_kinds(teachers, data):
     for kind in ("colbert", "cross_encoder"):
         teacher = build_model(ModelSpec(kind=kind, colbert_dim=8), teachers["bert"]).eval()
         student = student_from_teacher(teacher, num_layers=2)
-        assert type(student) is type(teacher) and student.spec.layer_map == [0, 1] and student.num_layers == 2
+        assert (
+            type(student) is type(teacher)
+            and student.spec.layer_map == [0, 1]
+            and student.num_layers == 2
+        )
     with pytest.raises(ValueError, match=r"layers \[4\] out of range: the teacher has 4 layers"):
         student_from_teacher(teacher, layers=[0, 4])
     with pytest.raises(ValueError, match="strictly increasing"):
@@ -74,7 +84,9 @@ def test_first_n_layers_and_kinds(teachers, data):
 def test_student_saves_for_hf_and_sentence_transformers(tmp_path, teachers, data):
     from sentence_transformers import SentenceTransformer
 
-    build_model(ModelSpec(pooling="mean", normalize=True, similarity="cosine"), teachers["bert"]).save(tmp_path / "teacher")
+    build_model(
+        ModelSpec(pooling="mean", normalize=True, similarity="cosine"), teachers["bert"]
+    ).save(tmp_path / "teacher")
     student = student_from_teacher(tmp_path / "teacher", layers=[0, 3]).eval()
     assert student.spec.teacher == str(tmp_path / "teacher")
     student.save(tmp_path / "student")
@@ -83,14 +95,24 @@ def test_student_saves_for_hf_and_sentence_transformers(tmp_path, teachers, data
     assert loaded.spec.layer_map == [0, 3] and loaded.spec.pooling == "mean"
     with torch.no_grad():
         ours = loaded.encode_queries(**loaded.tokenize_queries(data.queries))
-    st = SentenceTransformer(str(tmp_path / "student"), device="cpu").encode(data.queries, convert_to_tensor=True)
+    st = SentenceTransformer(str(tmp_path / "student"), device="cpu").encode(
+        data.queries, convert_to_tensor=True
+    )
     torch.testing.assert_close(st, ours, atol=1e-5, rtol=1e-4)
 
 
 def test_projected_student_from_another_model(tmp_path, teachers, data):
     from sentence_transformers import SentenceTransformer
 
-    small = build_tiny_model(tmp_path / "small", [], layers=1, hidden=16, heads=2, intermediate=32, tokenizer_from=teachers["bert"])
+    small = build_tiny_model(
+        tmp_path / "small",
+        [],
+        layers=1,
+        hidden=16,
+        heads=2,
+        intermediate=32,
+        tokenizer_from=teachers["bert"],
+    )
     teacher = build_model(ModelSpec(pooling="cls", head_dim=24), teachers["bert"])
     student = student_from_model(small, teacher).eval()
     assert student.dim == teacher.dim == 24 and student.query_tower.hidden_size == 16
@@ -98,5 +120,7 @@ def test_projected_student_from_another_model(tmp_path, teachers, data):
     with torch.no_grad():
         ours = student.encode_queries(**student.tokenize_queries(data.queries))
     assert ours.shape == (3, 24)
-    st = SentenceTransformer(str(tmp_path / "student"), device="cpu").encode(data.queries, convert_to_tensor=True)
+    st = SentenceTransformer(str(tmp_path / "student"), device="cpu").encode(
+        data.queries, convert_to_tensor=True
+    )
     torch.testing.assert_close(st, ours, atol=1e-5, rtol=1e-4)

@@ -21,14 +21,32 @@ from torch import Tensor, nn
 from densekit.errors import ConfigError
 from densekit.losses.base import Loss
 from densekit.losses.contrastive import NLL, Contrastive, info_nce
-from densekit.losses.distill import EmbeddingMSE, KLDistill, LwF, MarginMSE, embedding_mse, kl_distill, margin_mse
+from densekit.losses.distill import (
+    EmbeddingMSE,
+    KLDistill,
+    LwF,
+    MarginMSE,
+    embedding_mse,
+    kl_distill,
+    margin_mse,
+)
 from densekit.losses.layers import LayerDistill, layer_distill, layer_pairs
 from densekit.losses.ranking import AdoreLambda, StarPairwise, adore_lambda, star_pairwise
 from densekit.models.output import ModelOutput
 
 LOSSES: dict[str, type[Loss]] = {
     cls.name: cls
-    for cls in (Contrastive, NLL, StarPairwise, AdoreLambda, MarginMSE, KLDistill, EmbeddingMSE, LwF, LayerDistill)
+    for cls in (
+        Contrastive,
+        NLL,
+        StarPairwise,
+        AdoreLambda,
+        MarginMSE,
+        KLDistill,
+        EmbeddingMSE,
+        LwF,
+        LayerDistill,
+    )
 }
 
 __all__ = [
@@ -75,7 +93,9 @@ class Objective(nn.Module):
     def needs_passages(self) -> bool:
         return any(loss.needs_scores for loss in self.terms.values())
 
-    def candidates(self, student_kind: str, teacher_kind: str | None = None) -> tuple[str | None, str | None]:
+    def candidates(
+        self, student_kind: str, teacher_kind: str | None = None
+    ) -> tuple[str | None, str | None]:
         """(student mode, teacher mode) to run the models with, checked against every loss.
 
         Bi-encoder and ColBERT students are scored over global candidates (which contain every
@@ -92,7 +112,9 @@ class Objective(nn.Module):
         if retrieved:
             others = [n for n in scored if "retrieved" not in self.terms[n].modes]
             if others:
-                raise ConfigError(f"{retrieved[0]} needs retrieved candidates (a fixed index), which {', '.join(others)} cannot use")
+                raise ConfigError(
+                    f"{retrieved[0]} needs retrieved candidates (a fixed index), which {', '.join(others)} cannot use"
+                )
             student = "retrieved"
         else:
             student = "group" if student_kind == "cross_encoder" else "global"
@@ -109,7 +131,13 @@ class Objective(nn.Module):
                 raise ConfigError(f"{e}{why}") from None
         return student, teacher
 
-    def forward(self, student: ModelOutput, batch, teacher: ModelOutput | None = None, reference: ModelOutput | None = None) -> Tensor:
+    def forward(
+        self,
+        student: ModelOutput,
+        batch,
+        teacher: ModelOutput | None = None,
+        reference: ModelOutput | None = None,
+    ) -> Tensor:
         total: Tensor | None = None
         self.last_terms = {}
         for name, loss in self.terms.items():
@@ -145,7 +173,9 @@ def _entry(name: str, entry: Any) -> tuple[float, dict]:
     if isinstance(entry, Mapping):
         unknown = set(entry) - {"weight", "params"}
         if unknown:
-            raise ConfigError(f"losses.{name}: unknown key(s) {', '.join(sorted(unknown))}; expected weight and params")
+            raise ConfigError(
+                f"losses.{name}: unknown key(s) {', '.join(sorted(unknown))}; expected weight and params"
+            )
         weight, params = entry.get("weight", 1.0), entry.get("params") or {}
     else:  # a LossConfig dataclass
         weight, params = getattr(entry, "weight", 1.0), getattr(entry, "params", None) or {}
@@ -165,9 +195,16 @@ def _construct(name: str, cls: type[Loss], params: dict) -> Loss:
             hint = f" Did you mean '{close[0]}'?" if close else ""
             valid = f"; valid: {', '.join(allowed)}" if allowed else "; it takes no params"
             raise ConfigError(f"losses.{name}.params: unknown parameter '{key}'.{hint}{valid}")
-    missing = [p for p, v in sig.parameters.items() if p != "self" and v.default is inspect.Parameter.empty and p not in params]
+    missing = [
+        p
+        for p, v in sig.parameters.items()
+        if p != "self" and v.default is inspect.Parameter.empty and p not in params
+    ]
     if missing:
-        raise ConfigError(f"losses.{name}.params: missing required parameter(s) {', '.join(missing)}" + _why(name, missing))
+        raise ConfigError(
+            f"losses.{name}.params: missing required parameter(s) {', '.join(missing)}"
+            + _why(name, missing)
+        )
     try:
         return cls(**params)
     except ConfigError:
@@ -180,4 +217,3 @@ def _why(name: str, missing: list[str]) -> str:
     if name == "adore_lambda" and "metric_cut" in missing:
         return " (DRhard's default None zeroes every weight; its README uses 200)"
     return ""
-

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 from torch import Tensor, nn
 
 from densekit.candidates import Candidates, group_candidates
@@ -67,7 +66,9 @@ class Loss(nn.Module):
         """
         have = {m for m in modes if m is not None}
         if not have:
-            raise ValueError(f"{self.name}: no scores to compare (outputs were computed without passages)")
+            raise ValueError(
+                f"{self.name}: no scores to compare (outputs were computed without passages)"
+            )
         if len(have) == 1:
             mode = have.pop()
             if mode not in self.modes and mode == "global" and "group" in self.modes:
@@ -75,9 +76,13 @@ class Loss(nn.Module):
         elif have == {"global", "group"}:
             mode = "group"
         else:
-            raise ValueError(f"{self.name}: cannot compare scores over {' and '.join(sorted(have))} candidates")
+            raise ValueError(
+                f"{self.name}: cannot compare scores over {' and '.join(sorted(have))} candidates"
+            )
         if mode not in self.modes:
-            raise ValueError(f"{self.name} needs {' or '.join(self.modes)} candidates, but the scores are over {mode} candidates")
+            raise ValueError(
+                f"{self.name} needs {' or '.join(self.modes)} candidates, but the scores are over {mode} candidates"
+            )
         return mode
 
     def teacher_output(self, teacher: ModelOutput | None, batch) -> ModelOutput:
@@ -91,21 +96,32 @@ class Loss(nn.Module):
                 "`score` step (TrainBatch.teacher_scores is None)"
             )
         ids = batch.tensors(ts.device)
-        cands = group_candidates(ids["passage_ids"], ids["positive_ids"], ids["positive_mask"], batch.group_size)
+        cands = group_candidates(
+            ids["passage_ids"], ids["positive_ids"], ids["positive_mask"], batch.group_size
+        )
         return ModelOutput(scores=ts, candidates=cands)
 
     def _t(self, t: Tensor) -> Tensor:
         return t.detach() if self.detach_teacher else t
 
-    def scores_pair(self, student: ModelOutput, other: ModelOutput, other_name: str, layers: bool = False) -> tuple[Tensor, Tensor, Candidates]:
+    def scores_pair(
+        self, student: ModelOutput, other: ModelOutput, other_name: str, layers: bool = False
+    ) -> tuple[Tensor, Tensor, Candidates]:
         """(student scores, other scores, candidates) over one common mode, shapes checked."""
         mode = self.pick_mode(student.mode, other.mode)
         s, cands = student.in_mode(mode, layers=layers)
         o, o_cands = other.in_mode(mode, layers=layers)
         if s.shape[-2:] != o.shape[-2:]:
-            raise ValueError(f"{self.name}: {other_name} scores {list(o.shape)} do not match student scores {list(s.shape)} over {mode} candidates")
+            raise ValueError(
+                f"{self.name}: {other_name} scores {list(o.shape)} do not match student scores {list(s.shape)} over {mode} candidates"
+            )
         return s, o, cands
 
-    def forward(self, student: ModelOutput, batch, teacher: ModelOutput | None = None, reference: ModelOutput | None = None) -> Tensor:
+    def forward(
+        self,
+        student: ModelOutput,
+        batch,
+        teacher: ModelOutput | None = None,
+        reference: ModelOutput | None = None,
+    ) -> Tensor:
         raise NotImplementedError
-

@@ -9,7 +9,9 @@ from densekit.losses.base import Loss, check_shape, masked
 from densekit.models.output import ModelOutput
 
 
-def info_nce(scores: Tensor, target: Tensor, temperature: float = 1.0, keep: Tensor | None = None) -> Tensor:
+def info_nce(
+    scores: Tensor, target: Tensor, temperature: float = 1.0, keep: Tensor | None = None
+) -> Tensor:
     """Mean over queries of -log softmax(scores / T)[target].
 
     Args:

@@ -23,13 +23,20 @@ def margin_mse(student_scores: Tensor, teacher_scores: Tensor) -> Tensor:
     B, G = check_shape("student_scores", student_scores, (None, None), "margin_mse").shape
     check_shape("teacher_scores", teacher_scores, (B, G), "margin_mse")
     if G < 2:
-        raise ValueError(f"margin_mse: needs a positive and at least one negative per query, got groups of {G}")
+        raise ValueError(
+            f"margin_mse: needs a positive and at least one negative per query, got groups of {G}"
+        )
     s_margin = student_scores[:, :1] - student_scores[:, 1:]  # [B, G-1]
     t_margin = teacher_scores[:, :1] - teacher_scores[:, 1:]
     return ((s_margin - t_margin) ** 2).mean()
 
 
-def kl_scores(student_scores: Tensor, teacher_scores: Tensor, temperature: float = 1.0, keep: Tensor | None = None) -> Tensor:
+def kl_scores(
+    student_scores: Tensor,
+    teacher_scores: Tensor,
+    temperature: float = 1.0,
+    keep: Tensor | None = None,
+) -> Tensor:
     """KL(softmax(t/T) ‖ softmax(s/T)), mean over queries ("batchmean"), without T² scaling.
 
     Args:
@@ -47,7 +54,12 @@ def kl_scores(student_scores: Tensor, teacher_scores: Tensor, temperature: float
     return terms.sum() / B
 
 
-def kl_distill(student_scores: Tensor, teacher_scores: Tensor, temperature: float = 1.0, keep: Tensor | None = None) -> Tensor:
+def kl_distill(
+    student_scores: Tensor,
+    teacher_scores: Tensor,
+    temperature: float = 1.0,
+    keep: Tensor | None = None,
+) -> Tensor:
     """T² · KL(softmax(t/T) ‖ softmax(s/T)); at T = 1 equal to F.kl_div(log_softmax(s), softmax(t), "batchmean")."""
     # Gradients of the softened KL shrink as 1/T²: scale back (Hinton et al.), as PROD does.
     return kl_scores(student_scores, teacher_scores, temperature, keep) * temperature**2
@@ -135,7 +147,9 @@ class LwF(Loss):
 
     def forward(self, student: ModelOutput, batch, teacher=None, reference=None) -> Tensor:
         if reference is None:
-            raise ValueError("lwf needs the frozen copy of the student taken at the start of the stage: pass its output as `reference`")
+            raise ValueError(
+                "lwf needs the frozen copy of the student taken at the start of the stage: pass its output as `reference`"
+            )
         s, r, cands = self.scores_pair(student, reference, "reference")
         return kl_distill(s, r.detach(), self.temperature, cands.valid)  # the copy is never trained
 
@@ -159,7 +173,11 @@ class EmbeddingMSE(Loss):
 
     def forward(self, student: ModelOutput, batch, teacher=None, reference=None) -> Tensor:
         if teacher is None or teacher.query_emb is None:
-            raise ValueError("embedding_mse needs the teacher's query embeddings: run a bi-encoder teacher on the batch")
+            raise ValueError(
+                "embedding_mse needs the teacher's query embeddings: run a bi-encoder teacher on the batch"
+            )
         if student.query_emb is None or student.query_emb.dim() != 2:
-            raise ValueError("embedding_mse needs the student's single-vector query embeddings [B, D] (a bi-encoder)")
+            raise ValueError(
+                "embedding_mse needs the student's single-vector query embeddings [B, D] (a bi-encoder)"
+            )
         return embedding_mse(student.query_emb, self._t(teacher.query_emb))

@@ -21,7 +21,15 @@ logger = logging.getLogger(__name__)
 MAPPINGS = ("random", "last", "skip", "list")
 
 
-def layer_pairs(mapping: str, n_student: int, n_teacher: int, k: int | None = None, student_layers=None, teacher_layers=None, generator: torch.Generator | None = None) -> list[tuple[int, int]]:
+def layer_pairs(
+    mapping: str,
+    n_student: int,
+    n_teacher: int,
+    k: int | None = None,
+    student_layers=None,
+    teacher_layers=None,
+    generator: torch.Generator | None = None,
+) -> list[tuple[int, int]]:
     """(student layer, teacher layer) pairs.
 
     random: k sorted student layers and k sorted teacher layers drawn without replacement,
@@ -31,16 +39,28 @@ def layer_pairs(mapping: str, n_student: int, n_teacher: int, k: int | None = No
     list:   `student_layers[i]` with `teacher_layers[i]`.
     """
     if mapping == "list":
-        if student_layers is None or teacher_layers is None or len(student_layers) != len(teacher_layers) or not student_layers:
-            raise ValueError("mapping 'list' needs student_layers and teacher_layers of the same, non-zero length")
-        for name, ids, n in (("student_layers", student_layers, n_student), ("teacher_layers", teacher_layers, n_teacher)):
+        if (
+            student_layers is None
+            or teacher_layers is None
+            or len(student_layers) != len(teacher_layers)
+            or not student_layers
+        ):
+            raise ValueError(
+                "mapping 'list' needs student_layers and teacher_layers of the same, non-zero length"
+            )
+        for name, ids, n in (
+            ("student_layers", student_layers, n_student),
+            ("teacher_layers", teacher_layers, n_teacher),
+        ):
             if any(not 0 <= i < n for i in ids):
                 raise ValueError(f"{name} {list(ids)} out of range 0..{n - 1}")
         return list(zip(student_layers, teacher_layers))
     if k is None or k < 1:
         raise ValueError(f"mapping '{mapping}' needs num_layers >= 1, got {k}")
     if k > min(n_student, n_teacher):
-        raise ValueError(f"num_layers {k} is more than the student ({n_student}) or teacher ({n_teacher}) has")
+        raise ValueError(
+            f"num_layers {k} is more than the student ({n_student}) or teacher ({n_teacher}) has"
+        )
     if mapping == "random":
         s = sorted(torch.randperm(n_student, generator=generator)[:k].tolist())
         t = sorted(torch.randperm(n_teacher, generator=generator)[:k].tolist())
@@ -50,7 +70,9 @@ def layer_pairs(mapping: str, n_student: int, n_teacher: int, k: int | None = No
         step = max(1, n_teacher // n_student)
         s, t = list(range(n_student - k, n_student)), list(range(0, n_teacher, step))[:k]
         if len(t) < k:
-            raise ValueError(f"mapping 'skip' cannot find {k} teacher layers with step {step} in {n_teacher}")
+            raise ValueError(
+                f"mapping 'skip' cannot find {k} teacher layers with step {step} in {n_teacher}"
+            )
     else:
         raise ValueError(f"unknown mapping '{mapping}'; expected one of {', '.join(MAPPINGS)}")
     return list(zip(s, t))
@@ -81,13 +103,17 @@ def layer_distill(
     Returns:
         (loss, λ `[len(pairs)]`).
     """
-    Ls, B, C = check_shape("student_layers", student_layers, (None, None, None), "layer_distill").shape
+    Ls, B, C = check_shape(
+        "student_layers", student_layers, (None, None, None), "layer_distill"
+    ).shape
     Lt = check_shape("teacher_layers", teacher_layers, (None, B, C), "layer_distill").shape[0]
     check_shape("target", target, (B,), "layer_distill")
     kls, nlls = [], []
     for s, t in pairs:
         if not (0 <= s < Ls and 0 <= t < Lt):
-            raise ValueError(f"layer_distill: pair ({s}, {t}) out of range for {Ls} student and {Lt} teacher layers")
+            raise ValueError(
+                f"layer_distill: pair ({s}, {t}) out of range for {Ls} student and {Lt} teacher layers"
+            )
         kls.append(kl_distill(student_layers[s], teacher_layers[t], temperature, keep))
         with torch.no_grad():  # λ is a weight, never a path for gradients
             nlls.append(torch.nn.functional.cross_entropy(masked(teacher_layers[t], keep), target))
@@ -141,11 +167,17 @@ class LayerDistill(Loss):
     ):
         super().__init__()
         if mapping not in MAPPINGS:
-            raise ConfigError(f"layer_distill: unknown mapping '{mapping}'; expected one of {', '.join(MAPPINGS)}")
+            raise ConfigError(
+                f"layer_distill: unknown mapping '{mapping}'; expected one of {', '.join(MAPPINGS)}"
+            )
         if mapping != "list" and num_layers is None:
-            raise ConfigError(f"layer_distill: mapping '{mapping}' needs num_layers (LEAD's scripts distil 5 layers)")
+            raise ConfigError(
+                f"layer_distill: mapping '{mapping}' needs num_layers (LEAD's scripts distil 5 layers)"
+            )
         if redraw_every < 1 or temperature <= 0 or layer_temperature <= 0:
-            raise ConfigError("layer_distill: redraw_every, temperature and layer_temperature must be positive")
+            raise ConfigError(
+                "layer_distill: redraw_every, temperature and layer_temperature must be positive"
+            )
         self.mapping, self.k = mapping, num_layers
         self.student_layers, self.teacher_layers = student_layers, teacher_layers
         self.redraw_every, self.seed = redraw_every, seed
@@ -164,8 +196,12 @@ class LayerDistill(Loss):
                 self.pairs = layer_pairs("random", n_student, n_teacher, self.k, generator=g)
                 logger.debug("layer_distill: step %d pairs %s", step, self.pairs)
         elif self.pairs is None:
-            self.pairs = layer_pairs(self.mapping, n_student, n_teacher, self.k, self.student_layers, self.teacher_layers)
-            logger.info("layer_distill: %s mapping, (student, teacher) layers %s", self.mapping, self.pairs)
+            self.pairs = layer_pairs(
+                self.mapping, n_student, n_teacher, self.k, self.student_layers, self.teacher_layers
+            )
+            logger.info(
+                "layer_distill: %s mapping, (student, teacher) layers %s", self.mapping, self.pairs
+            )
         return self.pairs
 
     def forward(self, student: ModelOutput, batch, teacher=None, reference=None) -> Tensor:
@@ -173,12 +209,21 @@ class LayerDistill(Loss):
             raise ValueError("layer_distill needs a teacher model run with output_layers=True")
         for who, out in (("student", student), ("teacher", teacher)):
             if out.layer_scores is None:
-                raise ValueError(f"layer_distill: the {who} output has no layer_scores: run it with output_layers=True")
+                raise ValueError(
+                    f"layer_distill: the {who} output has no layer_scores: run it with output_layers=True"
+                )
         s_l, t_l, cands = self.scores_pair(student, teacher, "teacher", layers=True)
         pairs = self.current_pairs(s_l.shape[0], t_l.shape[0])
         self.calls += 1
         loss, self.last_weights = layer_distill(
-            s_l, self._t(t_l), cands.target, pairs, self.temperature, self.layer_temperature, self.reweight, cands.valid
+            s_l,
+            self._t(t_l),
+            cands.target,
+            pairs,
+            self.temperature,
+            self.layer_temperature,
+            self.reweight,
+            cands.valid,
         )
         if self.joint:
             s, t, cands = self.scores_pair(student, teacher, "teacher")

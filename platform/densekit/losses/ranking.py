@@ -10,7 +10,9 @@ from densekit.losses.base import Loss, check_shape
 from densekit.models.output import ModelOutput
 
 
-def star_pairwise(scores: Tensor, target: Tensor, relevant: Tensor, valid: Tensor | None = None) -> Tensor:
+def star_pairwise(
+    scores: Tensor, target: Tensor, relevant: Tensor, valid: Tensor | None = None
+) -> Tensor:
     """Mean over (query, negative) pairs of −log σ(s[i, pos_i] − s[i, j]).
 
     Every candidate not relevant to query i is a negative: the other queries' positives ("random"
@@ -28,16 +30,24 @@ def star_pairwise(scores: Tensor, target: Tensor, relevant: Tensor, valid: Tenso
     B, C = check_shape("scores", scores, (None, None), "star_pairwise").shape
     check_shape("target", target, (B,), "star_pairwise")
     check_shape("relevant", relevant, (B, C), "star_pairwise")
-    neg = ~relevant if valid is None else ~relevant & check_shape("valid", valid, (B, C), "star_pairwise")
+    neg = (
+        ~relevant
+        if valid is None
+        else ~relevant & check_shape("valid", valid, (B, C), "star_pairwise")
+    )
     pos = scores.gather(1, target.unsqueeze(1))  # [B, 1]
     pair = F.softplus(scores - pos)  # −log σ(s_pos − s_j), [B, C]
     n = neg.sum()
     if n == 0:
-        raise ValueError("star_pairwise: no negative pairs in the batch (every candidate is relevant)")
+        raise ValueError(
+            "star_pairwise: no negative pairs in the batch (every candidate is relevant)"
+        )
     return (pair * neg).sum() / n
 
 
-def adore_lambda(scores: Tensor, relevant: Tensor, ranks: Tensor, metric_cut: int, valid: Tensor | None = None) -> Tensor:
+def adore_lambda(
+    scores: Tensor, relevant: Tensor, ranks: Tensor, metric_cut: int, valid: Tensor | None = None
+) -> Tensor:
     """ADORE's LambdaRank-style loss on retrieved candidates, weighted by |ΔRR@cut|.
 
     For each query and pair (i, j) with y_i > y_j: C_ij = log(1 + exp(−(s_i − s_j))),
@@ -56,9 +66,17 @@ def adore_lambda(scores: Tensor, relevant: Tensor, ranks: Tensor, metric_cut: in
     check_shape("relevant", relevant, (B, C), "adore_lambda")
     check_shape("ranks", ranks, (B, C), "adore_lambda")
     if metric_cut is None or metric_cut < 1:
-        raise ValueError(f"adore_lambda: metric_cut must be a positive rank cut-off, got {metric_cut}")
-    valid = torch.ones_like(relevant) if valid is None else check_shape("valid", valid, (B, C), "adore_lambda")
-    rr = torch.where(ranks <= metric_cut, 1.0 / ranks.to(scores.dtype), torch.zeros((), dtype=scores.dtype))  # [B, C]
+        raise ValueError(
+            f"adore_lambda: metric_cut must be a positive rank cut-off, got {metric_cut}"
+        )
+    valid = (
+        torch.ones_like(relevant)
+        if valid is None
+        else check_shape("valid", valid, (B, C), "adore_lambda")
+    )
+    rr = torch.where(
+        ranks <= metric_cut, 1.0 / ranks.to(scores.dtype), torch.zeros((), dtype=scores.dtype)
+    )  # [B, C]
     w = (rr.unsqueeze(2) - rr.unsqueeze(1)).abs()  # [B, C, C], detached by construction
     y = relevant & valid
     pairs = y.unsqueeze(2) & (~relevant & valid).unsqueeze(1)  # i relevant, j not: [B, C, C]
@@ -111,7 +129,9 @@ class AdoreLambda(Loss):
     def __init__(self, metric_cut: int):
         super().__init__()
         if not isinstance(metric_cut, int) or metric_cut < 1:
-            raise ValueError(f"metric_cut must be a positive integer rank (DRhard's README uses 200), got {metric_cut!r}")
+            raise ValueError(
+                f"metric_cut must be a positive integer rank (DRhard's README uses 200), got {metric_cut!r}"
+            )
         self.metric_cut = metric_cut
 
     def forward(self, student: ModelOutput, batch, teacher=None, reference=None) -> Tensor:

@@ -16,7 +16,13 @@ from densekit.models.bi_encoder import BiEncoder
 from densekit.models.colbert import ColBERT
 from densekit.models.cross_encoder import CrossEncoder
 from densekit.models.encoder import DenseModel
-from densekit.models.spec import KINDS, SPEC_FILE, ModelSpec, read_spec, spec_from_sentence_transformers
+from densekit.models.spec import (
+    KINDS,
+    SPEC_FILE,
+    ModelSpec,
+    read_spec,
+    spec_from_sentence_transformers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +31,11 @@ __all__ = [
     "model_class", "model_from_config",
 ]  # fmt: skip
 
-MODELS: dict[str, type] = {"bi_encoder": BiEncoder, "colbert": ColBERT, "cross_encoder": CrossEncoder}
+MODELS: dict[str, type] = {
+    "bi_encoder": BiEncoder,
+    "colbert": ColBERT,
+    "cross_encoder": CrossEncoder,
+}
 
 
 def model_class(kind: str) -> type:
@@ -39,7 +49,12 @@ def model_class(kind: str) -> type:
     return MODELS[kind]
 
 
-def load_model(path: str | Path, kind: str | None = None, device: Any = None, overrides: dict[str, Any] | None = None):
+def load_model(
+    path: str | Path,
+    kind: str | None = None,
+    device: Any = None,
+    overrides: dict[str, Any] | None = None,
+):
     """Load a model directory for encoding, scoring or training.
 
     Args:
@@ -70,14 +85,27 @@ def load_model(path: str | Path, kind: str | None = None, device: Any = None, ov
             from densekit.models.st_format import load_st_head
 
             load_st_head(root, model.query_tower.head)
-        logger.info("%s: sentence-transformers model, pooling %s, normalised %s", root, spec.pooling, spec.normalized)
+        logger.info(
+            "%s: sentence-transformers model, pooling %s, normalised %s",
+            root,
+            spec.pooling,
+            spec.normalized,
+        )
     elif (root / "config.json").is_file():
         spec = ModelSpec(kind=kind or "bi_encoder").replace(**overrides)
-        if spec.head_dim is not None or spec.kind == "cross_encoder" or (spec.kind == "colbert" and spec.colbert_dim):
-            logger.warning("%s: plain Hugging Face encoder: the %s head starts untrained", root, spec.kind)
+        if (
+            spec.head_dim is not None
+            or spec.kind == "cross_encoder"
+            or (spec.kind == "colbert" and spec.colbert_dim)
+        ):
+            logger.warning(
+                "%s: plain Hugging Face encoder: the %s head starts untrained", root, spec.kind
+            )
         model = model_class(spec.kind).from_pretrained(root, spec, head_required=False)
     else:
-        raise ConfigError(f"{root}: not a model directory (no {SPEC_FILE}, modules.json or config.json)")
+        raise ConfigError(
+            f"{root}: not a model directory (no {SPEC_FILE}, modules.json or config.json)"
+        )
     model.eval()
     if device is not None:
         model.to(device)
@@ -107,7 +135,9 @@ def model_from_config(cfg) -> DenseModel:
         return model.eval()
     model = load_model(cfg.path, kind=cfg.kind, overrides=overrides)
     if cfg.student_layers is not None or cfg.student_num_layers is not None:
-        model = student_from_teacher(model, layers=cfg.student_layers, num_layers=cfg.student_num_layers)
+        model = student_from_teacher(
+            model, layers=cfg.student_layers, num_layers=cfg.student_num_layers
+        )
         model.spec = model.spec.replace(teacher=str(cfg.path))
     return model.eval()
 

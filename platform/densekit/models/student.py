@@ -27,9 +27,15 @@ def layer_stack_path(transformer: nn.Module) -> str:
     "transformer.layer" for DistilBERT)."""
     n = transformer.config.num_hidden_layers
     for name, module in transformer.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n and name.rsplit(".", 1)[-1] in ("layer", "layers"):
+        if (
+            isinstance(module, nn.ModuleList)
+            and len(module) == n
+            and name.rsplit(".", 1)[-1] in ("layer", "layers")
+        ):
             return name
-    raise ValueError(f"{type(transformer).__name__}: no ModuleList of {n} layers named 'layer' or 'layers' found")
+    raise ValueError(
+        f"{type(transformer).__name__}: no ModuleList of {n} layers named 'layer' or 'layers' found"
+    )
 
 
 def check_layers(layers: Sequence[int], num_layers: int) -> list[int]:
@@ -39,7 +45,9 @@ def check_layers(layers: Sequence[int], num_layers: int) -> list[int]:
         raise ValueError("layers must name at least one teacher layer")
     bad = [i for i in layers if not -num_layers <= i < num_layers]
     if bad:
-        raise ValueError(f"layers {bad} out of range: the teacher has {num_layers} layers (0 .. {num_layers - 1})")
+        raise ValueError(
+            f"layers {bad} out of range: the teacher has {num_layers} layers (0 .. {num_layers - 1})"
+        )
     if any(b <= a for a, b in zip(keep, keep[1:])):
         raise ValueError(f"layers must be strictly increasing, got {list(layers)}")
     return keep
@@ -61,9 +69,9 @@ def slice_layers(transformer: nn.Module, layers: Sequence[int]) -> nn.Module:
     keep = check_layers(layers, transformer.config.num_hidden_layers)
     cfg = copy.deepcopy(transformer.config)
     cfg.num_hidden_layers = len(keep)  # DistilBERT maps this onto n_layers
-    student = AutoModel.from_config(cfg, attn_implementation=transformer.config._attn_implementation).to(
-        dtype=next(transformer.parameters()).dtype
-    )
+    student = AutoModel.from_config(
+        cfg, attn_implementation=transformer.config._attn_implementation
+    ).to(dtype=next(transformer.parameters()).dtype)
     prefix = layer_stack_path(transformer) + "."
     t_sd, s_sd = transformer.state_dict(), student.state_dict()
     used = set()
@@ -73,10 +81,16 @@ def slice_layers(transformer: nn.Module, layers: Sequence[int]) -> nn.Module:
             i, rest = key[len(prefix) :].split(".", 1)
             src = f"{prefix}{keep[int(i)]}.{rest}"  # student layer i <- teacher layer keep[i]
         assert src in t_sd, f"{key}: teacher has no {src}"
-        assert t_sd[src].shape == value.shape, f"{key}: shape {tuple(value.shape)} != teacher {src} {tuple(t_sd[src].shape)}"
+        assert t_sd[src].shape == value.shape, (
+            f"{key}: shape {tuple(value.shape)} != teacher {src} {tuple(t_sd[src].shape)}"
+        )
         value.copy_(t_sd[src])
         used.add(src)
-    dropped = {k for k in t_sd if k.startswith(prefix) and int(k[len(prefix) :].split(".", 1)[0]) not in keep}
+    dropped = {
+        k
+        for k in t_sd
+        if k.startswith(prefix) and int(k[len(prefix) :].split(".", 1)[0]) not in keep
+    }
     leftover = set(t_sd) - used - dropped
     assert not leftover, f"teacher weights not copied: {sorted(leftover)[:5]}"
     return student.train(transformer.training)
@@ -99,7 +113,9 @@ def student_from_teacher(
         spec.layer_map = the kept teacher layers, spec.teacher = the teacher's path (if given).
     """
     if (layers is None) == (num_layers is None):
-        raise ValueError("give exactly one of layers (a list of teacher layers) or num_layers (the first n)")
+        raise ValueError(
+            "give exactly one of layers (a list of teacher layers) or num_layers (the first n)"
+        )
     teacher_path = None
     if not isinstance(teacher, nn.Module):
         from densekit.models import load_model
@@ -115,11 +131,15 @@ def student_from_teacher(
         head = copy.deepcopy(t.head) if t.head is not None else None
         towers.append(Tower(slice_layers(t.transformer, keep), t.tokenizer, head))
     spec = teacher.spec.replace(layer_map=keep, teacher=teacher_path or teacher.spec.teacher)
-    logger.info("student of %s: keeps teacher layers %s of %d", teacher_path or "the teacher", keep, total)
+    logger.info(
+        "student of %s: keeps teacher layers %s of %d", teacher_path or "the teacher", keep, total
+    )
     return type(teacher)(spec, *towers)
 
 
-def student_from_model(base_path: str | Path, teacher: DenseModel | str | Path, pooling: str = "mean") -> DenseModel:
+def student_from_model(
+    base_path: str | Path, teacher: DenseModel | str | Path, pooling: str = "mean"
+) -> DenseModel:
     """A bi-encoder student from another encoder, with a linear projection to the teacher's
     embedding size (distill-retriever's `init_from_another_model`, with a linear head).
 
