@@ -27,7 +27,9 @@ def _texts(data):
 
 
 def _batch(model, G=3):
-    return TrainCollator(G, negatives="descend", tokenizations=[model.tokenization])(make_groups(n_neg=G - 1))
+    return TrainCollator(G, negatives="descend", tokenizations=[model.tokenization])(
+        make_groups(n_neg=G - 1)
+    )
 
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta"])
@@ -90,8 +92,12 @@ def test_sentence_transformers_loads_the_save(tmp_path, bert, spec):
         ours_q = model.encode_queries(**model.tokenize_queries(QUERIES))
         ours_p = model.encode_passages(**model.tokenize_passages(PASSAGES))
         reloaded = load_model(tmp_path / "m").encode_passages(**model.tokenize_passages(PASSAGES))
-    st_q = st.encode(QUERIES, prompt_name="query" if spec.query_prefix else None, convert_to_tensor=True)
-    st_p = st.encode(PASSAGES, prompt_name="document" if spec.passage_prefix else None, convert_to_tensor=True)
+    st_q = st.encode(
+        QUERIES, prompt_name="query" if spec.query_prefix else None, convert_to_tensor=True
+    )
+    st_p = st.encode(
+        PASSAGES, prompt_name="document" if spec.passage_prefix else None, convert_to_tensor=True
+    )
     torch.testing.assert_close(st_q, ours_q, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(st_p, ours_p, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(reloaded, ours_p)
@@ -103,16 +109,28 @@ def test_loads_a_sentence_transformers_directory(tmp_path, bert):
 
     tr = models.Transformer(str(bert), max_seq_length=64)
     st = SentenceTransformer(
-        modules=[tr, models.Pooling(32, pooling_mode="mean"), models.Dense(32, 8, activation_function=torch.nn.Identity()), models.Normalize()],
+        modules=[
+            tr,
+            models.Pooling(32, pooling_mode="mean"),
+            models.Dense(32, 8, activation_function=torch.nn.Identity()),
+            models.Normalize(),
+        ],
         device="cpu",
     )
     st.save(str(tmp_path / "st"))
     model = load_model(tmp_path / "st")
     assert isinstance(model, BiEncoder)
-    assert (model.spec.pooling, model.spec.normalized, model.spec.head_dim, model.spec.max_passage_length) == ("mean", True, 8, 64)
+    assert (
+        model.spec.pooling,
+        model.spec.normalized,
+        model.spec.head_dim,
+        model.spec.max_passage_length,
+    ) == ("mean", True, 8, 64)
     with torch.no_grad():
         ours = model.encode_passages(**model.tokenize_passages(PASSAGES))
-    torch.testing.assert_close(ours, st.encode(PASSAGES, convert_to_tensor=True), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        ours, st.encode(PASSAGES, convert_to_tensor=True), atol=1e-5, rtol=1e-4
+    )
 
 
 MINILM = Path("/work/.models/all-MiniLM-L6-v2")
@@ -123,10 +141,18 @@ def test_minilm_loads_with_its_pooling():
     from sentence_transformers import SentenceTransformer
 
     model = load_model(MINILM)
-    assert (model.spec.pooling, model.spec.normalized, model.spec.max_passage_length) == ("mean", True, 256)
+    assert (model.spec.pooling, model.spec.normalized, model.spec.max_passage_length) == (
+        "mean",
+        True,
+        256,
+    )
     with torch.no_grad():
-        ours = model.encode_passages(**model.tokenize_passages(PASSAGES, titles=["a title"] + [""] * 7))
-    ref = SentenceTransformer(str(MINILM), device="cpu").encode(["a title " + PASSAGES[0]] + PASSAGES[1:], convert_to_tensor=True)
+        ours = model.encode_passages(
+            **model.tokenize_passages(PASSAGES, titles=["a title"] + [""] * 7)
+        )
+    ref = SentenceTransformer(str(MINILM), device="cpu").encode(
+        ["a title " + PASSAGES[0]] + PASSAGES[1:], convert_to_tensor=True
+    )
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
 
 
@@ -139,7 +165,9 @@ def test_separate_towers_save_in_subfolders(tmp_path, bert):
         for p in model.passage_tower.parameters():
             p.add_(0.05 * torch.randn_like(p))
     model.save(tmp_path / "m")
-    assert (tmp_path / "m" / "query" / "model.safetensors").is_file() and (tmp_path / "m" / "passage" / "config.json").is_file()
+    assert (tmp_path / "m" / "query" / "model.safetensors").is_file() and (
+        tmp_path / "m" / "passage" / "config.json"
+    ).is_file()
     AutoModel.from_pretrained(str(tmp_path / "m" / "passage"))
     loaded = load_model(tmp_path / "m")
     q_enc, p_enc = loaded.tokenize_queries(QUERIES), loaded.tokenize_passages(QUERIES)
@@ -147,13 +175,17 @@ def test_separate_towers_save_in_subfolders(tmp_path, bert):
         q, p = loaded.encode_queries(**q_enc), loaded.encode_passages(**p_enc)
         assert not torch.allclose(q, p)  # the towers really differ
         torch.testing.assert_close(p, model.encode_passages(**p_enc))
-    st_p = SentenceTransformer(str(tmp_path / "m" / "passage"), device="cpu").encode(QUERIES, convert_to_tensor=True)
+    st_p = SentenceTransformer(str(tmp_path / "m" / "passage"), device="cpu").encode(
+        QUERIES, convert_to_tensor=True
+    )
     torch.testing.assert_close(st_p, p, atol=1e-5, rtol=1e-4)
 
 
 def test_plain_hf_directory_is_a_cls_dot_bi_encoder(bert):
     model = load_model(bert)
-    assert isinstance(model, BiEncoder) and model.spec.pooling == "cls" and not model.spec.normalized
+    assert (
+        isinstance(model, BiEncoder) and model.spec.pooling == "cls" and not model.spec.normalized
+    )
     model = load_model(bert, overrides={"pooling": "mean", "max_query_length": 8})
     assert model.tokenize_queries(["a b c d e f g h i j k l"])["input_ids"].shape[1] == 8
 
@@ -163,7 +195,9 @@ def test_titles_join_as_the_spec_says(bert):
     prefix = model.tokenize_passages(["the fox"], titles=["dog"])["input_ids"][0].tolist()
     plain = model.tokenize_passages(["dog the fox"])["input_ids"][0].tolist()
     assert prefix == plain
-    pair = load_model(bert, overrides={"title_mode": "pair"}).tokenize_passages(["the fox"], titles=["dog"])
+    pair = load_model(bert, overrides={"title_mode": "pair"}).tokenize_passages(
+        ["the fox"], titles=["dog"]
+    )
     sep = model.query_tower.tokenizer.sep_token_id
     assert pair["input_ids"][0].tolist().count(sep) == 2 and pair["token_type_ids"][0].max() == 1
 

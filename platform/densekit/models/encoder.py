@@ -47,7 +47,9 @@ class Tower(nn.Module):
         self.tokenizer = tokenizer
         self.head = head
         params = inspect.signature(transformer.forward).parameters
-        self.input_names = {k for k in ("input_ids", "attention_mask", "token_type_ids") if k in params}
+        self.input_names = {
+            k for k in ("input_ids", "attention_mask", "token_type_ids") if k in params
+        }
         # RoBERTa has one token type: pair encodings must not send type 1.
         if getattr(transformer.config, "type_vocab_size", 2) < 2:
             self.input_names.discard("token_type_ids")
@@ -62,7 +64,9 @@ class Tower(nn.Module):
         cfg = self.transformer.config
         return getattr(cfg, "num_hidden_layers", None) or cfg.n_layers
 
-    def hidden(self, enc: dict[str, Tensor], all_layers: bool = False) -> tuple[Tensor, list[Tensor] | None]:
+    def hidden(
+        self, enc: dict[str, Tensor], all_layers: bool = False
+    ) -> tuple[Tensor, list[Tensor] | None]:
         """Last hidden states `[N, L, H]` and, with `all_layers`, each transformer layer's output.
 
         Layer list index 0 is the first transformer layer's output: HF's `hidden_states[0]` (the
@@ -84,7 +88,9 @@ class Tower(nn.Module):
             save_file(state, str(directory / HEAD_FILE))
 
     @classmethod
-    def load(cls, directory: str | Path, head: Head | None = None, head_required: bool = False) -> Tower:
+    def load(
+        cls, directory: str | Path, head: Head | None = None, head_required: bool = False
+    ) -> Tower:
         """Load a tower; `head` (constructed by the caller) gets the saved head weights."""
         from transformers import AutoModel, AutoTokenizer
 
@@ -96,9 +102,13 @@ class Tower(nn.Module):
             if path.is_file():
                 load_head(head, path)
             elif head_required:
-                raise FileNotFoundError(f"{path}: the spec declares a head but its weights are missing")
+                raise FileNotFoundError(
+                    f"{path}: the spec declares a head but its weights are missing"
+                )
             else:
-                logger.info("%s: no saved head, the head starts from a random initialisation", directory)
+                logger.info(
+                    "%s: no saved head, the head starts from a random initialisation", directory
+                )
         return cls(transformer, tokenizer, head)
 
 
@@ -111,7 +121,9 @@ def load_head(head: nn.Module, path: str | Path, prefix_map: dict[str, str] | No
         state = {_rename(k, prefix_map): v for k, v in state.items()}
     missing, unexpected = head.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: head weights do not match (missing {missing}, unexpected {unexpected})")
+        raise ValueError(
+            f"{path}: head weights do not match (missing {missing}, unexpected {unexpected})"
+        )
 
 
 def _rename(key: str, prefix_map: dict[str, str]) -> str:
@@ -133,7 +145,9 @@ class DenseModel(nn.Module):
         super().__init__()
         self.spec = spec.validate()
         if spec.kind != self.kind:
-            raise ValueError(f"{type(self).__name__} needs a spec of kind '{self.kind}', got '{spec.kind}'")
+            raise ValueError(
+                f"{type(self).__name__} needs a spec of kind '{self.kind}', got '{spec.kind}'"
+            )
         self.towers = nn.ModuleDict({"query": query_tower})
         if passage_tower is not None:
             if spec.shared:
@@ -165,7 +179,9 @@ class DenseModel(nn.Module):
         """Picklable text-to-tensor rules of this model (no weights); see models.tokenization."""
         if getattr(self, "_tokenization", None) is None or self._tokenization.spec is not self.spec:
             q, p = self.query_tower, self.passage_tower
-            self._tokenization = Tokenization(self.spec, q.tokenizer, p.tokenizer, q.input_names, p.input_names)
+            self._tokenization = Tokenization(
+                self.spec, q.tokenizer, p.tokenizer, q.input_names, p.input_names
+            )
         return self._tokenization
 
     def inputs(self, batch) -> dict[str, dict[str, Tensor]]:
@@ -201,7 +217,9 @@ class DenseModel(nn.Module):
         return None
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, spec: ModelSpec, head_required: bool = True) -> DenseModel:
+    def from_pretrained(
+        cls, directory: str | Path, spec: ModelSpec, head_required: bool = True
+    ) -> DenseModel:
         """Load a saved model (or a plain HF encoder, with `head_required=False`) with `spec`."""
         from transformers import AutoConfig
 
@@ -211,7 +229,9 @@ class DenseModel(nn.Module):
         for name in names:
             d = root if spec.shared else root / name
             if not (d / "config.json").is_file():
-                raise FileNotFoundError(f"{d}: no config.json (expected a Hugging Face model directory)")
+                raise FileNotFoundError(
+                    f"{d}: no config.json (expected a Hugging Face model directory)"
+                )
             cfg = AutoConfig.from_pretrained(str(d))
             hidden = getattr(cfg, "hidden_size", None) or cfg.dim
             towers.append(Tower.load(d, cls._make_head(spec, hidden), head_required=head_required))
@@ -221,8 +241,12 @@ class DenseModel(nn.Module):
     def build(cls, spec: ModelSpec, base_path: str | Path) -> DenseModel:
         """A fresh model from a Hugging Face encoder: pretrained tower(s), new head(s)."""
         if (Path(base_path) / SPEC_FILE).is_file():
-            logger.warning("%s holds a densekit model; build() reuses its encoder but not its heads", base_path)
-        return cls.from_pretrained(base_path, spec.replace(shared=True), head_required=False)._untie(spec)
+            logger.warning(
+                "%s holds a densekit model; build() reuses its encoder but not its heads", base_path
+            )
+        return cls.from_pretrained(
+            base_path, spec.replace(shared=True), head_required=False
+        )._untie(spec)
 
     def _untie(self, spec: ModelSpec) -> DenseModel:
         """Return a model with separate towers (copies of the shared one) if `spec` asks for them."""
