@@ -193,6 +193,7 @@ class ModelConfig:
     project_to: Optional[str] = opt(
         None, "build a bi-encoder from `path` with a linear projection to this teacher's embedding size"
     )
+    dropout: Optional[float] = opt(None, "set every dropout probability of the encoder (e.g. 0.0)")
 
     def validate(self) -> None:
         if self.kind is not None and self.kind not in MODEL_KINDS:
@@ -392,40 +393,6 @@ def _type_name(t: Any) -> str:
 
 
 @dataclass
-class ModelConfig:
-    """A model to load, to build fresh from a Hugging Face encoder, or to cut down to some layers."""
-
-    path: str = opt(MISSING, "a densekit model, a sentence-transformers or a Hugging Face directory")
-    kind: Optional[str] = opt(None, "bi_encoder | colbert | cross_encoder (checked against a saved model)")
-    build: bool = opt(
-        False, "build a fresh model of `kind` on the encoder at `path` (new heads) instead of loading"
-    )
-    spec: Dict[str, Any] = opt({}, "ModelSpec fields to set: pooling, normalize, head_dim, max lengths, ...")  # noqa: UP006
-    layers: Optional[List[int]] = opt(  # noqa: UP006
-        None, "student from teacher layers: keep these layers of `path` (0 = first transformer layer)"
-    )
-    project_to_teacher: bool = opt(
-        False, "student from another encoder: add a linear projection to the teacher's width"
-    )
-    dropout: Optional[float] = opt(None, "override the encoder's dropout probabilities")
-
-
-@dataclass
-class TeacherConfig(ModelConfig):
-    """An online teacher: frozen (default) or trained jointly with the student (LEAD)."""
-
-    joint: bool = opt(False, "train the teacher jointly with the student (mutual distillation)")
-
-
-@dataclass
-class LossConfig:
-    """One named loss: its weight in the sum and its keyword parameters."""
-
-    weight: float = opt(1.0, "weight of this loss in the total")
-    params: Dict[str, Any] = opt({}, "keyword arguments of the loss (temperature, metric_cut, ...)")  # noqa: UP006
-
-
-@dataclass
 class TrainDataConfig:
     """Training data: groups (query, positives, negatives) or queries only."""
 
@@ -490,7 +457,9 @@ class TrainConfig:
     """Train a student (any method: a config of models, candidates and weighted losses)."""
 
     model: ModelConfig = opt(ModelConfig, "the student")
-    teacher: Optional[TeacherConfig] = opt(None, "an online teacher (offline scores: data.teacher_scores)")
+    teacher: Optional[ModelConfig] = opt(
+        None, "an online teacher, frozen unless a loss trains it jointly (offline: data.teacher_scores)"
+    )
     data: TrainDataConfig = opt(TrainDataConfig, "training data")
     candidates: Literal["auto", "global", "group", "retrieved"] = opt(
         "auto", "what each query is scored against (auto: what the losses need)"

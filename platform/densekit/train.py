@@ -49,26 +49,12 @@ EVAL_METRICS = ("mrr@10", "ndcg@10", "recall@100")
 # --- models ----------------------------------------------------------------------------------------
 
 
-def load_configured_model(mc: ModelConfig, kind: str | None = None, teacher_path: str | None = None):
-    """The model a ModelConfig describes: loaded, or built fresh, then cut to `layers`/projected."""
-    from densekit.models import build_model, load_model
-    from densekit.models.spec import ModelSpec
+def load_configured_model(mc: ModelConfig):
+    """The model a ModelConfig describes (loaded, or a student cut from teacher layers), with its
+    dropout overridden when asked."""
+    from densekit.models import model_from_config
 
-    kind = mc.kind or kind
-    if mc.build:
-        model = build_model(ModelSpec(kind=kind or "bi_encoder").replace(**mc.spec), mc.path)
-    else:
-        model = load_model(mc.path, kind=kind, overrides=dict(mc.spec))
-    if mc.layers is not None:
-        from densekit.models.student import student_from_teacher
-
-        model = student_from_teacher(model, layers=list(mc.layers))
-    if mc.project_to_teacher:
-        if teacher_path is None:
-            raise ConfigError("model.project_to_teacher needs a teacher")
-        from densekit.models.student import student_from_model
-
-        model = student_from_model(mc.path, teacher_path, pooling=model.spec.pooling)
+    model = model_from_config(mc)
     if mc.dropout is not None:
         for m in model.modules():
             if isinstance(m, nn.Dropout):
@@ -80,7 +66,33 @@ def build_objective(cfg: TrainConfig):
     """The weighted sum of the configured losses (checks every loss name and parameter)."""
     from densekit.losses import build_objective as _build
 
-    return _build({name: {"weight": lc.weight, "params": dict(lc.params)} for name, lc in cfg.losses.items()})
+    return _build(cfg.losses)
+
+
+def _kind(mc: ModelConfig | None) -> str | None:
+    """The kind of model a ModelConfig loads, without loading it."""
+    if mc is None:
+        return None
+    if mc.kind:
+        return mc.kind
+    from densekit.models.spec import read_spec
+
+    spec = read_spec(mc.path) if Path(mc.path).is_dir() else None
+    return spec.kind if spec is not None else "bi_encoder"
+
+
+def candidate_modes(cfg: TrainConfig, objective=None) -> tuple[str, str | None]:
+    """(student mode, teacher mode): what the losses need of the models, checked against them.
+
+    "none" = the student encodes queries only (embedding alignment).
+    """
+    objective = objective or build_objective(cfg)
+    student, teacher = objective.candidates(_kind(cfg.model), _kind(cfg.teacher))
+    if cfg.candidates != "auto":
+        student = cfg.candidates
+    if objective.needs_teacher and cfg.teacher is None and not cfg.data.teacher_scores:
+        raise ConfigError("these losses need a teacher: set `teacher` or data.teacher_scores=true")
+    return student or "none", teacher
 
 
 # --- driver ----------------------------------------------------------------------------------------
@@ -95,7 +107,8 @@ def train(cfg: TrainConfig) -> None:
 
     out = Path(cfg.output).resolve()
     _check_inputs(cfg)
-    build_objective(cfg)  # fail on unknown losses or bad params before any worker starts
+    # Fail on unknown losses, bad params or a loss/model mismatch before any worker starts.
+    mode, _ = candidate_modes(cfg)
     if not prepare_output(out, cfg, overwrite=cfg.overwrite, keep_partial=True):
         return
     init_ray(cfg.resources)
@@ -104,7 +117,7 @@ def train(cfg: TrainConfig) -> None:
     if res.use_gpu:
         per_worker["GPU"] = res.gpus_per_worker
     searcher = None
-    if _mode(cfg) == "retrieved":
+    if mode == "retrieved":
         from densekit.pipelines.search import ShardedSearcher
 
         searcher = ShardedSearcher(
@@ -143,7 +156,7 @@ def _check_inputs(cfg: TrainConfig) -> None:
         path = getattr(cfg.eval, name)
         if path and cfg.eval.every:
             read_manifest(path)
-    if _mode(cfg) == "retrieved":
+    if cfg.candidates == "retrieved" or "adore_lambda" in cfg.losses:
         if not cfg.retrieved.index:
             raise ConfigError("candidates=retrieved needs retrieved.index (a densekit index output)")
         read_manifest(cfg.retrieved.index)
@@ -187,19 +200,6 @@ def _copy_tree(src: Path, dst: Path) -> None:
         shutil.copytree(src, tmp)
 
 
-def _mode(cfg: TrainConfig) -> str:
-    """The candidate set the student is scored over: configured, or the widest the losses need."""
-    if cfg.candidates != "auto":
-        return cfg.candidates
-    from densekit.losses import LOSSES
-
-    needs = {getattr(LOSSES[name], "mode", None) for name in cfg.losses}
-    for mode in ("retrieved", "global", "group"):
-        if mode in needs:
-            return mode
-    return "none" if cfg.data.group_size == 0 else "group"
-
-
 # --- worker ----------------------------------------------------------------------------------------
 
 
@@ -221,26 +221,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.optim.seed)
     np.random.seed(cfg.optim.seed)
-    mode = _mode(cfg)
+    objective = build_objective(cfg).to(device)
+    mode, teacher_mode = candidate_modes(cfg, objective)
 
-    # [1] Models: the student, an online teacher (frozen or joint), a frozen student copy for LwF.
+    # [1] Models: the student, an online teacher (frozen, or trained jointly when a loss says so),
+    # and for LwF a frozen copy of the student as the stage starts.
     teacher = None
     if cfg.teacher is not None:
         teacher = load_configured_model(cfg.teacher).to(device)
-        if not cfg.teacher.joint:
+        if not objective.teacher_trainable:
             teacher.eval().requires_grad_(False)
-    student = load_configured_model(
-        cfg.model, teacher_path=cfg.teacher.path if cfg.teacher else None
-    ).to(device)
+    student = load_configured_model(cfg.model).to(device)
     frozen = None
-    if "lwf" in cfg.losses:
-        # The stage's starting student, fixed for the whole stage (also after a resume: it is
-        # rebuilt from cfg.model, not from the checkpoint).
+    if objective.needs_reference:
+        # Rebuilt from cfg.model, not from a checkpoint: after a resume it is still the stage's start.
         frozen = copy.deepcopy(student).eval().requires_grad_(False)
     if cfg.train_query_encoder_only:
         _freeze_passage_tower(student)
-    objective = build_objective(cfg).to(device)
-    module = TrainModule(student, teacher if cfg.teacher and cfg.teacher.joint else None, objective)
+    joint = teacher if objective.teacher_trainable else None
+    module = TrainModule(student, joint, objective)
     module = ray.train.torch.prepare_model(module)  # DDP when world > 1
     inner: TrainModule = module.module if hasattr(module, "module") else module
 
@@ -308,7 +307,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             sync = micro == cfg.optim.grad_accum - 1 or not hasattr(module, "no_sync")
             with (contextlib.nullcontext() if sync else module.no_sync()):
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss, parts = module(batch, mode=mode, teacher=teacher, frozen=frozen, searcher=searcher)
+                    loss, parts = module(batch, mode, teacher_mode, teacher, frozen, searcher)
                 scaler.scale(loss / cfg.optim.grad_accum).backward()
             losses_since += float(loss.detach())
             for k, v in parts.items():
@@ -436,7 +435,7 @@ class TrainModule(nn.Module):
         self.objective = objective
         self.objective_has_state = bool(list(objective.parameters()) or list(objective.buffers()))
 
-    def forward(self, batch, mode, teacher=None, frozen=None, searcher=None):
-        return compute_loss(self, batch, mode, teacher, frozen, searcher)
+    def forward(self, batch, mode, teacher_mode=None, teacher=None, frozen=None, searcher=None):
+        return compute_loss(self, batch, mode, teacher_mode, teacher, frozen, searcher)
 
 

@@ -24,47 +24,57 @@ EVAL_METRICS = ("mrr@10", "ndcg@10", "recall@100")
 # --- the loss of one batch -------------------------------------------------------------------------
 
 
-def compute_loss(module, batch, mode: str, teacher=None, frozen=None, searcher=None):
-    """Scores of the student (and teacher, and LwF's frozen student) over `mode`'s candidates,
-    then the weighted sum of the configured losses.
+def compute_loss(module, batch, mode: str, teacher_mode=None, teacher=None, frozen=None, searcher=None):
+    """Scores of the student (and teacher, and LwF's frozen student) over the candidate sets the
+    losses need, then the weighted sum of the configured losses.
 
     Args:
         module: train.TrainModule (student, jointly trained teacher or None, objective).
         batch: a TrainBatch on the module's device.
-        mode: "global", "group", "retrieved" (ADORE) or "none" (queries only).
+        mode: the student's candidates: "global", "group", "retrieved" (ADORE) or "none"
+            (queries only: embedding alignment).
+        teacher_mode: the teacher's candidates ("group" for a cross-encoder teacher).
         teacher: the online teacher (frozen: run under no_grad; joint: module.teacher).
-        frozen: the stage's frozen starting student, for LwF.
+        frozen: the stage's frozen starting student (LwF's reference).
         searcher: pipelines.search.ShardedSearcher over the fixed index (mode "retrieved").
 
     Returns:
-        (total loss, {loss name: weighted value}).
+        (total loss, {loss name: unweighted value}).
     """
     objective = module.objective
-    layers = bool(getattr(objective, "needs_layers", False))
+    layers = objective.needs_layers
     student_out = _forward(module.student, batch, mode, layers, searcher)
     teacher_out = None
     if teacher is not None:
-        t_mode = "group" if teacher.kind == "cross_encoder" or mode == "retrieved" else mode
-        if module.teacher is not None:  # trained jointly: gradients flow
+        t_mode = teacher_mode or ("group" if teacher.kind == "cross_encoder" else mode)
+        if module.teacher is not None:  # trained jointly: gradients flow into it
             teacher_out = _forward(module.teacher, batch, t_mode, layers, None)
         else:
             with torch.no_grad():
                 teacher_out = _forward(teacher, batch, t_mode, layers, None)
-    frozen_out = None
+    reference = None
     if frozen is not None:
         with torch.no_grad():
-            frozen_out = _forward(frozen, batch, mode, False, searcher)
-    return objective(student_out, batch, teacher_out, frozen=frozen_out)
+            reference = _forward(frozen, batch, mode, False, searcher)
+    total = objective(student_out, batch, teacher=teacher_out, reference=reference)
+    return total, dict(objective.last_terms)
 
 
 def _forward(model, batch, mode: str, layers: bool, searcher):
-    if mode == "none" or batch.group_size == 0 and mode != "retrieved":
-        return model(batch, candidates="group" if batch.group_size else "global", output_layers=layers)
     if mode == "retrieved":
-        from densekit.candidates import retrieved_output
-
         return retrieved_output(model, batch, searcher)
+    if mode == "none" or batch.group_size == 0:
+        return model(batch, candidates="global", output_layers=False)
     return model(batch, candidates=mode, output_layers=layers)
+
+
+def retrieved_output(model, batch, searcher):
+    """ADORE: score the trainable query encoder against the top-k of a fixed index.
+
+    The queries are encoded with gradients; the index returns each query's top-k pids and their
+    (fixed) vectors; judged positives that were not retrieved are appended below rank k.
+    """
+    raise NotImplementedError("retrieved candidates land with the retrieval core")
 
 
 # --- dev evaluation (rank 0, in-process) -----------------------------------------------------------
