@@ -56,6 +56,12 @@ STEPS: dict[str, Step] = {
         "densekit.data.exporter:export_data",
         "ExportConfig",
     ),
+    # --- retrieval -----------------------------------------------------------------------------
+    "evaluate": Step(
+        "MRR@k, nDCG@k, Recall@k, MAP of a run (pytrec_eval); paired significance tests vs a baseline",
+        "densekit.pipelines.evaluate:evaluate",
+        "EvaluateConfig",
+    ),
 }
 
 
