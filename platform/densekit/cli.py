@@ -57,6 +57,16 @@ STEPS: dict[str, Step] = {
         "ExportConfig",
     ),
     # --- retrieval -----------------------------------------------------------------------------
+    "index": Step(
+        "build a sharded FAISS index (Flat, IVF, PQ, HNSW) from embedding shards, one Ray task each",
+        "densekit.pipelines.index:index",
+        "IndexConfig",
+    ),
+    "search": Step(
+        "search a sharded index from Ray actors (exact top-k merge); write a run table and TREC file",
+        "densekit.pipelines.search:search",
+        "SearchConfig",
+    ),
     "evaluate": Step(
         "MRR@k, nDCG@k, Recall@k, MAP of a run (pytrec_eval); paired significance tests vs a baseline",
         "densekit.pipelines.evaluate:evaluate",
