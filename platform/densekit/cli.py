@@ -67,6 +67,11 @@ STEPS: dict[str, Step] = {
         "densekit.pipelines.search:search",
         "SearchConfig",
     ),
+    "mine": Step(
+        "hard negatives from a run (every judged-relevant document removed) -> training groups",
+        "densekit.pipelines.mine:mine",
+        "MineConfig",
+    ),
     "evaluate": Step(
         "MRR@k, nDCG@k, Recall@k, MAP of a run (pytrec_eval); paired significance tests vs a baseline",
         "densekit.pipelines.evaluate:evaluate",
