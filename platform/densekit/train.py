@@ -240,7 +240,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _freeze_passage_tower(student)
     joint = teacher if objective.teacher_trainable else None
     module = TrainModule(student, joint, objective)
-    module = ray.train.torch.prepare_model(module)  # DDP when world > 1
+    # HF poolers are never used (densekit pools hidden states itself): freeze them, or DDP waits
+    # for their gradients forever.
+    for name, p in module.named_parameters():
+        if ".pooler." in name:
+            p.requires_grad_(False)
+    module = ray.train.torch.prepare_model(  # DDP when world > 1
+        module,
+        parallel_strategy_kwargs={"find_unused_parameters": mode == "none" or cfg.train_query_encoder_only},
+    )
     inner: TrainModule = module.module if hasattr(module, "module") else module
 
     # [2] AdamW (no decay on biases and LayerNorm) + linear warm-up and decay.
@@ -329,11 +337,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         do_ckpt = step % ckpt_every == 0 or step == cfg.optim.max_steps or do_eval
         if not do_ckpt:
             continue
+        # Losses averaged over the ranks too: rank 0's own queries are only its slice of the batch.
+        names = sorted(parts_since)
+        sums = _all_reduce_mean([losses_since, *(parts_since[k] for k in names)], world, device)
         metrics = {
             "step": step,
             "epoch": pos.epoch,
-            "loss": losses_since / max(1, n_since),
-            **{f"loss/{k}": v / max(1, n_since) for k, v in parts_since.items()},
+            "loss": sums[0] / max(1, n_since),
+            **{f"loss/{k}": v / max(1, n_since) for k, v in zip(names, sums[1:])},
             "lr": scheduler.get_last_lr()[0],
             "queries_per_s": n_since * cfg.optim.batch_size / max(1e-9, time.time() - t0),
         }
@@ -354,6 +365,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             logger.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
         _report(metrics, state, inner, optimizer, scheduler, scaler, rank, is_best)
         t0 = time.time()
+
+
+def _all_reduce_mean(values: list[float], world: int, device) -> list[float]:
+    if world == 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return (t / world).tolist()
 
 
 def _report(metrics, state, inner, optimizer, scheduler, scaler, rank, is_best) -> None:
