@@ -46,6 +46,12 @@ class Tower(nn.Module):
         self.transformer = transformer
         self.tokenizer = tokenizer
         self.head = head
+        # BERT/RoBERTa poolers are never used (we pool ourselves); frozen, DDP needs no
+        # find_unused_parameters and optimisers skip them. They are still saved, so AutoModel
+        # loads the directory without "newly initialised" warnings.
+        pooler = getattr(transformer, "pooler", None)
+        if isinstance(pooler, nn.Module):
+            pooler.requires_grad_(False)
         params = inspect.signature(transformer.forward).parameters
         self.input_names = {
             k for k in ("input_ids", "attention_mask", "token_type_ids") if k in params
