@@ -14,28 +14,38 @@ from densekit.data.collate import TrainCollator
 from densekit.errors import ConfigError
 from densekit.models import BiEncoder, ModelSpec, build_model, load_model
 
+PASSAGES = [
+    "dense retrieval trains small query and passage encoders",
+    "a cross encoder teacher scores each query passage pair",
+    "hard negatives are mined from a faiss index of the corpus",
+    "margin mse distils the score margin of positive and negative",
+    "layer wise distillation aligns the scores of chosen layers",
+    "progressive distillation moves from weaker to stronger teachers",
+    "static hard negatives and dynamic hard negatives train the query encoder",
+    "the quick brown fox jumps over the lazy dog",
+]
+QUERIES = [
+    "which encoders does dense retrieval train",
+    "who scores query passage pairs",
+    "where are hard negatives mined",
+]
+
 
 @pytest.fixture
 def bert(arch_dirs):
     return arch_dirs["bert"]
 
 
-@pytest.fixture(autouse=True)
-def _texts(data):
-    global PASSAGES, QUERIES, make_groups
-    PASSAGES, QUERIES, make_groups = data.passages, data.queries, data.make_groups
-
-
-def _batch(model, G=3):
+def _batch(model, data, G=3):
     return TrainCollator(G, negatives="descend", tokenizations=[model.tokenization])(
-        make_groups(n_neg=G - 1)
+        data.make_groups(n_neg=G - 1)
     )
 
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta"])
-def test_scores_are_embedding_dot_products(arch_dirs, arch):
+def test_scores_are_embedding_dot_products(arch_dirs, data, arch):
     model = build_model(ModelSpec(pooling="mean", head_dim=8), arch_dirs[arch]).eval()
-    batch = _batch(model)
+    batch = _batch(model, data)
     with torch.no_grad():
         out = model(batch, candidates="global")
         grp = model(batch, candidates="group")
@@ -216,9 +226,9 @@ def test_errors_name_the_problem(tmp_path, bert):
         load_model(tmp_path / "empty")
 
 
-def test_gradients_reach_both_towers(bert):
+def test_gradients_reach_both_towers(bert, data):
     model = build_model(ModelSpec(shared=False), bert).train()
-    out = model(_batch(model), candidates="global")
+    out = model(_batch(model, data), candidates="global")
     F.cross_entropy(out.scores, out.candidates.target).backward()
     for name in ("query", "passage"):
         grads = [p.grad for p in model.towers[name].parameters() if p.grad is not None]
