@@ -233,3 +233,26 @@ def test_gradients_reach_both_towers(bert, data):
     for name in ("query", "passage"):
         grads = [p.grad for p in model.towers[name].parameters() if p.grad is not None]
         assert grads and any(g.abs().sum() > 0 for g in grads), name
+
+
+def test_our_sentence_transformers_files_alone_reload_the_model(tmp_path, bert):
+    """Without densekit_model.json and densekit_head.safetensors, the ST files give the same model."""
+    spec = ModelSpec(
+        pooling="mean", head_dim=12, head_layernorm=True, normalize=True, max_passage_length=64
+    )
+    model = build_model(spec, bert).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.save(tmp_path / "m")
+    (tmp_path / "m" / "densekit_model.json").unlink()
+    (tmp_path / "m" / "densekit_head.safetensors").unlink()
+    st_model = load_model(tmp_path / "m")
+    assert (
+        st_model.spec.head_dim,
+        st_model.spec.head_layernorm,
+        st_model.spec.max_passage_length,
+    ) == (12, True, 64)
+    with torch.no_grad():
+        enc = model.tokenize_passages(PASSAGES)
+        torch.testing.assert_close(st_model.encode_passages(**enc), model.encode_passages(**enc))
