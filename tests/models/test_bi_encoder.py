@@ -256,3 +256,17 @@ def test_our_sentence_transformers_files_alone_reload_the_model(tmp_path, bert):
     with torch.no_grad():
         enc = model.tokenize_passages(PASSAGES)
         torch.testing.assert_close(st_model.encode_passages(**enc), model.encode_passages(**enc))
+
+
+def test_save_is_atomic(tmp_path, bert, monkeypatch):
+    model = build_model(ModelSpec(), bert)
+
+    def fail(self, directory):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ModelSpec, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        model.save(tmp_path / "m")
+    assert (
+        list(tmp_path.iterdir()) == []
+    )  # nothing half-written that would load as a plain HF model
