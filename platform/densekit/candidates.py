@@ -277,6 +277,40 @@ def score_retrieved(query_emb: Tensor, candidate_emb: Tensor, candidates: Candid
     return scores.masked_fill(~candidates.valid, 0.0)
 
 
+def matrix_retriever(doc_emb: Tensor, doc_pids: Sequence[str], k: int, append: str = "missing"):
+    """An exact top-k retriever over a fixed embedding matrix, for ADORE on small corpora and tests.
+
+    Args:
+        doc_emb: `[N, D]` document embeddings (fixed: no gradient).
+        doc_pids: the N pids, in row order.
+        k: documents retrieved per query.
+        append: see `retrieved_candidates`.
+
+    Returns:
+        `retriever(query_emb [B, D], batch) -> (candidate_emb [B, C, D], Candidates)`, the
+        callable BiEncoder.forward(candidates="retrieved") expects. A FAISS index does the same
+        search at scale.
+    """
+    doc_emb = doc_emb.detach()
+    row = {p: i for i, p in enumerate(doc_pids)}
+
+    def retrieve(query_emb: Tensor, batch) -> tuple[Tensor, Candidates]:
+        top = (
+            (query_emb.to(doc_emb.dtype) @ doc_emb.T).topk(min(k, len(doc_pids)), dim=1).indices
+        )  # [B, k]
+        got = [[doc_pids[i] for i in r] for r in top.tolist()]
+        lists, cands = retrieved_candidates(got, batch.positive_pids, append=append)
+        missing = {p for pl in batch.positive_pids for p in pl if p not in row}
+        if missing:
+            raise ValueError(f"positive pid(s) not in the index: {sorted(missing)[:5]}")
+        idx = torch.zeros(cands.valid.shape, dtype=torch.long)
+        for i, lst in enumerate(lists):
+            idx[i, : len(lst)] = torch.tensor([row[p] for p in lst])
+        return doc_emb[idx], cands  # [B, C, D]
+
+    return retrieve
+
+
 def to_group(scores: Tensor, candidates: Candidates) -> tuple[Tensor, Candidates]:
     """Cut global-mode scores `[..., B, C]` down to each query's own group `[..., B, G]`."""
     if candidates.mode == "group":

@@ -40,7 +40,7 @@ def test_weighted_sum(st, helpers):
     value = objective(helpers.group_output(s), helpers.batch_with_teacher_scores(t))
     expected = 0.25 * info_nce(s, torch.zeros(2, dtype=torch.long)) + 2.0 * margin_mse(s, t)
     torch.testing.assert_close(value, expected)
-    assert objective.last_terms["margin_mse"] == pytest.approx(0.3125)
+    assert objective.last_terms["margin_mse"].item() == pytest.approx(0.3125)
 
 
 def test_loss_config_objects_are_accepted(st, helpers):

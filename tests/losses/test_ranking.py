@@ -126,3 +126,39 @@ def test_contrastive_masks_other_relevant_passages(st, helpers):
     assert (row0 + row1) / 2 == pytest.approx(1.1483870152996292)
     unmasked = Contrastive(temperature=0.5, mask_relevant=False)(out, None).item()
     assert unmasked == pytest.approx(1.1563888240280926, rel=1e-5)
+
+
+def test_adore_forward_retrieves_from_a_fixed_index(tiny_model_dir):
+    """BiEncoder.forward(candidates="retrieved"): scores are q·d of the retrieved documents, and only
+    the query side gets gradients (the index is fixed)."""
+    from densekit.candidates import matrix_retriever
+    from densekit.data.collate import TrainCollator
+    from densekit.models import ModelSpec, build_model
+
+    model = build_model(ModelSpec(pooling="mean"), tiny_model_dir)
+    docs = [
+        "dense retrieval trains small query and passage encoders",
+        "the quick brown fox",
+        "hard negatives are mined",
+        "a lazy dog",
+    ]
+    with torch.no_grad():
+        doc_emb = model.encode_passages(**model.tokenize_passages(docs))
+    retriever = matrix_retriever(doc_emb, ["d0", "d1", "d2", "d3"], k=2)
+    rows = [
+        {"qid": "a", "text": "dense retrieval", "positives": [{"pid": "d3"}]},
+        {"qid": "b", "text": "the fox", "positives": [{"pid": "d1"}]},
+    ]
+    batch = TrainCollator(0)(rows)
+    out = model(batch, candidates="retrieved", retriever=retriever)
+    assert out.mode == "retrieved" and out.scores.shape[0] == 2
+    with torch.no_grad():
+        q = model.encode_queries(**model.tokenize_queries(batch.query_texts))
+        full = q @ doc_emb.T
+    for i in range(2):
+        top2 = full[i].topk(2).values
+        torch.testing.assert_close(out.scores[i, :2].detach(), top2)
+    assert out.candidates.relevant.any(1).all()  # positives retrieved or appended
+    loss = build_objective({"adore_lambda": {"params": {"metric_cut": 2}}})(out, batch)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

@@ -14,28 +14,38 @@ from densekit.data.collate import TrainCollator
 from densekit.errors import ConfigError
 from densekit.models import BiEncoder, ModelSpec, build_model, load_model
 
+PASSAGES = [
+    "dense retrieval trains small query and passage encoders",
+    "a cross encoder teacher scores each query passage pair",
+    "hard negatives are mined from a faiss index of the corpus",
+    "margin mse distils the score margin of positive and negative",
+    "layer wise distillation aligns the scores of chosen layers",
+    "progressive distillation moves from weaker to stronger teachers",
+    "static hard negatives and dynamic hard negatives train the query encoder",
+    "the quick brown fox jumps over the lazy dog",
+]
+QUERIES = [
+    "which encoders does dense retrieval train",
+    "who scores query passage pairs",
+    "where are hard negatives mined",
+]
+
 
 @pytest.fixture
 def bert(arch_dirs):
     return arch_dirs["bert"]
 
 
-@pytest.fixture(autouse=True)
-def _texts(data):
-    global PASSAGES, QUERIES, make_groups
-    PASSAGES, QUERIES, make_groups = data.passages, data.queries, data.make_groups
-
-
-def _batch(model, G=3):
+def _batch(model, data, G=3):
     return TrainCollator(G, negatives="descend", tokenizations=[model.tokenization])(
-        make_groups(n_neg=G - 1)
+        data.make_groups(n_neg=G - 1)
     )
 
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta"])
-def test_scores_are_embedding_dot_products(arch_dirs, arch):
+def test_scores_are_embedding_dot_products(arch_dirs, data, arch):
     model = build_model(ModelSpec(pooling="mean", head_dim=8), arch_dirs[arch]).eval()
-    batch = _batch(model)
+    batch = _batch(model, data)
     with torch.no_grad():
         out = model(batch, candidates="global")
         grp = model(batch, candidates="group")
@@ -216,10 +226,47 @@ def test_errors_name_the_problem(tmp_path, bert):
         load_model(tmp_path / "empty")
 
 
-def test_gradients_reach_both_towers(bert):
+def test_gradients_reach_both_towers(bert, data):
     model = build_model(ModelSpec(shared=False), bert).train()
-    out = model(_batch(model), candidates="global")
+    out = model(_batch(model, data), candidates="global")
     F.cross_entropy(out.scores, out.candidates.target).backward()
     for name in ("query", "passage"):
         grads = [p.grad for p in model.towers[name].parameters() if p.grad is not None]
         assert grads and any(g.abs().sum() > 0 for g in grads), name
+
+
+def test_our_sentence_transformers_files_alone_reload_the_model(tmp_path, bert):
+    """Without densekit_model.json and densekit_head.safetensors, the ST files give the same model."""
+    spec = ModelSpec(
+        pooling="mean", head_dim=12, head_layernorm=True, normalize=True, max_passage_length=64
+    )
+    model = build_model(spec, bert).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.save(tmp_path / "m")
+    (tmp_path / "m" / "densekit_model.json").unlink()
+    (tmp_path / "m" / "densekit_head.safetensors").unlink()
+    st_model = load_model(tmp_path / "m")
+    assert (
+        st_model.spec.head_dim,
+        st_model.spec.head_layernorm,
+        st_model.spec.max_passage_length,
+    ) == (12, True, 64)
+    with torch.no_grad():
+        enc = model.tokenize_passages(PASSAGES)
+        torch.testing.assert_close(st_model.encode_passages(**enc), model.encode_passages(**enc))
+
+
+def test_save_is_atomic(tmp_path, bert, monkeypatch):
+    model = build_model(ModelSpec(), bert)
+
+    def fail(self, directory):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ModelSpec, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        model.save(tmp_path / "m")
+    assert (
+        list(tmp_path.iterdir()) == []
+    )  # nothing half-written that would load as a plain HF model

@@ -63,7 +63,8 @@ class Objective(nn.Module):
         needs_reference: the frozen stage-start copy of the student (LwF).
         needs_layers: run student and teacher with output_layers=True.
         teacher_trainable: the teacher is trained jointly (optimise its parameters too).
-        last_terms: each term's (unweighted) value at the last call, for logging.
+        last_terms: each term's (unweighted) value at the last call, detached tensors for logging
+            (no device sync until the trainer reads them).
     """
 
     def __init__(self, losses: Mapping[str, tuple[float, Loss]]):
@@ -75,7 +76,7 @@ class Objective(nn.Module):
         self.teacher_trainable = any(getattr(loss, "joint", False) for _, loss in losses.values())
         for loss in self.terms.values():
             loss.detach_teacher = not self.teacher_trainable
-        self.last_terms: dict[str, float] = {}
+        self.last_terms: dict[str, Tensor] = {}
 
     @property
     def needs_teacher(self) -> bool:
@@ -142,7 +143,7 @@ class Objective(nn.Module):
         self.last_terms = {}
         for name, loss in self.terms.items():
             value = loss(student, batch, teacher=teacher, reference=reference)
-            self.last_terms[name] = float(value.detach())
+            self.last_terms[name] = value.detach()
             term = self.weights[name] * value
             total = term if total is None else total + term
         assert total is not None

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MODELS", "BiEncoder", "ColBERT", "CrossEncoder", "DenseModel", "ModelSpec", "load_model", "build_model",
-    "model_class", "model_from_config",
+    "model_class", "model_from_config", "frozen_copy",
 ]  # fmt: skip
 
 MODELS: dict[str, type] = {
@@ -140,6 +140,15 @@ def model_from_config(cfg) -> DenseModel:
         )
         model.spec = model.spec.replace(teacher=str(cfg.path))
     return model.eval()
+
+
+def frozen_copy(model) -> DenseModel:
+    """A frozen copy of `model` (eval mode, no gradients): LwF's reference, taken at the start of a
+    stage. Unwraps DDP (`model.module`)."""
+    import copy
+
+    ref = copy.deepcopy(getattr(model, "module", model))
+    return ref.eval().requires_grad_(False)
 
 
 def _check_kind(root: Path, wanted: str | None, found: str) -> None:

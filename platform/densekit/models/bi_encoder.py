@@ -7,13 +7,14 @@ Saved directories also hold the sentence-transformers files, so
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from densekit.candidates import all_gather, global_candidates, group_candidates
+from densekit.candidates import all_gather, global_candidates, group_candidates, score_retrieved
 from densekit.models.encoder import DenseModel, Head, Tower
 from densekit.models.output import ModelOutput
 from densekit.models.spec import ModelSpec
@@ -89,21 +90,37 @@ class BiEncoder(DenseModel):
     # --- training --------------------------------------------------------------------------------
 
     def forward(
-        self, batch, candidates: str = "global", output_layers: bool = False
+        self,
+        batch,
+        candidates: str = "global",
+        output_layers: bool = False,
+        retriever: Callable | None = None,
     ) -> ModelOutput:
         """Score a TrainBatch.
 
         Args:
             batch: a densekit.data.collate.TrainBatch (queries `[B]`, passages `[B*G]`).
-            candidates: "global" (every local query against the passages of all ranks) or
-                "group" (each query against its own G passages).
+            candidates: "global" (every local query against the passages of all ranks),
+                "group" (each query against its own G passages) or "retrieved" (ADORE: each
+                query against the top-k of a fixed index, found by `retriever`).
             output_layers: also return `layer_scores` `[L, B, C]` (pooled layer-i vectors).
+            retriever: for "retrieved": `retriever(query_emb.detach(), batch) ->
+                (candidate_emb [B, C, D], Candidates)`, e.g. candidates.matrix_retriever or a
+                FAISS search; called inside forward so DDP sees one forward pass.
 
         Returns:
             ModelOutput with scores `[B, C]`, query_emb `[B, D]`, passage_emb `[N, D]` (local).
         """
         inputs = self.inputs(batch)
         q, q_layers = self._embed(self.query_tower, inputs["queries"], output_layers)
+        if candidates == "retrieved":
+            if retriever is None:
+                raise ValueError(
+                    "retrieved candidates need a retriever (a search over a fixed index)"
+                )
+            cand_emb, cands = retriever(q.detach(), batch)
+            scores = score_retrieved(q, cand_emb.to(q.device), cands.to(q.device))  # [B, C]
+            return ModelOutput(scores=scores, candidates=cands.to(q.device), query_emb=q)
         if "passages" not in inputs:
             return ModelOutput(query_emb=q)
         p, p_layers = self._embed(self.passage_tower, inputs["passages"], output_layers)

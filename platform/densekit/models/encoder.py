@@ -46,6 +46,12 @@ class Tower(nn.Module):
         self.transformer = transformer
         self.tokenizer = tokenizer
         self.head = head
+        # BERT/RoBERTa poolers are never used (we pool ourselves); frozen, DDP needs no
+        # find_unused_parameters and optimisers skip them. They are still saved, so AutoModel
+        # loads the directory without "newly initialised" warnings.
+        pooler = getattr(transformer, "pooler", None)
+        if isinstance(pooler, nn.Module):
+            pooler.requires_grad_(False)
         params = inspect.signature(transformer.forward).parameters
         self.input_names = {
             k for k in ("input_ids", "attention_mask", "token_type_ids") if k in params
@@ -89,15 +95,20 @@ class Tower(nn.Module):
 
     @classmethod
     def load(
-        cls, directory: str | Path, head: Head | None = None, head_required: bool = False
+        cls,
+        directory: str | Path,
+        head: Head | None = None,
+        head_required: bool = False,
+        with_head: bool = True,
     ) -> Tower:
-        """Load a tower; `head` (constructed by the caller) gets the saved head weights."""
+        """Load a tower; `head` (constructed by the caller) gets the saved head weights unless
+        `with_head` is False."""
         from transformers import AutoModel, AutoTokenizer
 
         directory = Path(directory)
         transformer = AutoModel.from_pretrained(str(directory))
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        if head is not None:
+        if head is not None and with_head:
             path = directory / HEAD_FILE
             if path.is_file():
                 load_head(head, path)
@@ -196,18 +207,25 @@ class DenseModel(nn.Module):
     # --- saving ----------------------------------------------------------------------------------
 
     def save(self, directory: str | Path) -> Path:
-        """Write the HF files (safetensors), the tokenizer(s), the heads and densekit_model.json."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        if self.spec.shared:
-            self.query_tower.save(out)
-        else:
-            self.query_tower.save(out / "query")
-            self.passage_tower.save(out / "passage")
-        self._save_extra(out)
-        self.spec.save(out)  # last: a directory with a spec is a complete model
-        logger.info("saved %s to %s", self.kind, out)
-        return out
+        """Write the HF files (safetensors), the tokenizer(s), the heads and densekit_model.json.
+
+        Atomic: everything is written under a temporary name beside `directory`, then renamed, so
+        a crash never leaves a half-written model that would load as a plain HF encoder. An
+        existing `directory` is REPLACED as a whole (save a model into its own folder).
+        """
+        from densekit.artifacts import atomic_path
+
+        with atomic_path(directory) as out:
+            out.mkdir(parents=True)
+            if self.spec.shared:
+                self.query_tower.save(out)
+            else:
+                self.query_tower.save(out / "query")
+                self.passage_tower.save(out / "passage")
+            self._save_extra(out)
+            self.spec.save(out)
+        logger.info("saved %s to %s", self.kind, directory)
+        return Path(directory)
 
     def _save_extra(self, directory: Path) -> None:
         """Hook for extra files (sentence-transformers modules for bi-encoders)."""
@@ -218,9 +236,14 @@ class DenseModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, spec: ModelSpec, head_required: bool = True
+        cls,
+        directory: str | Path,
+        spec: ModelSpec,
+        head_required: bool = True,
+        load_heads: bool = True,
     ) -> DenseModel:
-        """Load a saved model (or a plain HF encoder, with `head_required=False`) with `spec`."""
+        """Load a saved model (or a plain HF encoder, with `head_required=False`) with `spec`;
+        `load_heads=False` keeps freshly initialised heads."""
         from transformers import AutoConfig
 
         root = Path(directory)
@@ -234,7 +257,8 @@ class DenseModel(nn.Module):
                 )
             cfg = AutoConfig.from_pretrained(str(d))
             hidden = getattr(cfg, "hidden_size", None) or cfg.dim
-            towers.append(Tower.load(d, cls._make_head(spec, hidden), head_required=head_required))
+            head = cls._make_head(spec, hidden)
+            towers.append(Tower.load(d, head, head_required=head_required, with_head=load_heads))
         return cls(spec, *towers)
 
     @classmethod
@@ -245,7 +269,7 @@ class DenseModel(nn.Module):
                 "%s holds a densekit model; build() reuses its encoder but not its heads", base_path
             )
         return cls.from_pretrained(
-            base_path, spec.replace(shared=True), head_required=False
+            base_path, spec.replace(shared=True), head_required=False, load_heads=False
         )._untie(spec)
 
     def _untie(self, spec: ModelSpec) -> DenseModel:
