@@ -131,6 +131,9 @@ def train(cfg: TrainConfig) -> None:
         ),
         run_config=ray.train.RunConfig(
             name="checkpoints",
+            worker_runtime_env={
+                "env_vars": {k: v for k, v in os.environ.items() if k.startswith("DENSEKIT_")}
+            },
             storage_path=str(out),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
@@ -185,6 +188,8 @@ def _export(cfg: TrainConfig, out: Path, result) -> None:
         tmp.write_text("".join(json.dumps(m) + "\n" for m in state.get("history", [])))
     summary = {
         "step": state["step"],
+        "queries_seen": state.get("queries_seen"),
+        "data_digest": state.get("data_digest"),
         "final": state.get("history", [{}])[-1] if state.get("history") else {},
         "best_step": state.get("best_step"),
         "best": best_metrics,
@@ -269,7 +274,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     # [3] Resume from the latest checkpoint (worker restart or a rerun of the same command).
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "step_in_epoch": 0, "history": [], "best_score": None}
+    state: dict[str, Any] = {
+        "step": 0, "epoch": 0, "step_in_epoch": 0, "history": [], "best_score": None,
+        "queries_seen": 0, "data_digest": "",  # proves a resumed run saw exactly the same data
+    }  # fmt: skip
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -318,6 +326,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     loss, parts = module(batch, mode, teacher_mode, teacher, frozen, searcher)
                 scaler.scale(loss / cfg.optim.grad_accum).backward()
             losses_since += float(loss.detach())
+            state["queries_seen"] += len(batch) * world
+            state["data_digest"] = _digest(state["data_digest"], batch.qids)
             for k, v in parts.items():
                 parts_since[k] = parts_since.get(k, 0.0) + float(v)
             n_since += 1
@@ -329,6 +339,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         scheduler.step()
         state["step"] += 1
         state["epoch"], state["step_in_epoch"] = pos.epoch, pos.step_in_epoch
+        _maybe_inject_fault(state["step"], rank)
         if not math.isfinite(losses_since):
             raise FloatingPointError(f"loss is {losses_since} at step {state['step']} (lr too high? NaN teacher scores?)")
 
@@ -365,6 +376,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             logger.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
         _report(metrics, state, inner, optimizer, scheduler, scaler, rank, is_best)
         t0 = time.time()
+
+
+def _digest(previous: str, qids: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha1((previous + "\n" + ",".join(qids)).encode()).hexdigest()
+
+
+def _maybe_inject_fault(step: int, rank: int) -> None:
+    """Fault injection for the reliability tests: DENSEKIT_FAULT_AT_STEP=N kills this worker
+    process (rank DENSEKIT_FAULT_RANK, default 0) right after step N, once per marker file."""
+    at = os.environ.get("DENSEKIT_FAULT_AT_STEP")
+    if not at or int(at) != step or rank != int(os.environ.get("DENSEKIT_FAULT_RANK", "0")):
+        return
+    marker = Path(os.environ["DENSEKIT_FAULT_MARKER"])
+    if marker.exists():
+        return
+    marker.write_text(f"killed rank {rank} after step {step}\n")
+    logger.warning("fault injection: killing this worker after step %d", step)
+    os._exit(1)
 
 
 def _all_reduce_mean(values: list[float], world: int, device) -> list[float]:

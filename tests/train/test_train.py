@@ -109,3 +109,31 @@ def final_weights_start(student_dir):
     from densekit.models import load_model
 
     return load_model(student_dir, overrides={"pooling": "mean"}).state_dict()
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_last_checkpoint(tmp_path, train_task, student_dir, ray_session, monkeypatch):
+    """A worker process dies after step 5 (checkpoints at 3, 6, 9): Ray Train restarts it, it resumes
+    from step 3, and the run ends exactly as an uninterrupted one: same steps, same data, same
+    weights."""
+    import torch
+
+    common = ["optim.max_steps=9", "eval.every=0", "checkpoint_every=3"]
+    clean, faulty = tmp_path / "clean", tmp_path / "faulty"
+    train(config(train_task, student_dir, clean, *common))
+    marker = tmp_path / "fault-fired"
+    monkeypatch.setenv("DENSEKIT_FAULT_AT_STEP", "5")
+    monkeypatch.setenv("DENSEKIT_FAULT_MARKER", str(marker))
+    train(config(train_task, student_dir, faulty, *common, "max_failures=1"))
+    assert marker.exists(), "the fault was not injected"
+    h1, h2 = history(clean), history(faulty)
+    assert [m["step"] for m in h2] == [3, 6, 9]
+    s1 = json.loads((clean / "summary.json").read_text())
+    s2 = json.loads((faulty / "summary.json").read_text())
+    assert s2["queries_seen"] == s1["queries_seen"] == 9 * 8
+    assert s2["data_digest"] == s1["data_digest"]
+    for a, b in zip(h1, h2):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    w1, w2 = final_weights(clean), final_weights(faulty)
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], atol=1e-6, rtol=1e-5)
