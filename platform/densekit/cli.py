@@ -77,6 +77,15 @@ STEPS: dict[str, Step] = {
         "densekit.pipelines.evaluate:evaluate",
         "EvaluateConfig",
     ),
+    "train": Step(
+        "train or distil a student on Ray Train (DDP), resumable, with periodic evaluation",
+        "densekit.train:train",
+        "TrainConfig",
+    ),
+    "run": Step(
+        "run a multi-stage method (configs/methods/*.yaml), skipping finished stages",
+        "densekit.methods:run",
+    ),
 }
 
 

@@ -211,7 +211,7 @@ def run(argv: list[str]) -> int:
         if args.only_stage and stage.name != args.only_stage:
             continue
         label = f"[{i}/{len(stages)}] {stage.name} ({stage.step})"
-        if stage.name not in forced and is_complete(stage.output):
+        if stage.name not in forced and _stage_complete(stage.output):
             logger.info("%s: complete, skipping (%s)", label, stage.output)
             status["stages"][stage.name] = {"step": stage.step, "output": str(stage.output), "skipped": True}
             write_json_atomic(status_path, status)
@@ -230,6 +230,12 @@ def run(argv: list[str]) -> int:
         write_json_atomic(status_path, status)
     logger.info("method %s: all %d stages complete in %s", method.name, len(stages), run_dir)
     return 0
+
+
+def _stage_complete(output: Path) -> bool:
+    """A directory output is complete with a valid manifest; a file output (export) as soon as it
+    exists, since files are only ever renamed into place when fully written."""
+    return output.is_file() or is_complete(output)
 
 
 def _print_plan(method: MethodConfig, stages: list[PlannedStage]) -> None:
