@@ -149,14 +149,22 @@ class GenerateConfig:
     output: str = opt(MISSING, "output folder (corpus/, queries/, qrels/train/, qrels/dev/)")
     seed: int = opt(0, "random seed: the same seed and sizes give the same files")
     num_docs: int = opt(2000, "documents in the corpus")
-    num_train_queries: int = opt(1000, "training queries (each with one relevant document)")
-    num_dev_queries: int = opt(200, "dev queries (each with one relevant document)")
-    num_topics: int = opt(40, "topics; documents of one topic share vocabulary (hard negatives)")
-    vocab_size: int = opt(3000, "distinct content words")
+    num_train_queries: int = opt(8000, "training queries (each with one relevant document)")
+    num_dev_queries: int = opt(300, "dev queries (each with one relevant document)")
+    num_topics: int = opt(40, "topics; documents of one topic share topic words (hard negatives)")
+    num_concepts: int = opt(
+        4000, "concepts, split among topics; each has a document word and a query synonym"
+    )
+    concepts_per_doc: int = opt(8, "concepts a document is about (drawn from its topic's concepts)")
+    concepts_per_query: int = opt(4, "concepts of its document a query names")
+    topic_words: int = opt(12, "words per topic, used by its documents and queries alike")
+    noise_words: int = opt(150, "filler words shared by everything (Zipf-distributed)")
     doc_length: int = opt(40, "words per document")
-    query_length: int = opt(6, "words per query")
+    query_length: int = opt(8, "words per query")
+    concept_share: float = opt(0.4, "share of document words that are its concepts' words")
+    topic_share: float = opt(0.3, "share of document words that are topic words (the rest is filler)")
     synonym_rate: float = opt(
-        0.5, "share of query words replaced by a synonym the document never uses"
+        0.95, "chance that a query names a concept by its synonym, a word documents never use"
     )
     overwrite: bool = opt(False, "replace a complete output made with another config")
 
