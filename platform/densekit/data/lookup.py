@@ -66,12 +66,14 @@ class HashRuns:
         hashes = np.asarray(hashes, dtype=np.uint64)
         if len(hashes) == 0:
             return np.zeros(0, dtype=bool)
-        seen = self.contains(hashes)
+        before = self.contains(hashes)
         uniq, first = np.unique(hashes, return_index=True)
-        repeat = np.ones(len(hashes), dtype=bool)
-        repeat[first] = False
-        seen |= repeat
-        self._add(uniq)
+        seen = np.ones(len(hashes), dtype=bool)
+        seen[first] = False  # repeats within this array
+        seen |= before
+        new = uniq[~before[first]]
+        if len(new):
+            self._add(new)
         return seen
 
     def contains(self, hashes: np.ndarray) -> np.ndarray:
