@@ -99,7 +99,9 @@ class ImportConfig:
         "raise", "bad rows and unknown ids: raise (default) or skip and count them in the manifest"
     )
     max_logged_errors: int = opt(20, "with on_error=skip, log at most this many skipped rows")
-    batch_rows: int = opt(8192, "rows per record batch read from the input (bounds memory with batch_bytes)")
+    batch_rows: int = opt(
+        8192, "rows per record batch read from the input (training files: passages); bounds memory"
+    )
     batch_bytes: int = opt(32 << 20, "bytes of input text per record batch at most (about)")
     rows_per_part: int = opt(1_000_000, "rows per Parquet part file")
     lookup_cache: Optional[str] = opt(
