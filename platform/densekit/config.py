@@ -170,6 +170,20 @@ class GenerateConfig:
     )
     overwrite: bool = opt(False, "replace a complete output made with another config")
 
+    def validate(self) -> None:
+        sizes = ("num_docs", "num_train_queries", "num_dev_queries", "num_topics", "num_concepts",
+                 "concepts_per_doc", "concepts_per_query", "topic_words", "noise_words", "doc_length", "query_length")
+        bad = [k for k in sizes if getattr(self, k) < 1]
+        if bad:
+            raise ConfigError(f"generate: {', '.join(bad)} must be >= 1")
+        if self.num_concepts < self.num_topics:
+            raise ConfigError(f"generate: num_concepts={self.num_concepts} must be >= num_topics={self.num_topics}")
+        if self.query_length < self.concepts_per_query + 1:
+            raise ConfigError("generate: query_length must exceed concepts_per_query (a topic word is added)")
+        if not 0 <= self.synonym_rate <= 1 or min(self.concept_share, self.topic_share) < 0 \
+                or self.concept_share + self.topic_share > 1:
+            raise ConfigError("generate: synonym_rate in [0, 1]; concept_share, topic_share >= 0 with sum <= 1")
+
 
 # --- loading ---------------------------------------------------------------------------------------
 

@@ -20,7 +20,6 @@ import pyarrow as pa
 from densekit.artifacts import TableWriter, prepare_output, write_manifest
 from densekit.config import GenerateConfig
 from densekit.data.records import CORPUS_SCHEMA, QRELS_SCHEMA, QUERIES_SCHEMA
-from densekit.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ class Task:
 
 def build_task(cfg: GenerateConfig) -> Task:
     """Draw the whole task from `cfg.seed` (same seed and sizes, same task)."""
-    _check(cfg)
+    cfg.validate()
     rng = np.random.default_rng(cfg.seed)
     n_words = 2 * cfg.num_concepts + cfg.num_topics * cfg.topic_words + cfg.noise_words
     words = make_words(rng, n_words)
@@ -124,23 +123,11 @@ def build_task(cfg: GenerateConfig) -> Task:
     return Task(doc_ids, doc_texts, doc_titles, query_ids, query_texts, qrels)
 
 
-def _check(cfg: GenerateConfig) -> None:
-    if min(cfg.num_docs, cfg.num_train_queries, cfg.num_dev_queries, cfg.num_topics, cfg.doc_length,
-           cfg.query_length, cfg.concepts_per_doc, cfg.concepts_per_query, cfg.topic_words, cfg.noise_words) < 1:
-        raise ConfigError("generate: every size must be >= 1")
-    if cfg.num_concepts < cfg.num_topics:
-        raise ConfigError(f"generate: num_concepts={cfg.num_concepts} must be >= num_topics={cfg.num_topics}")
-    if cfg.query_length < cfg.concepts_per_query + 1:
-        raise ConfigError("generate: query_length must exceed concepts_per_query (one topic word too)")
-    if not 0 <= cfg.synonym_rate <= 1 or cfg.concept_share + cfg.topic_share > 1:
-        raise ConfigError("generate: synonym_rate in [0, 1] and concept_share + topic_share <= 1")
-
-
 def generate(cfg: GenerateConfig) -> None:
     """Write the task to `cfg.output`: corpus/, queries/ (train and dev), qrels/train/, qrels/dev/,
     each a table with its manifest, then a top manifest."""
     out = Path(cfg.output)
-    _check(cfg)
+    cfg.validate()
     if not prepare_output(out, cfg, cfg.overwrite):
         return
     task = build_task(cfg)
