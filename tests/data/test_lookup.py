@@ -77,3 +77,12 @@ def test_take_on_multi_chunk_table(tmp_path):
         idx = np.array([99, 0, 50, 9, 8])
         assert lk.take(idx, "text").to_pylist() == [f"text of p{i}" for i in idx]
         assert isinstance(lk.take(idx, "pid"), pa.Array)
+
+
+def test_shared_cache_keeps_same_named_tables_apart(tmp_path):
+    a = corpus(tmp_path / "a" / "corpus", ["1", "2"])
+    b = corpus(tmp_path / "b" / "corpus", ["3"])
+    cache = tmp_path / "cache"
+    with TableLookup.for_table(a, "pid", cache_dir=cache) as la, TableLookup.for_table(b, "pid", cache_dir=cache) as lb:
+        assert la.find(["1", "3"]).tolist() == [0, -1] and lb.find(["1", "3"]).tolist() == [-1, 0]
+    assert len(list(cache.iterdir())) == 2 and not (a / "lookup-pid").exists()

@@ -192,7 +192,11 @@ class TableLookup:
         """
         table_dir = Path(table_dir)
         read_manifest(table_dir)
-        where = Path(cache_dir) / f"{table_dir.name}-{key}" if cache_dir else table_dir / f"lookup-{key}"
+        if cache_dir:  # one shared cache folder: tell tables of the same name apart by their path
+            tag = hashlib.sha256(str(table_dir.resolve()).encode()).hexdigest()[:10]
+            where = Path(cache_dir) / f"{table_dir.name}-{tag}-{key}"
+        else:
+            where = table_dir / f"lookup-{key}"
         want = None if columns is None else [key] + [c for c in columns if c != key]
         if (where / META).exists():
             try:
