@@ -276,3 +276,10 @@ def test_training_batches_are_bounded_by_passages(tmp_path):
     assert sizes == [4, 4, 4, 4, 4]  # 30 passages a group: the 4th group reaches 100 passages
     (tmp_path / "m.tsv").write_text("".join(f"1\t0\tq{i}\t0\t1\n" for i in range(10)))
     assert [b.num_rows for b in io.read_margin_mse_tsv(tmp_path / "m.tsv", batch_rows=8)] == [4, 4, 2]
+
+
+def test_training_texts_need_the_tables(tmp_path):
+    refused(tmp_path, "dpr_json", '[{"question": "a", "positive_ctxs": [3]}]', 1,
+            "pid '3': no passage text in the file; expected corpus=<table>")
+    refused(tmp_path, "prod_json", '[{"query_id": "q1", "pos_id": ["0"], "neg_id": []}]', 1,
+            "qid 'q1': no query text in the file; expected queries=<table>", corpus=str(_corpus(tmp_path)))
