@@ -92,16 +92,34 @@ class ImportConfig:
     kind: Optional[Literal["corpus", "queries"]] = opt(
         None, "msmarco_collection only: whether the file holds passages or queries (default corpus)"
     )
+    pid_offset: int = opt(
+        0, "dpr_json only: added to integer passage ids (LEAD biencoder json: 1, psgs_w100.tsv is 1-based)"
+    )
     on_error: Literal["raise", "skip"] = opt(
         "raise", "bad rows and unknown ids: raise (default) or skip and count them in the manifest"
     )
     max_logged_errors: int = opt(20, "with on_error=skip, log at most this many skipped rows")
+    batch_rows: int = opt(8192, "rows per record batch read from the input (bounds memory with batch_bytes)")
+    batch_bytes: int = opt(32 << 20, "bytes of input text per record batch at most (about)")
     rows_per_part: int = opt(1_000_000, "rows per Parquet part file")
+    lookup_cache: Optional[str] = opt(
+        None, "folder for the id lookups of corpus/queries (default: lookup-<key>/ inside each table)"
+    )
     overwrite: bool = opt(False, "replace a complete output made with another config")
 
     def validate(self) -> None:
         if self.format not in IMPORT_FORMATS:
             raise ConfigError(_unknown_name("format", self.format, IMPORT_FORMATS))
+        if self.kind is not None and self.format != "msmarco_collection":
+            raise ConfigError(f"kind={self.kind} applies to format=msmarco_collection only")
+        if self.format == "margin_mse_tsv" and (self.corpus is None or self.queries is None):
+            raise ConfigError("format=margin_mse_tsv needs corpus=<table> and queries=<table> for the texts")
+        if self.format == "prod_json" and self.corpus is None:
+            raise ConfigError("format=prod_json needs corpus=<table> for the passage texts")
+        if self.format == "beir" and (self.corpus or self.queries):
+            raise ConfigError("format=beir imports its own corpus and queries; leave corpus/queries unset")
+        if self.batch_rows < 1 or self.batch_bytes < 1 or self.rows_per_part < 1:
+            raise ConfigError("batch_rows, batch_bytes and rows_per_part must be >= 1")
 
 
 EXPORT_FORMATS = ("trec_run", "trec_qrels", "margin_mse_tsv", "msmarco_collection", "beir")
@@ -112,7 +130,7 @@ class ExportConfig:
     """Export a densekit table to a text format at the edges (TREC run/qrels, teacher TSV, ...)."""
 
     format: str = opt(MISSING, f"output format: one of {', '.join(EXPORT_FORMATS)}")
-    input: str = opt(MISSING, "table directory to export (for beir: a folder of tables)")
+    input: str = opt(MISSING, "table directory to export (for beir: a folder with corpus/, queries/, qrels/<split>/)")
     output: str = opt(MISSING, "output file (a folder for beir)")
     tag: str = opt("densekit", "run tag (trec_run)")
     overwrite: bool = opt(False, "replace an existing output file")
@@ -120,6 +138,8 @@ class ExportConfig:
     def validate(self) -> None:
         if self.format not in EXPORT_FORMATS:
             raise ConfigError(_unknown_name("format", self.format, EXPORT_FORMATS))
+        if not self.tag or any(c.isspace() for c in self.tag):
+            raise ConfigError(f"tag={self.tag!r}: a run tag must be non-empty, without whitespace")
 
 
 @dataclass

@@ -1,0 +1,98 @@
+"""Model kinds by name, and the loading contract.
+
+`load_model(path)` reads densekit_model.json when present; a sentence-transformers directory loads
+as a bi-encoder with ITS pooling, normalisation, head and max length; a plain Hugging Face
+directory loads as a bi-encoder (CLS, dot) unless `kind`/`overrides` say otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from densekit.errors import ConfigError
+from densekit.models.spec import (
+    KINDS,
+    SPEC_FILE,
+    ModelSpec,
+    read_spec,
+    spec_from_sentence_transformers,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MODELS", "BiEncoder", "ColBERT", "CrossEncoder", "ModelSpec", "load_model", "build_model", "model_class"]
+
+
+from densekit.models.bi_encoder import BiEncoder  # noqa: E402
+from densekit.models.colbert import ColBERT  # noqa: E402
+from densekit.models.cross_encoder import CrossEncoder  # noqa: E402
+
+MODELS: dict[str, type] = {"bi_encoder": BiEncoder, "colbert": ColBERT, "cross_encoder": CrossEncoder}
+
+
+def model_class(kind: str) -> type:
+    """The model class for `kind`, with a did-you-mean error for unknown names."""
+    if kind not in MODELS:
+        import difflib
+
+        close = difflib.get_close_matches(kind, list(KINDS), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown model kind '{kind}'; expected one of {', '.join(KINDS)}.{hint}")
+    return MODELS[kind]
+
+
+def load_model(path: str | Path, kind: str | None = None, device: Any = None, overrides: dict[str, Any] | None = None):
+    """Load a model directory for encoding, scoring or training.
+
+    Args:
+        path: a densekit save (densekit_model.json), a sentence-transformers directory, or a
+            plain Hugging Face encoder directory.
+        kind: expected kind; checked against a saved spec, or chosen for a plain HF directory
+            (default bi_encoder).
+        device: move the model there (e.g. "cuda:0"); default: stay on CPU.
+        overrides: spec fields to change (None values ignored), e.g. {"max_passage_length": 512}.
+
+    Returns:
+        A BiEncoder, ColBERT or CrossEncoder in eval mode.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: model directory not found")
+    overrides = overrides or {}
+    spec = read_spec(root)
+    if spec is not None:
+        _check_kind(root, kind, spec.kind)
+        spec = spec.replace(**overrides)
+        model = model_class(spec.kind).from_pretrained(root, spec, head_required=True)
+    elif (spec := spec_from_sentence_transformers(root)) is not None:
+        _check_kind(root, kind, "bi_encoder")
+        spec = spec.replace(**overrides)
+        model = model_class("bi_encoder").from_pretrained(root, spec, head_required=False)
+        if spec.head_dim is not None:
+            from densekit.models.st_format import load_st_head
+
+            load_st_head(root, model.query_tower.head)
+        logger.info("%s: sentence-transformers model, pooling %s, normalised %s", root, spec.pooling, spec.normalized)
+    elif (root / "config.json").is_file():
+        spec = ModelSpec(kind=kind or "bi_encoder").replace(**overrides)
+        if spec.head_dim is not None or spec.kind == "cross_encoder" or (spec.kind == "colbert" and spec.colbert_dim):
+            logger.warning("%s: plain Hugging Face encoder: the %s head starts untrained", root, spec.kind)
+        model = model_class(spec.kind).from_pretrained(root, spec, head_required=False)
+    else:
+        raise ConfigError(f"{root}: not a model directory (no {SPEC_FILE}, modules.json or config.json)")
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def build_model(spec: ModelSpec, base_path: str | Path):
+    """A fresh model of `spec.kind` from a Hugging Face encoder (pretrained towers, new heads)."""
+    return model_class(spec.validate().kind).build(spec, base_path)
+
+
+def _check_kind(root: Path, wanted: str | None, found: str) -> None:
+    if wanted is not None and wanted != found:
+        raise ConfigError(f"{root}: holds a {found} model, but a {wanted} was asked for")

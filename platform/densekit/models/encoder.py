@@ -1,0 +1,233 @@
+"""What the three model kinds share: a Hugging Face encoder tower with an optional linear head,
+tokenisation from the spec, per-layer hidden states, and the save/load layout.
+
+Directory layout written by `save` (read back by `densekit.models.load_model`):
+    densekit_model.json                 the ModelSpec
+    config.json, model.safetensors, tokenizer files      one shared tower (AutoModel loads it)
+    densekit_head.safetensors           the head, when there is one
+    query/, passage/                    instead of the above, when the towers are separate
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from densekit.models.spec import SPEC_FILE, ModelSpec
+from densekit.models.tokenization import Tokenization
+
+logger = logging.getLogger(__name__)
+
+HEAD_FILE = "densekit_head.safetensors"
+
+
+class Head(nn.Module):
+    """Linear (+ optional LayerNorm, as STAR's RobertaDot), applied to the last dimension."""
+
+    def __init__(self, in_dim: int, out_dim: int, layernorm: bool = False, bias: bool = True):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, out_dim, bias=bias)
+        self.norm = nn.LayerNorm(out_dim) if layernorm else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.linear(x)
+        return self.norm(x) if self.norm is not None else x
+
+
+class Tower(nn.Module):
+    """One transformer encoder (AutoModel) and its tokenizer, plus an optional head."""
+
+    def __init__(self, transformer: nn.Module, tokenizer, head: Head | None = None):
+        super().__init__()
+        self.transformer = transformer
+        self.tokenizer = tokenizer
+        self.head = head
+        params = inspect.signature(transformer.forward).parameters
+        self.input_names = {k for k in ("input_ids", "attention_mask", "token_type_ids") if k in params}
+        # RoBERTa has one token type: pair encodings must not send type 1.
+        if getattr(transformer.config, "type_vocab_size", 2) < 2:
+            self.input_names.discard("token_type_ids")
+
+    @property
+    def hidden_size(self) -> int:
+        cfg = self.transformer.config
+        return getattr(cfg, "hidden_size", None) or cfg.dim
+
+    @property
+    def num_layers(self) -> int:
+        cfg = self.transformer.config
+        return getattr(cfg, "num_hidden_layers", None) or cfg.n_layers
+
+    def hidden(self, enc: dict[str, Tensor], all_layers: bool = False) -> tuple[Tensor, list[Tensor] | None]:
+        """Last hidden states `[N, L, H]` and, with `all_layers`, each transformer layer's output.
+
+        Layer list index 0 is the first transformer layer's output: HF's `hidden_states[0]` (the
+        embedding output) is dropped, as in LEAD's patched encoders.
+        """
+        inputs = {k: v for k, v in enc.items() if k in self.input_names}
+        out = self.transformer(**inputs, output_hidden_states=all_layers, return_dict=True)
+        layers = list(out.hidden_states[1:]) if all_layers else None
+        return out.last_hidden_state, layers
+
+    def save(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        self.transformer.save_pretrained(directory, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory)
+        if self.head is not None:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
+            save_file(state, str(directory / HEAD_FILE))
+
+    @classmethod
+    def load(cls, directory: str | Path, head: Head | None = None, head_required: bool = False) -> Tower:
+        """Load a tower; `head` (constructed by the caller) gets the saved head weights."""
+        from transformers import AutoModel, AutoTokenizer
+
+        directory = Path(directory)
+        transformer = AutoModel.from_pretrained(str(directory))
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        if head is not None:
+            path = directory / HEAD_FILE
+            if path.is_file():
+                load_head(head, path)
+            elif head_required:
+                raise FileNotFoundError(f"{path}: the spec declares a head but its weights are missing")
+            else:
+                logger.info("%s: no saved head, the head starts from a random initialisation", directory)
+        return cls(transformer, tokenizer, head)
+
+
+def load_head(head: nn.Module, path: str | Path, prefix_map: dict[str, str] | None = None) -> None:
+    """Load safetensors weights into `head`, strictly (every key, every shape)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    if prefix_map:
+        state = {_rename(k, prefix_map): v for k, v in state.items()}
+    missing, unexpected = head.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: head weights do not match (missing {missing}, unexpected {unexpected})")
+
+
+def _rename(key: str, prefix_map: dict[str, str]) -> str:
+    for old, new in prefix_map.items():
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return key
+
+
+class DenseModel(nn.Module):
+    """Base of BiEncoder, ColBERT and CrossEncoder: the spec, the towers and saving.
+
+    Subclasses set `kind`, implement `forward(batch, ...) -> ModelOutput` and `_make_head`.
+    """
+
+    kind = ""
+
+    def __init__(self, spec: ModelSpec, query_tower: Tower, passage_tower: Tower | None = None):
+        super().__init__()
+        self.spec = spec.validate()
+        if spec.kind != self.kind:
+            raise ValueError(f"{type(self).__name__} needs a spec of kind '{self.kind}', got '{spec.kind}'")
+        self.towers = nn.ModuleDict({"query": query_tower})
+        if passage_tower is not None:
+            if spec.shared:
+                raise ValueError("spec.shared is true but a separate passage tower was given")
+            self.towers["passage"] = passage_tower
+        elif not spec.shared:
+            raise ValueError("spec.shared is false: give a passage tower")
+
+    @property
+    def query_tower(self) -> Tower:
+        return self.towers["query"]
+
+    @property
+    def passage_tower(self) -> Tower:
+        return self.towers["passage"] if "passage" in self.towers else self.towers["query"]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def num_layers(self) -> int:
+        return self.query_tower.num_layers
+
+    # --- tokenisation --------------------------------------------------------------------------
+
+    @property
+    def tokenization(self) -> Tokenization:
+        """Picklable text-to-tensor rules of this model (no weights); see models.tokenization."""
+        if getattr(self, "_tokenization", None) is None or self._tokenization.spec is not self.spec:
+            q, p = self.query_tower, self.passage_tower
+            self._tokenization = Tokenization(self.spec, q.tokenizer, p.tokenizer, q.input_names, p.input_names)
+        return self._tokenization
+
+    def inputs(self, batch) -> dict[str, dict[str, Tensor]]:
+        """This model's tokenised inputs for a TrainBatch (pre-tokenised by the collator, or now),
+        on the model's device."""
+        tok = self.tokenization
+        cached = getattr(batch, "inputs", {}).get(tok.key)
+        inputs = cached if cached is not None else tok.batch(batch)
+        dev = self.device
+        return {name: {k: v.to(dev) for k, v in enc.items()} for name, enc in inputs.items()}
+
+    # --- saving ----------------------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the HF files (safetensors), the tokenizer(s), the heads and densekit_model.json."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        if self.spec.shared:
+            self.query_tower.save(out)
+        else:
+            self.query_tower.save(out / "query")
+            self.passage_tower.save(out / "passage")
+        self._save_extra(out)
+        self.spec.save(out)  # last: a directory with a spec is a complete model
+        logger.info("saved %s to %s", self.kind, out)
+        return out
+
+    def _save_extra(self, directory: Path) -> None:
+        """Hook for extra files (sentence-transformers modules for bi-encoders)."""
+
+    @classmethod
+    def _make_head(cls, spec: ModelSpec, hidden: int) -> Head | None:
+        return None
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, spec: ModelSpec, head_required: bool = True) -> DenseModel:
+        """Load a saved model (or a plain HF encoder, with `head_required=False`) with `spec`."""
+        from transformers import AutoConfig
+
+        root = Path(directory)
+        names = ["query"] if spec.shared else ["query", "passage"]
+        towers = []
+        for name in names:
+            d = root if spec.shared else root / name
+            if not (d / "config.json").is_file():
+                raise FileNotFoundError(f"{d}: no config.json (expected a Hugging Face model directory)")
+            cfg = AutoConfig.from_pretrained(str(d))
+            hidden = getattr(cfg, "hidden_size", None) or cfg.dim
+            towers.append(Tower.load(d, cls._make_head(spec, hidden), head_required=head_required))
+        return cls(spec, *towers)
+
+    @classmethod
+    def build(cls, spec: ModelSpec, base_path: str | Path) -> DenseModel:
+        """A fresh model from a Hugging Face encoder: pretrained tower(s), new head(s)."""
+        if (Path(base_path) / SPEC_FILE).is_file():
+            logger.warning("%s holds a densekit model; build() reuses its encoder but not its heads", base_path)
+        return cls.from_pretrained(base_path, spec.replace(shared=True), head_required=False)._untie(spec)
+
+    def _untie(self, spec: ModelSpec) -> DenseModel:
+        """Return a model with separate towers (copies of the shared one) if `spec` asks for them."""
+        if spec.shared:
+            return self
+        import copy
+
+        return type(self)(spec, self.query_tower, copy.deepcopy(self.query_tower))

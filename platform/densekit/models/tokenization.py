@@ -1,0 +1,155 @@
+"""Text to tensors for one model, following its spec: prefixes, titles, max lengths, ColBERT's
+[MASK] query augmentation and markers, cross-encoder pairs.
+
+`Tokenization` holds tokenizers and the spec but no weights, so a collator running in a data
+worker can pre-tokenise training batches for every model that will read them (`batch()`), keyed by
+`key` (models with the same tokenisation, e.g. a student and its frozen copy, share one entry).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+from torch import Tensor
+
+from densekit.models.spec import ModelSpec
+
+_TOKEN_FIELDS = (
+    "kind", "max_query_length", "max_passage_length", "query_prefix", "passage_prefix", "title_mode",
+    "title_sep", "query_augmentation", "query_marker", "doc_marker", "shared",
+)  # fmt: skip
+
+
+class Tokenization:
+    """Tokenise queries, passages and pairs the way one model expects.
+
+    Args:
+        spec: the model's spec.
+        query_tokenizer, passage_tokenizer: HF tokenizers (the same object for shared towers).
+        query_inputs, passage_inputs: the input names each tower's transformer accepts
+            (token_type_ids is dropped for DistilBERT and RoBERTa).
+    """
+
+    def __init__(self, spec: ModelSpec, query_tokenizer, passage_tokenizer, query_inputs: set[str], passage_inputs: set[str]):
+        self.spec = spec
+        self.query_tokenizer = query_tokenizer
+        self.passage_tokenizer = passage_tokenizer
+        self.query_inputs = set(query_inputs)
+        self.passage_inputs = set(passage_inputs)
+        fields = {f: getattr(spec, f) for f in _TOKEN_FIELDS}
+        fields["tokenizers"] = [_tokenizer_id(query_tokenizer), _tokenizer_id(passage_tokenizer)]
+        self.key = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+    # --- text ------------------------------------------------------------------------------------
+
+    def _query_texts(self, texts: list[str]) -> list[str]:
+        p = self.spec.query_prefix
+        return [p + t for t in texts]
+
+    def _passage_segments(self, texts: list[str], titles: list[str] | None) -> tuple[list[str], list[str] | None]:
+        p = self.spec.passage_prefix
+        if titles is not None and len(titles) != len(texts):
+            raise ValueError(f"titles has {len(titles)} entries but texts has {len(texts)}")
+        if titles is None or self.spec.title_mode == "none":
+            return [p + t for t in texts], None
+        if self.spec.title_mode == "pair":
+            return [p + (ti or "") for ti in titles], list(texts)
+        sep = self.spec.title_sep
+        return [p + (f"{ti}{sep}{t}" if ti else t) for ti, t in zip(titles, texts)], None
+
+    @staticmethod
+    def _encode(tokenizer, inputs: set[str], first, second, max_length: int, padding="longest") -> dict[str, Tensor]:
+        enc = tokenizer(
+            first,
+            second,
+            padding=padding,
+            truncation="only_second" if second is not None else True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        return {k: v for k, v in enc.items() if k in inputs}
+
+    # --- the three inputs ------------------------------------------------------------------------
+
+    def queries(self, texts: list[str]) -> dict[str, Tensor]:
+        """Queries `[B, Lq]`. ColBERT adds `token_mask` (the tokens that score) and augmentation."""
+        texts = self._query_texts(list(texts))
+        if self.spec.kind == "colbert":
+            return self._colbert(self.query_tokenizer, self.query_inputs, texts, None, self.spec.max_query_length, self.spec.query_marker, augment=self.spec.query_augmentation)
+        return self._encode(self.query_tokenizer, self.query_inputs, texts, None, self.spec.max_query_length)
+
+    def passages(self, texts: list[str], titles: list[str] | None = None) -> dict[str, Tensor]:
+        """Passages `[N, Lp]`; titles join the text as spec.title_mode says."""
+        first, second = self._passage_segments(list(texts), titles)
+        if self.spec.kind == "colbert":
+            return self._colbert(self.passage_tokenizer, self.passage_inputs, first, second, self.spec.max_passage_length, self.spec.doc_marker, augment=False)
+        return self._encode(self.passage_tokenizer, self.passage_inputs, first, second, self.spec.max_passage_length)
+
+    def pairs(self, queries: list[str], texts: list[str], titles: list[str] | None = None) -> dict[str, Tensor]:
+        """Cross-encoder input `[CLS] q [SEP] (title [SEP]) d [SEP]`, at most max_query + max_passage tokens."""
+        if len(queries) != len(texts):
+            raise ValueError(f"pairs: {len(queries)} queries but {len(texts)} passages")
+        first, second = self._passage_segments(list(texts), titles)
+        tok = self.query_tokenizer
+        if second is not None:  # title and text become one segment joined by the separator token
+            first = [f"{a} {tok.sep_token} {b}" for a, b in zip(first, second)]
+        enc = tok(
+            self._query_texts(list(queries)),
+            first,
+            padding="longest",
+            truncation="longest_first",
+            max_length=self.spec.max_query_length + self.spec.max_passage_length,
+            return_tensors="pt",
+        )
+        return {k: v for k, v in enc.items() if k in self.query_inputs}
+
+    def _colbert(self, tokenizer, inputs, first, second, max_length: int, marker: str | None, augment: bool) -> dict[str, Tensor]:
+        # Room for the marker token, which goes right after [CLS] (as in ColBERT).
+        n = max_length - (1 if marker else 0)
+        enc = self._encode(tokenizer, inputs | {"attention_mask"}, first, second, n, padding="max_length" if augment else "longest")
+        ids, att = enc["input_ids"], enc["attention_mask"]
+        token_mask = att.clone()
+        if augment:
+            if tokenizer.mask_token_id is None:
+                raise ValueError("query_augmentation needs a tokenizer with a mask token")
+            # ColBERT: padding becomes [MASK]; those tokens are not attended to, but they score.
+            ids = ids.masked_fill(att == 0, tokenizer.mask_token_id)
+            token_mask = torch.ones_like(att)
+        if marker:
+            mid = tokenizer.convert_tokens_to_ids(marker)
+            if mid is None or mid == tokenizer.unk_token_id:
+                raise ValueError(f"marker token {marker!r} is not in the tokenizer's vocabulary")
+            col = lambda t, v: torch.cat([t[:, :1], torch.full_like(t[:, :1], v), t[:, 1:]], dim=1)  # noqa: E731
+            ids, att, token_mask = col(ids, mid), col(att, 1), col(token_mask, 1)
+            if "token_type_ids" in enc:
+                enc["token_type_ids"] = col(enc["token_type_ids"], 0)
+        enc.update(input_ids=ids, attention_mask=att, token_mask=token_mask)
+        return enc
+
+    # --- training batches ------------------------------------------------------------------------
+
+    def batch(self, batch) -> dict[str, dict[str, Tensor]]:
+        """Tokenise a TrainBatch for this model: {"queries", "passages"} or {"pairs"} (cross-encoder).
+
+        Query-only batches (group_size 0) give {"queries"} only.
+        """
+        out: dict[str, dict[str, Tensor]] = {}
+        has_passages = batch.group_size > 0
+        if self.spec.kind == "cross_encoder":
+            if not has_passages:
+                raise ValueError("a cross-encoder needs passages: this batch holds queries only")
+            rep = [q for q in batch.query_texts for _ in range(batch.group_size)]
+            out["pairs"] = self.pairs(rep, batch.passage_texts, batch.passage_titles)
+            return out
+        out["queries"] = self.queries(batch.query_texts)
+        if has_passages:
+            out["passages"] = self.passages(batch.passage_texts, batch.passage_titles)
+        return out
+
+
+def _tokenizer_id(tok) -> str:
+    vocab = tok.get_vocab()
+    h = hashlib.sha1(json.dumps(sorted(vocab.items())[:2000]).encode()).hexdigest()[:12]
+    return f"{tok.name_or_path}|{len(vocab)}|{h}"
