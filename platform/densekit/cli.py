@@ -120,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     # Which copy runs matters on a cluster: under `ray job submit` it is the one shipped by the
     # runtime env's py_modules (.../runtime_resources/py_modules_files/...), not an installed one.
-    from densekit import __file__ as package_file, __version__
+    import densekit
 
-    logger.info("densekit %s from %s: %s", __version__, os.path.dirname(package_file), name)
+    logger.info(
+        "densekit %s from %s: %s", densekit.__version__, os.path.dirname(densekit.__file__), name
+    )
     try:
         cls = step.config_cls()
         if cls is None:

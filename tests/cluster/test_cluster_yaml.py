@@ -115,7 +115,9 @@ def test_cluster_yaml_passes_the_launchers_schema():
     assert worker_types
     for t in worker_types:
         node = config["available_node_types"][t]
-        assert node["resources"].get("GPU", 0) >= 1 and node["max_workers"] > node.get("min_workers", 0)
+        assert node["resources"].get("GPU", 0) >= 1 and node["max_workers"] > node.get(
+            "min_workers", 0
+        )
     assert config["available_node_types"][config["head_node_type"]]["resources"].get("GPU", 0) == 0
 
     # The check is live: a misspelt key is rejected by the same validation.
@@ -129,7 +131,9 @@ def test_ray_start_flags_exist_in_installed_ray():
     from ray.scripts.scripts import start
 
     config = load_cluster()
-    commands = ray_start_commands(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
+    commands = ray_start_commands(
+        config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    )
     assert len(commands) == 2
     for words in commands:
         args = words[words.index("start") + 1 :]
@@ -142,7 +146,9 @@ def test_token_authentication_is_on_everywhere():
         starts = ray_start_commands(config[kind])
         assert starts, kind
         for words in starts:
-            assert "RAY_AUTH_MODE=token" in words, f"{kind}: `ray start` without RAY_AUTH_MODE=token"
+            assert "RAY_AUTH_MODE=token" in words, (
+                f"{kind}: `ray start` without RAY_AUTH_MODE=token"
+            )
     mounts = {str(Path(k)): v for k, v in config["file_mounts"].items()}
     assert mounts.get("~/.ray/auth_token") == "~/.ray/auth_token", "the token must reach every node"
     setup = " && ".join(config["setup_commands"])
@@ -157,18 +163,50 @@ def test_no_ray_port_is_public():
 @pytest.mark.parametrize(
     "change, expected",
     [
-        (lambda c: c["provider"]["security_group"]["IpPermissions"].append(
-            {"IpProtocol": "tcp", "FromPort": 8265, "ToPort": 8265, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}),
-         "ports 8265-8265"),
-        (lambda c: c["provider"]["security_group"]["IpPermissions"].append(
-            {"IpProtocol": "-1", "FromPort": -1, "ToPort": -1, "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}),
-         "ports -1--1"),
-        (lambda c: c["provider"]["security_group"]["IpPermissions"].append(
-            {"IpProtocol": "tcp", "FromPort": 6000, "ToPort": 7000, "IpRanges": [{"CidrIp": "8.8.8.0/24"}]}),
-         "ports 6000-7000"),
-        (lambda c: c.__setitem__("head_start_ray_commands", [
-            c["head_start_ray_commands"][-1].replace("--dashboard-host=127.0.0.1", "--dashboard-host=0.0.0.0")]),
-         "dashboard bound to 0.0.0.0"),
+        (
+            lambda c: c["provider"]["security_group"]["IpPermissions"].append(
+                {
+                    "IpProtocol": "tcp",
+                    "FromPort": 8265,
+                    "ToPort": 8265,
+                    "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
+                }
+            ),
+            "ports 8265-8265",
+        ),
+        (
+            lambda c: c["provider"]["security_group"]["IpPermissions"].append(
+                {
+                    "IpProtocol": "-1",
+                    "FromPort": -1,
+                    "ToPort": -1,
+                    "Ipv6Ranges": [{"CidrIpv6": "::/0"}],
+                }
+            ),
+            "ports -1--1",
+        ),
+        (
+            lambda c: c["provider"]["security_group"]["IpPermissions"].append(
+                {
+                    "IpProtocol": "tcp",
+                    "FromPort": 6000,
+                    "ToPort": 7000,
+                    "IpRanges": [{"CidrIp": "8.8.8.0/24"}],
+                }
+            ),
+            "ports 6000-7000",
+        ),
+        (
+            lambda c: c.__setitem__(
+                "head_start_ray_commands",
+                [
+                    c["head_start_ray_commands"][-1].replace(
+                        "--dashboard-host=127.0.0.1", "--dashboard-host=0.0.0.0"
+                    )
+                ],
+            ),
+            "dashboard bound to 0.0.0.0",
+        ),
     ],
 )
 def test_exposure_check_catches_planted_holes(change, expected):
@@ -182,7 +220,12 @@ def test_exposure_check_allows_private_and_ssh_rules():
     config = load_cluster()
     config["provider"]["security_group"]["IpPermissions"] += [
         {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
-        {"IpProtocol": "tcp", "FromPort": 8265, "ToPort": 8265, "IpRanges": [{"CidrIp": "10.0.0.0/8"}]},
+        {
+            "IpProtocol": "tcp",
+            "FromPort": 8265,
+            "ToPort": 8265,
+            "IpRanges": [{"CidrIp": "10.0.0.0/8"}],
+        },
     ]
     assert public_exposures(config) == []
 

@@ -54,7 +54,7 @@ PORT_FLAGS = (
 
 # Test-only: remove the developer's densekit (editable install: the repo's platform/ source root on
 # sys.path, or setuptools' editable finder) from every process of the head.
-HIDE_DENSEKIT = '''\
+HIDE_DENSEKIT = """\
 import os, sys
 _hidden = {hidden!r}
 sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _hidden]
@@ -62,7 +62,7 @@ sys.meta_path[:] = [
     f for f in sys.meta_path
     if not (getattr(f, "__module__", "") or "").startswith("__editable___densekit")
 ]
-'''
+"""
 
 PROBE = """\
 import densekit, ray
@@ -106,7 +106,9 @@ class RayHead:
             timeout=TIMEOUT,
         )
 
-    def submit(self, *entrypoint: str, runtime_env: str | None = RUNTIME_ENV) -> tuple[str, subprocess.CompletedProcess]:
+    def submit(
+        self, *entrypoint: str, runtime_env: str | None = RUNTIME_ENV
+    ) -> tuple[str, subprocess.CompletedProcess]:
         """`ray job submit [--runtime-env ...] -- ENTRYPOINT`: waits for the job, returns its id."""
         sid = f"dk-test-{uuid.uuid4().hex[:10]}"
         flags = ["--submission-id", sid] + (["--runtime-env", runtime_env] if runtime_env else [])
@@ -202,20 +204,41 @@ def ray_head():
     # Ray's single-machine mode: every port binds to 127.0.0.1 (else --node-ip-address 127.0.0.1 is
     # rewritten to the host's routable IP and GCS/raylet listen on all interfaces).
     head_env = {**base, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(hide)}
-    cmd = [*RAY_CLI, "start", "--head", "--node-ip-address", "127.0.0.1",
-           "--dashboard-host", "127.0.0.1", "--num-cpus", "2", "--num-gpus", "0",
-           "--temp-dir", str(temp_dir / "ray"), "--disable-usage-stats"]
+    cmd = [
+        *RAY_CLI,
+        "start",
+        "--head",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--num-cpus",
+        "2",
+        "--num-gpus",
+        "0",
+        "--temp-dir",
+        str(temp_dir / "ray"),
+        "--disable-usage-stats",
+    ]
     for flag, port in ports.items():
         cmd += [flag, str(port)]
     log = open(temp_dir / "ray_start.log", "w")
-    proc = subprocess.Popen(cmd, cwd=temp_dir, env=head_env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # own process group: found again at teardown
+    proc = subprocess.Popen(
+        cmd,
+        cwd=temp_dir,
+        env=head_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # own process group: found again at teardown
     url = f"http://127.0.0.1:{ports['--dashboard-port']}"
     try:
         rc = proc.wait(timeout=TIMEOUT)
         assert rc == 0, (temp_dir / "ray_start.log").read_text()
         _wait_for_dashboard(url, token, time.monotonic() + 120)
-        yield RayHead(url, ports["--port"], temp_dir, token, {**base, "RAY_API_SERVER_ADDRESS": url})
+        yield RayHead(
+            url, ports["--port"], temp_dir, token, {**base, "RAY_API_SERVER_ADDRESS": url}
+        )
     finally:
         log.close()
         _stop_head(proc.pid, temp_dir, ports["--port"])
@@ -232,8 +255,14 @@ def _under_runtime_env(path: str, head: RayHead) -> bool:
 def test_generate_runs_as_a_job_and_writes_its_outputs(ray_head, tmp_path):
     out = tmp_path / "shared" / "task"  # absolute: like an NFS path every node sees
     sid, r = ray_head.submit(
-        "python", "jobs/generate.py", "configs/generate/tiny.yaml", f"output={out}",
-        "num_docs=120", "num_train_queries=30", "num_dev_queries=10", "seed=3",
+        "python",
+        "jobs/generate.py",
+        "configs/generate/tiny.yaml",
+        f"output={out}",
+        "num_docs=120",
+        "num_train_queries=30",
+        "num_dev_queries=10",
+        "seed=3",
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert ray_head.status(sid) == "SUCCEEDED"
@@ -276,7 +305,10 @@ def test_only_the_runtime_env_provides_densekit(ray_head):
 
 def test_bad_config_fails_the_job_with_densekit_message(ray_head, tmp_path):
     sid, r = ray_head.submit(
-        "python", "jobs/generate.py", "configs/generate/tiny.yaml", f"output={tmp_path / 'x'}",
+        "python",
+        "jobs/generate.py",
+        "configs/generate/tiny.yaml",
+        f"output={tmp_path / 'x'}",
         "nmu_docs=10",
     )
     assert r.returncode != 0

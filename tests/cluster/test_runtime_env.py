@@ -22,7 +22,9 @@ def _package(path: Path, out: Path, excludes: list[str], parent: bool) -> set[st
 
     if not parent:  # working_dir: Ray adds its default excludes (.git, .venv, ...)
         excludes = get_runtime_env_default_excludes() + excludes
-    create_package(str(path), out, include_gitignore=True, include_parent_dir=parent, excludes=excludes)
+    create_package(
+        str(path), out, include_gitignore=True, include_parent_dir=parent, excludes=excludes
+    )
     with zipfile.ZipFile(out) as z:
         return {n for n in z.namelist() if not n.endswith("/")}
 
@@ -46,8 +48,15 @@ def repo_copy(tmp_path):
     for name in ("jobs", "configs", "platform"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / ".gitignore", repo / ".gitignore")
-    for junk in ("data/corpus.tsv", "runs/task/part-00000.parquet", "out/run.trec", ".models/bert/w.bin",
-                 ".venv/bin/python", ".git/HEAD", "configs/__pycache__/x.pyc"):
+    for junk in (
+        "data/corpus.tsv",
+        "runs/task/part-00000.parquet",
+        "out/run.trec",
+        ".models/bert/w.bin",
+        ".venv/bin/python",
+        ".git/HEAD",
+        "configs/__pycache__/x.pyc",
+    ):
         (repo / junk).parent.mkdir(parents=True, exist_ok=True)
         (repo / junk).write_text("x")
     return repo
@@ -55,7 +64,9 @@ def repo_copy(tmp_path):
 
 def test_py_module_holds_every_densekit_file(repo_copy, tmp_path):
     excludes = _runtime_env().get("excludes", [])
-    shipped = _package(repo_copy / "platform" / "densekit", tmp_path / "mod.zip", excludes, parent=True)
+    shipped = _package(
+        repo_copy / "platform" / "densekit", tmp_path / "mod.zip", excludes, parent=True
+    )
     expected = {
         "densekit/" + p.relative_to(repo_copy / "platform" / "densekit").as_posix()
         for p in (repo_copy / "platform" / "densekit").rglob("*")
@@ -63,7 +74,9 @@ def test_py_module_holds_every_densekit_file(repo_copy, tmp_path):
     }
     # e.g. a bare "data" in excludes would silently drop densekit/data/ (jobs then die on import).
     assert "densekit/data/records.py" in expected
-    assert shipped == expected, f"missing {sorted(expected - shipped)}, extra {sorted(shipped - expected)}"
+    assert shipped == expected, (
+        f"missing {sorted(expected - shipped)}, extra {sorted(shipped - expected)}"
+    )
 
 
 def test_working_dir_holds_configs_and_jobs_but_no_data_or_secrets(repo_copy, tmp_path):

@@ -36,7 +36,9 @@ def _aliases(tree: ast.AST) -> dict[str, str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for a in node.names:
-                names[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+                names[a.asname or a.name.split(".")[0]] = (
+                    a.name if a.asname else a.name.split(".")[0]
+                )
         elif isinstance(node, ast.ImportFrom) and node.module:
             for a in node.names:
                 names[a.asname or a.name] = f"{node.module}.{a.name}"
@@ -98,7 +100,16 @@ def scan_unsafe(root: Path) -> list[str]:
             # Resolve the first component through the imports; bare builtins stay as they are.
             if head in aliases:
                 name = aliases[head] + ("." + rest if rest else "")
-            elif isinstance(node.func, ast.Attribute) and head not in PICKLE_MODULES + ("yaml", "torch", "numpy", "np", "pandas", "builtins", "subprocess", "os"):
+            elif isinstance(node.func, ast.Attribute) and head not in PICKLE_MODULES + (
+                "yaml",
+                "torch",
+                "numpy",
+                "np",
+                "pandas",
+                "builtins",
+                "subprocess",
+                "os",
+            ):
                 # A method on some object (model.eval(), cfg.load(...)): only shell=True matters.
                 if _is_true(_keyword(node, "shell")):
                     found.append(f"{rel}:{node.lineno}: {name}(shell=True)")
@@ -115,7 +126,7 @@ def test_package_has_no_unsafe_calls():
     assert not problems, "unsafe calls in densekit:\n" + "\n".join(problems)
 
 
-PLANTED_BAD = '''\
+PLANTED_BAD = """\
 import pickle
 import pickle as pk
 import torch, yaml, subprocess
@@ -139,7 +150,7 @@ subprocess.run(cmd, shell=True)
 subprocess.check_output(f"ls {path}", shell=True)
 m = np.load("x.npy", allow_pickle=True)
 n = pd.read_pickle("x.pkl")
-'''
+"""
 
 PLANTED_GOOD = '''\
 """A docstring may say pickle.load(f), eval(x) or shell=True: text is not code."""
@@ -187,7 +198,9 @@ PUBLIC_HOSTS = r"(?:0\.0\.0\.0|::|\[::\]|\*)"
 PUBLIC_DASHBOARD = [
     re.compile(rf"dashboard[-_]host\s*[= ]\s*['\"]?{PUBLIC_HOSTS}(?![\w.:])", re.I),
     re.compile(rf"dashboard_host\s*=\s*['\"]{PUBLIC_HOSTS}['\"]", re.I),
-    re.compile(r"(?:8265|6379|10001)\b[^\n]*0\.0\.0\.0/0|0\.0\.0\.0/0[^\n]*\b(?:8265|6379|10001)\b"),
+    re.compile(
+        r"(?:8265|6379|10001)\b[^\n]*0\.0\.0\.0/0|0\.0\.0\.0/0[^\n]*\b(?:8265|6379|10001)\b"
+    ),
     re.compile(r"RAY_AUTH_MODE\s*=\s*['\"]?disabled", re.I),
 ]
 
