@@ -127,12 +127,16 @@ class RayHead:
 def _head_processes(pgid: int, temp_dir: Path, gcs_port: int) -> list[psutil.Process]:
     """Every process of this head: its process group, anything naming its temp dir or GCS port,
     and all their descendants (workers, job supervisors, job drivers in their own sessions)."""
-    marks = (str(temp_dir), f":{gcs_port}")
+    gcs = re.compile(rf"127\.0\.0\.1:{gcs_port}(?!\d)")  # e.g. the client server's --address
     found: dict[int, psutil.Process] = {}
     for p in psutil.process_iter(["cmdline"]):
         try:
             cmd = p.info["cmdline"] or []
-            if os.getpgid(p.pid) == pgid or any(m in a for a in cmd for m in marks):
+            if (
+                os.getpgid(p.pid) == pgid
+                or any(str(temp_dir) in a for a in cmd)
+                or any(gcs.search(a) for a in cmd)
+            ):
                 found[p.pid] = p
         except (psutil.Error, ProcessLookupError):
             pass
