@@ -1,5 +1,5 @@
-"""Security: densekit never unpickles or evaluates what it reads, never runs a shell on built strings,
-and its docs never tell users to put a Ray dashboard on the public network.
+"""Security: densekit never unpickles or evaluates what it reads, never runs a shell on built strings
+(shell=True, os.system, os.popen), and its docs never put a Ray dashboard on the public network.
 
 The code scan works on the syntax tree (aliases like `import pickle as pk` resolved), so comments,
 docstrings and method calls such as `model.eval()` do not count. It is itself tested on planted code.
@@ -72,6 +72,8 @@ def _problem(call: ast.Call, name: str) -> str | None:
         loader = _keyword(call, "Loader") or (call.args[1] if len(call.args) > 1 else None)
         if (_dotted(loader) or "").rpartition(".")[2] not in SAFE_YAML_LOADERS:
             return f"{name}() without Loader=yaml.SafeLoader"
+    if name in ("os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput"):
+        return f"{name}() runs its argument through a shell"
     if _is_true(_keyword(call, "shell")):
         return f"{name}(shell=True)"
     return None
@@ -134,6 +136,7 @@ from pickle import loads
 from torch import load as tload
 import numpy as np
 import pandas as pd
+import os
 
 a = pickle.load(f)
 b = pk.loads(data)
@@ -150,6 +153,8 @@ subprocess.run(cmd, shell=True)
 subprocess.check_output(f"ls {path}", shell=True)
 m = np.load("x.npy", allow_pickle=True)
 n = pd.read_pickle("x.pkl")
+os.system("ray job submit -- python " + script)
+o = subprocess.getoutput(f"ls {path}")
 """
 
 PLANTED_GOOD = '''\
@@ -178,12 +183,12 @@ def test_scan_catches_every_planted_unsafe_call(tmp_path):
     (pkg / "good.py").write_text(PLANTED_GOOD)
     problems = scan_unsafe(pkg)
     flagged_lines = sorted(int(p.split(":")[1]) for p in problems)
-    # Every call line of PLANTED_BAD (lines 9-23), and nothing from PLANTED_GOOD.
-    assert flagged_lines == list(range(9, 24)), "\n".join(problems)
+    # Every call line of PLANTED_BAD (lines 10-26), and nothing from PLANTED_GOOD.
+    assert flagged_lines == list(range(10, 27)), "\n".join(problems)
     assert all(p.startswith("pkg/sub/bad.py:") for p in problems)
-    assert "pkg/sub/bad.py:12: torch.load() without weights_only=True" in problems
-    assert "pkg/sub/bad.py:15: eval() of a string" in problems
-    assert "pkg/sub/bad.py:20: subprocess.run(shell=True)" in problems
+    assert "pkg/sub/bad.py:13: torch.load() without weights_only=True" in problems
+    assert "pkg/sub/bad.py:16: eval() of a string" in problems
+    assert "pkg/sub/bad.py:21: subprocess.run(shell=True)" in problems
 
 
 def test_scan_reports_unparsable_files(tmp_path):
