@@ -277,6 +277,8 @@ def test_generate_runs_as_a_job_and_writes_its_outputs(ray_head, tmp_path):
     assert _under_runtime_env(m.group(1), ray_head), m.group(1)
 
     read_manifest(out, deep=True)
+    for table in ("corpus", "queries", "qrels/train", "qrels/dev"):
+        read_manifest(out / table, deep=True)  # each table complete, checksums intact
     assert table_rows(out / "corpus") == 120
     assert table_rows(out / "queries") == 40
     assert table_rows(out / "qrels" / "train") == 30
