@@ -57,6 +57,36 @@ STEPS: dict[str, Step] = {
         "densekit.data.exporter:export_data",
         "ExportConfig",
     ),
+    # --- retrieval -----------------------------------------------------------------------------
+    "index": Step(
+        "build a sharded FAISS index (Flat, IVF, PQ, HNSW) from embedding shards, one Ray task each",
+        "densekit.pipelines.index:index",
+        "IndexConfig",
+    ),
+    "search": Step(
+        "search a sharded index from Ray actors (exact top-k merge); write a run table and TREC file",
+        "densekit.pipelines.search:search",
+        "SearchConfig",
+    ),
+    "mine": Step(
+        "hard negatives from a run (every judged-relevant document removed) -> training groups",
+        "densekit.pipelines.mine:mine",
+        "MineConfig",
+    ),
+    "evaluate": Step(
+        "MRR@k, nDCG@k, Recall@k, MAP of a run (pytrec_eval); paired significance tests vs a baseline",
+        "densekit.pipelines.evaluate:evaluate",
+        "EvaluateConfig",
+    ),
+    "train": Step(
+        "train or distil a student on Ray Train (DDP), resumable, with periodic evaluation",
+        "densekit.train:train",
+        "TrainConfig",
+    ),
+    "run": Step(
+        "run a multi-stage method (configs/methods/*.yaml), skipping finished stages",
+        "densekit.methods:run",
+    ),
 }
 
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import itertools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional  # noqa: UP035
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import (
@@ -99,7 +100,9 @@ class ImportConfig:
         "raise", "bad rows and unknown ids: raise (default) or skip and count them in the manifest"
     )
     max_logged_errors: int = opt(20, "with on_error=skip, log at most this many skipped rows")
-    batch_rows: int = opt(8192, "rows per record batch read from the input (bounds memory with batch_bytes)")
+    batch_rows: int = opt(
+        8192, "rows per record batch read from the input (training files: passages); bounds memory"
+    )
     batch_bytes: int = opt(32 << 20, "bytes of input text per record batch at most (about)")
     rows_per_part: int = opt(1_000_000, "rows per Parquet part file")
     lookup_cache: Optional[str] = opt(
@@ -149,16 +152,290 @@ class GenerateConfig:
     output: str = opt(MISSING, "output folder (corpus/, queries/, qrels/train/, qrels/dev/)")
     seed: int = opt(0, "random seed: the same seed and sizes give the same files")
     num_docs: int = opt(2000, "documents in the corpus")
-    num_train_queries: int = opt(1000, "training queries (each with one relevant document)")
-    num_dev_queries: int = opt(200, "dev queries (each with one relevant document)")
-    num_topics: int = opt(40, "topics; documents of one topic share vocabulary (hard negatives)")
-    vocab_size: int = opt(3000, "distinct content words")
+    num_train_queries: int = opt(8000, "training queries (each with one relevant document)")
+    num_dev_queries: int = opt(300, "dev queries (each with one relevant document)")
+    num_topics: int = opt(40, "topics; documents of one topic share topic words (hard negatives)")
+    num_concepts: int = opt(
+        4000, "concepts, split among topics; each has a document word and a query synonym"
+    )
+    concepts_per_doc: int = opt(8, "concepts a document is about (drawn from its topic's concepts)")
+    concepts_per_query: int = opt(4, "concepts of its document a query names")
+    topic_words: int = opt(12, "words per topic, used by its documents and queries alike")
+    noise_words: int = opt(150, "filler words shared by everything (Zipf-distributed)")
     doc_length: int = opt(40, "words per document")
-    query_length: int = opt(6, "words per query")
+    query_length: int = opt(8, "words per query")
+    concept_share: float = opt(0.4, "share of document words that are its concepts' words")
+    topic_share: float = opt(0.3, "share of document words that are topic words (the rest is filler)")
     synonym_rate: float = opt(
-        0.5, "share of query words replaced by a synonym the document never uses"
+        0.95, "chance that a query names a concept by its synonym, a word documents never use"
     )
     overwrite: bool = opt(False, "replace a complete output made with another config")
+
+    def validate(self) -> None:
+        sizes = ("num_docs", "num_train_queries", "num_dev_queries", "num_topics", "num_concepts",
+                 "concepts_per_doc", "concepts_per_query", "topic_words", "noise_words", "doc_length", "query_length")
+        bad = [k for k in sizes if getattr(self, k) < 1]
+        if bad:
+            raise ConfigError(f"generate: {', '.join(bad)} must be >= 1")
+        if self.num_concepts < self.num_topics:
+            raise ConfigError(f"generate: num_concepts={self.num_concepts} must be >= num_topics={self.num_topics}")
+        if self.query_length < self.concepts_per_query + 1:
+            raise ConfigError("generate: query_length must exceed concepts_per_query (a topic word is added)")
+        if not 0 <= self.synonym_rate <= 1 or min(self.concept_share, self.topic_share) < 0 \
+                or self.concept_share + self.topic_share > 1:
+            raise ConfigError("generate: synonym_rate in [0, 1]; concept_share, topic_share >= 0 with sum <= 1")
+
+
+# --- models and losses (shared by train, score, encode) ---------------------------------------------
+
+MODEL_KINDS = ("bi_encoder", "colbert", "cross_encoder")
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load or build, and how to initialise a student (densekit.models.model_from_config).
+
+    Spec fields left null keep the saved model's values (densekit_model.json or the
+    sentence-transformers files); for a plain Hugging Face encoder they define the new model.
+    """
+
+    path: str = opt(MISSING, "model directory: a densekit save, a sentence-transformers or a Hugging Face encoder")
+    kind: Optional[str] = opt(None, "bi_encoder | colbert | cross_encoder; null = the saved kind, else bi_encoder")
+    pooling: Optional[str] = opt(None, "bi-encoder pooling: cls | mean")
+    normalize: Optional[bool] = opt(None, "L2-normalise bi-encoder embeddings")
+    similarity: Optional[str] = opt(None, "dot | cosine (cosine implies normalised embeddings)")
+    head_dim: Optional[int] = opt(None, "bi-encoder linear head output size (new heads start random)")
+    head_layernorm: Optional[bool] = opt(None, "LayerNorm after the head (STAR's RobertaDot)")
+    shared: Optional[bool] = opt(None, "one tower for queries and passages (false: separate towers)")
+    max_query_length: Optional[int] = opt(None, "query tokens (default 32)")
+    max_passage_length: Optional[int] = opt(None, "passage tokens (default 256)")
+    colbert_dim: Optional[int] = opt(None, "ColBERT compression size (default 128)")
+    query_augmentation: Optional[bool] = opt(None, "ColBERT: pad queries with [MASK] to max_query_length")
+    student_layers: Optional[typing.List[int]] = opt(  # noqa: UP006
+        None, "build a student keeping these layers of `path` (0 = first transformer layer), e.g. [0, 11]"
+    )
+    student_num_layers: Optional[int] = opt(None, "build a student keeping the first n layers of `path` (PROD)")
+    project_to: Optional[str] = opt(
+        None, "build a bi-encoder from `path` with a linear projection to this teacher's embedding size"
+    )
+    dropout: Optional[float] = opt(None, "set every dropout probability of the encoder (e.g. 0.0)")
+
+    def validate(self) -> None:
+        if self.kind is not None and self.kind not in MODEL_KINDS:
+            raise ConfigError(_unknown_name("model kind", self.kind, MODEL_KINDS))
+        if self.pooling is not None and self.pooling not in ("cls", "mean"):
+            raise ConfigError(_unknown_name("pooling", self.pooling, ("cls", "mean")))
+        if self.similarity is not None and self.similarity not in ("dot", "cosine"):
+            raise ConfigError(_unknown_name("similarity", self.similarity, ("dot", "cosine")))
+        inits = [n for n in ("student_layers", "student_num_layers", "project_to") if getattr(self, n) is not None]
+        if len(inits) > 1:
+            raise ConfigError(f"model: set only one of {', '.join(inits)}")
+
+
+@dataclass
+class LossConfig:
+    """One term of the training objective: `losses: {<name>: {weight, params}}`, names in densekit.losses.LOSSES."""
+
+    weight: float = opt(1.0, "weight of this loss in the sum")
+    params: typing.Dict[str, Any] = opt({}, "the loss's own parameters, checked when the objective is built")  # noqa: UP006
+# --- retrieval steps: encode, index, search, evaluate, mine, score -------------------------------
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+STORAGE_DTYPES = ("float32", "float16")
+TEACHER_KINDS = ("auto", "bi_encoder", "colbert", "cross_encoder")
+# FAISS factory components densekit builds and tests; anything else FAISS accepts still works, but
+# an unknown leading component is far more often a typo ("IFV100,Flat") than a new index type.
+INDEX_TYPES = ("Flat", "IVF", "HNSW", "PQ", "OPQ", "SQ", "PCA", "PCAR", "IMI", "LSH", "RR", "IDMap")
+
+
+@dataclass
+class EncodeConfig:
+    """Encode a corpus (or query) table into embedding shards with Ray Data model actors."""
+
+    model: str = opt(MISSING, "model directory: a densekit checkpoint or a HF / sentence-transformers dir")
+    input: str = opt(MISSING, "corpus table (pid, text, title) or queries table (qid, text)")
+    output: str = opt(MISSING, "embeddings table: part-NNNNN.parquet shards (id, embedding) + manifest")
+    kind: Literal["auto", "passages", "queries"] = opt(
+        "auto", "which tower to use; auto: queries if the input has a qid column, else passages"
+    )
+    title: Literal["model", "prepend", "ignore"] = opt(
+        "model",
+        "passage titles: model (the model's own title handling), prepend (title + ' ' + text), ignore",
+    )
+    batch_size: int = opt(128, "texts per forward pass (padded to the longest text of the batch)")
+    block_rows: int = opt(4096, "rows handed to an actor at once; sorted by length inside, then batched")
+    rows_per_shard: int = opt(
+        100_000, "input rows per output shard (shard i = rows [i*n, (i+1)*n) of the input, in order)"
+    )
+    max_length: Optional[int] = opt(None, "override the model's max token length")
+    precision: str = opt("auto", f"autocast on CUDA: one of {', '.join(PRECISIONS)} (auto = fp16)")
+    storage_dtype: str = opt("float32", "embedding dtype on disk: float32 or float16")
+    resources: ResourcesConfig = opt(ResourcesConfig, "actor pool: num_workers actors (GPU each if use_gpu)")
+    overwrite: bool = opt(False, "replace a complete output made with another config")
+
+    def validate(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(_unknown_name("precision", self.precision, PRECISIONS))
+        if self.storage_dtype not in STORAGE_DTYPES:
+            raise ConfigError(_unknown_name("storage_dtype", self.storage_dtype, STORAGE_DTYPES))
+        for name in ("batch_size", "block_rows", "rows_per_shard"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class IndexConfig:
+    """Build a sharded FAISS index: one Ray task per embedding shard, trained types trained once."""
+
+    embeddings: str = opt(MISSING, "embeddings table written by `densekit encode`")
+    output: str = opt(MISSING, "index directory: shards/shard-NNNNN/{index.faiss,ids.parquet} + manifest")
+    factory: str = opt("Flat", "FAISS index_factory string: Flat, IVF4096,Flat, IVF4096,PQ64, HNSW32, ...")
+    metric: Literal["auto", "ip", "l2"] = opt(
+        "auto", "auto: the metric recorded by encode (inner product for dot/cosine models)"
+    )
+    train_size: int = opt(
+        100_000, "vectors sampled (evenly over the shards) to train IVF/PQ/... once; all shards share it"
+    )
+    seed: int = opt(0, "seed of the training sample and of k-means")
+    add_batch_rows: int = opt(65_536, "vectors read and added per step by a shard builder")
+    use_gpu_faiss: bool = opt(False, "train (and add) on GPU with faiss-gpu when it is importable")
+    resources: ResourcesConfig = opt(ResourcesConfig, "cpus_per_worker: threads per shard-builder task")
+    overwrite: bool = opt(False, "replace a complete output made with another config")
+
+    def validate(self) -> None:
+        head = self.factory.split(",")[0].strip()
+        if not any(head.startswith(t) for t in INDEX_TYPES):
+            letters = "".join(itertools.takewhile(str.isalpha, head)) or head
+            raise ConfigError(
+                f"factory '{self.factory}': " + _unknown_name("index type", letters, INDEX_TYPES)
+            )
+        if self.train_size < 1 or self.add_batch_rows < 1:
+            raise ConfigError("train_size and add_batch_rows must be >= 1")
+
+
+@dataclass
+class SearchConfig:
+    """Search a sharded index with query embeddings (or queries + a model); write a run."""
+
+    index: str = opt(MISSING, "index directory written by `densekit index`")
+    output: str = opt(MISSING, "run table directory (qid, pid, rank, score) + run.trec")
+    query_embeddings: Optional[str] = opt(None, "query embeddings table (from `densekit encode`)")
+    queries: Optional[str] = opt(None, "queries table (qid, text); encoded with `model` first")
+    model: Optional[str] = opt(None, "query encoder, with `queries` (its embeddings go to output/query_embeddings)")
+    asymmetric: bool = opt(
+        False,
+        "allow a query encoder other than the model that built the index (e.g. a distilled student "
+        "querying a teacher's index); without it a model mismatch is an error",
+    )
+    k: int = opt(100, "documents retrieved per query")
+    batch_size: int = opt(1024, "queries sent to the search actors at once")
+    nprobe: Optional[int] = opt(None, "IVF: inverted lists visited per query (FAISS default 1)")
+    ef_search: Optional[int] = opt(None, "HNSW: efSearch (FAISS default 16)")
+    mmap: bool = opt(True, "memory-map shard files where the index type allows (Flat, IVF lists)")
+    max_restarts: int = opt(2, "restart a dead search actor (and retry its call) this many times")
+    encode_batch_size: int = opt(128, "with queries + model: texts per forward pass")
+    tag: str = opt("densekit", "run tag written in the TREC file")
+    resources: ResourcesConfig = opt(ResourcesConfig, "num_workers: search actors, each holding some shards")
+    overwrite: bool = opt(False, "replace a complete output made with another config")
+
+    def validate(self) -> None:
+        has_emb = self.query_embeddings is not None
+        has_text = self.queries is not None or self.model is not None
+        if has_emb == has_text or (has_text and (self.queries is None or self.model is None)):
+            raise ConfigError(
+                "give either query_embeddings=..., or both queries=... and model=... (not both ways)"
+            )
+        if self.k < 1 or self.batch_size < 1:
+            raise ConfigError("k and batch_size must be >= 1")
+
+
+@dataclass
+class EvaluateConfig:
+    """Evaluate a run against qrels with pytrec_eval; optionally compare with a baseline run."""
+
+    run: str = opt(MISSING, "run table (qid, pid, rank, score), e.g. the output of `densekit search`")
+    qrels: str = opt(MISSING, "qrels table (qid, pid, relevance)")
+    output: str = opt(MISSING, "output directory: metrics.json, per_query/ table, comparison.json")
+    metrics: list[str] = opt(
+        ["mrr@10", "ndcg@10", "recall@100", "recall@1000", "map"],
+        "measures: mrr[@k], ndcg[@k], recall@k, map[@k], p@k, r_prec",
+    )
+    relevance_level: int = opt(1, "binary measures (MRR, recall, MAP, P) count relevance >= this")
+    baseline: Optional[str] = opt(None, "a second run: paired t-test and randomisation test per measure")
+    permutations: int = opt(10_000, "random sign flips of the randomisation test")
+    seed: int = opt(0, "seed of the randomisation test")
+    overwrite: bool = opt(False, "replace a complete output made with another config")
+
+    def validate(self) -> None:
+        from densekit.pipelines.evaluate import parse_metric  # light: no Ray, no torch
+
+        if not self.metrics:
+            raise ConfigError("metrics is empty")
+        for m in self.metrics:
+            parse_metric(m)
+
+
+@dataclass
+class MineConfig:
+    """Mine hard negatives from a run: drop judged-relevant documents, keep a rank window."""
+
+    run: str = opt(MISSING, "run table (qid, pid, rank, score) of the retriever that mines")
+    qrels: str = opt(MISSING, "qrels table: positives and every judged-relevant pid (never a negative)")
+    queries: str = opt(MISSING, "queries table (qid, text)")
+    corpus: str = opt(MISSING, "corpus table (pid, text, title) for the passage texts")
+    output: str = opt(MISSING, "training groups table (qid, query, positives, negatives)")
+    min_rank: int = opt(1, "first rank (1-based) negatives are taken from")
+    max_rank: int = opt(200, "last rank negatives are taken from")
+    num_negatives: int = opt(30, "negatives per query")
+    strategy: Literal["sample", "top"] = opt("sample", "sample: uniform without replacement; top: best ranked")
+    seed: int = opt(0, "seed of the sampling (per query: the same qid gets the same negatives)")
+    positive_level: int = opt(1, "qrels with relevance >= this are the group's positives")
+    min_negatives: int = opt(1, "queries with fewer negatives in the window are dropped (and counted)")
+    rows_per_part: int = opt(100_000, "groups per Parquet part")
+    overwrite: bool = opt(False, "replace a complete output made with another config")
+
+    def validate(self) -> None:
+        if not 1 <= self.min_rank <= self.max_rank:
+            raise ConfigError(f"need 1 <= min_rank <= max_rank, got {self.min_rank}..{self.max_rank}")
+        if self.num_negatives < 1 or self.min_negatives < 0:
+            raise ConfigError("num_negatives must be >= 1 and min_negatives >= 0")
+        if self.positive_level < 1:
+            raise ConfigError("positive_level must be >= 1 (relevance 0 means judged not relevant)")
+
+
+@dataclass
+class TeacherConfig:
+    """One teacher of `densekit score`."""
+
+    model: str = opt(MISSING, "teacher model directory (densekit checkpoint or HF / sentence-transformers)")
+    kind: str = opt("auto", f"one of {', '.join(TEACHER_KINDS)}; auto: as saved in the checkpoint")
+    max_length: Optional[int] = opt(None, "override the teacher's max token length")
+
+    def validate(self) -> None:
+        if self.kind not in TEACHER_KINDS:
+            raise ConfigError(_unknown_name("teacher kind", self.kind, TEACHER_KINDS))
+
+
+@dataclass
+class ScoreConfig:
+    """Teacher scores for training groups (cross-encoder, ColBERT MaxSim, bi-encoder dot; ensembles)."""
+
+    groups: str = opt(MISSING, "training groups table (e.g. from `densekit mine`)")
+    output: str = opt(MISSING, "groups table with every passage's `score` filled in")
+    teachers: list[TeacherConfig] = opt([], "teachers; with several, the score is their mean (ensemble)")
+    batch_size: int = opt(64, "query-passage pairs per forward pass")
+    precision: str = opt("auto", f"autocast on CUDA: one of {', '.join(PRECISIONS)} (auto = fp16)")
+    margin_mse_tsv: Optional[str] = opt(
+        None, "also write the Margin-MSE teacher TSV here (pos_score neg_score qid pos_pid neg_pid)"
+    )
+    resources: ResourcesConfig = opt(ResourcesConfig, "num_workers: actors per teacher (GPU each if use_gpu)")
+    overwrite: bool = opt(False, "replace a complete output made with another config")
+
+    def validate(self) -> None:
+        if not self.teachers:
+            raise ConfigError("teachers is empty: give at least one {model: DIR}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(_unknown_name("precision", self.precision, PRECISIONS))
 
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -333,3 +610,104 @@ def describe_fields(cls: type, prefix: str = "") -> list[tuple[str, str, str, st
 def _type_name(t: Any) -> str:
     s = str(t).replace("typing.", "")
     return getattr(t, "__name__", s) if typing.get_origin(t) is None else s
+
+
+# --- train and tune --------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainDataConfig:
+    """Training data: groups (query, positives, negatives) or queries only."""
+
+    train: str = opt(MISSING, "training groups table (or a queries table when group_size=0)")
+    group_size: int = opt(8, "passages per query: 1 positive + group_size-1 negatives; 0 = queries only")
+    negatives: Literal["random", "descend"] = opt(
+        "random", "negatives per epoch: a seeded random sample, or the hardest first (stored order)"
+    )
+    positive: Literal["first", "random"] = opt("first", "which judged positive a group uses")
+    teacher_scores: bool = opt(False, "read offline teacher scores from the groups (after `score`)")
+    source: Literal["arrow", "ray_data"] = opt("arrow", "read the table with pyarrow or Ray Data")
+    shuffle_window: int = opt(100_000, "rows shuffled together (memory bound of the reader)")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up and decay."""
+
+    lr: float = opt(2e-5, "peak learning rate")
+    weight_decay: float = opt(0.01, "AdamW weight decay (not on biases and LayerNorm)")
+    eps: float = opt(1e-8, "AdamW epsilon")
+    batch_size: int = opt(32, "queries per micro-batch over ALL workers (divides by num_workers)")
+    grad_accum: int = opt(1, "micro-batches per optimizer step")
+    max_steps: int = opt(1000, "optimizer steps to train")
+    warmup_steps: int = opt(0, "linear warm-up steps (then linear decay to 0 at max_steps)")
+    max_grad_norm: Optional[float] = opt(2.0, "clip the gradient norm (null: no clipping)")
+    amp: Literal["auto", "off", "fp16", "bf16"] = opt("auto", "mixed precision on CUDA (auto: bf16 if supported)")
+    seed: int = opt(42, "seed of weights init, data order and negative sampling")
+
+
+@dataclass
+class EvalConfig:
+    """Periodic dev evaluation through the retrieval core (rank 0), reported to Ray Train."""
+
+    every: int = opt(0, "evaluate every N optimizer steps and at the end (0: never)")
+    queries: Optional[str] = opt(None, "dev queries table")
+    qrels: Optional[str] = opt(None, "dev qrels table")
+    corpus: Optional[str] = opt(None, "corpus table encoded with the current student")
+    index: Optional[str] = opt(
+        None, "a fixed index (asymmetric: documents encoded by a teacher); instead of `corpus`"
+    )
+    metric: str = opt("ndcg@10", "metric that picks the best checkpoint (mrr@10, ndcg@10, recall@100, ...)")
+    k: int = opt(100, "documents retrieved per query")
+    batch_size: int = opt(128, "encoding batch size")
+    max_queries: Optional[int] = opt(None, "evaluate on the first N dev queries only")
+
+
+@dataclass
+class RetrievedConfig:
+    """Retrieved candidates (ADORE): each step retrieves the top-k from a fixed document index."""
+
+    index: Optional[str] = opt(None, "the fixed document index (a densekit `index` output)")
+    k: int = opt(200, "documents retrieved per query each step")
+    append: Literal["missing", "if_none"] = opt(
+        "missing", "append positives not retrieved: all missing ones, or only when none was retrieved"
+    )
+    num_actors: int = opt(1, "search actors serving the index")
+
+
+@dataclass
+class TrainConfig:
+    """Train a student (any method: a config of models, candidates and weighted losses)."""
+
+    model: ModelConfig = opt(ModelConfig, "the student")
+    teacher: Optional[ModelConfig] = opt(
+        None, "an online teacher, frozen unless a loss trains it jointly (offline: data.teacher_scores)"
+    )
+    data: TrainDataConfig = opt(TrainDataConfig, "training data")
+    candidates: Literal["auto", "global", "group", "retrieved"] = opt(
+        "auto", "what each query is scored against (auto: what the losses need)"
+    )
+    train_query_encoder_only: bool = opt(
+        False, "freeze the passage tower (ADORE, query-encoder distillation)"
+    )
+    losses: Dict[str, LossConfig] = opt({}, "loss name -> {weight, params}; the total is the weighted sum")  # noqa: UP006
+    optim: OptimConfig = opt(OptimConfig, "optimizer and schedule")
+    eval: EvalConfig = opt(EvalConfig, "periodic evaluation")
+    retrieved: RetrievedConfig = opt(RetrievedConfig, "ADORE's fixed index")
+    checkpoint_every: int = opt(0, "checkpoint every N optimizer steps (0: at evaluations and the end)")
+    keep_checkpoints: int = opt(2, "checkpoints kept (the best by eval.metric and the latest)")
+    max_failures: int = opt(2, "worker failures survived by resuming from the last checkpoint")
+    resources: ResourcesConfig = opt(ResourcesConfig, "workers")
+    output: str = opt(MISSING, "output folder: model/ (final), best/, checkpoints/, metrics.jsonl")
+    overwrite: bool = opt(False, "start over even if the output holds a run of this config")
+
+    def validate(self) -> None:
+        if not self.losses:
+            raise ConfigError("train: no losses configured (e.g. losses: {contrastive: {weight: 1}})")
+        if self.optim.batch_size % self.resources.num_workers:
+            raise ConfigError(
+                f"optim.batch_size={self.optim.batch_size} must divide by "
+                f"resources.num_workers={self.resources.num_workers}"
+            )
+        if self.eval.every and not (self.eval.queries and self.eval.qrels and (self.eval.corpus or self.eval.index)):
+            raise ConfigError("eval.every is set: give eval.queries, eval.qrels and eval.corpus (or eval.index)")

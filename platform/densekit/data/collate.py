@@ -66,7 +66,10 @@ class TrainBatch:
 
     def to(self, device: torch.device | str) -> TrainBatch:
         """A copy with every tensor on `device`."""
-        inputs = {k: {n: {t: v.to(device) for t, v in enc.items()} for n, enc in d.items()} for k, d in self.inputs.items()}
+        inputs = {
+            k: {n: {t: v.to(device) for t, v in enc.items()} for n, enc in d.items()}
+            for k, d in self.inputs.items()
+        }
         ts = None if self.teacher_scores is None else self.teacher_scores.to(device)
         return TrainBatch(
             self.qids, self.query_texts, self.pids, self.passage_texts, self.passage_titles, self.group_size,
@@ -132,7 +135,9 @@ class TrainCollator:
             qid = str(row.get(QID, f"<row {n}>"))
             query = row.get(QUERY, row.get(TEXT))
             if not isinstance(query, str):
-                raise InputError(self.source, None, f"qid {qid}: expected a query string in '{QUERY}'")
+                raise InputError(
+                    self.source, None, f"qid {qid}: expected a query string in '{QUERY}'"
+                )
             pos = list(row.get(POSITIVES) or [])
             qids.append(qid)
             queries.append(query)
@@ -140,27 +145,39 @@ class TrainCollator:
             if G == 0:
                 continue
             if not pos:
-                raise InputError(self.source, None, f"qid {qid}: no positives (a group needs at least one)")
+                raise InputError(
+                    self.source, None, f"qid {qid}: no positives (a group needs at least one)"
+                )
             negs = list(row.get(NEGATIVES) or [])
             rng = random.Random(f"{self.seed}:{self.epoch}:{qid}")
-            chosen = [pos[0] if self.positive == "first" else rng.choice(pos)] + self._negatives(qid, negs, rng)
+            chosen = [pos[0] if self.positive == "first" else rng.choice(pos)] + self._negatives(
+                qid, negs, rng
+            )
             for p in chosen:
                 if not isinstance(p.get(TEXT), str):
-                    raise InputError(self.source, None, f"qid {qid}, pid {p.get(PID)}: expected passage text")
+                    raise InputError(
+                        self.source, None, f"qid {qid}, pid {p.get(PID)}: expected passage text"
+                    )
                 pids.append(str(p[PID]))
                 texts.append(p[TEXT])
                 titles.append(p.get(TITLE) or "")
                 if self.teacher_scores:
                     s = p.get(SCORE)
                     if s is None or s != s:  # None or NaN
-                        raise InputError(self.source, None, f"qid {qid}, pid {p[PID]}: no teacher score (run the `score` step, or set teacher_scores off)")
+                        raise InputError(
+                            self.source,
+                            None,
+                            f"qid {qid}, pid {p[PID]}: no teacher score (run the `score` step, or set teacher_scores off)",
+                        )
                     scores.append(float(s))
         P = max(1, max(len(p) for p in positives))
         pos_ids = torch.zeros(len(rows), P, dtype=torch.long)
         pos_mask = torch.zeros(len(rows), P, dtype=torch.bool)
         for i, plist in enumerate(positives):
             if plist:
-                pos_ids[i, : len(plist)] = torch.tensor([pid_hash(p) for p in plist], dtype=torch.long)
+                pos_ids[i, : len(plist)] = torch.tensor(
+                    [pid_hash(p) for p in plist], dtype=torch.long
+                )
                 pos_mask[i, : len(plist)] = True
         batch = TrainBatch(
             qids=qids,
@@ -173,7 +190,9 @@ class TrainCollator:
             passage_ids=torch.tensor([pid_hash(p) for p in pids], dtype=torch.long),
             positive_ids=pos_ids,
             positive_mask=pos_mask,
-            teacher_scores=torch.tensor(scores, dtype=torch.float32).view(len(rows), G) if self.teacher_scores and G else None,
+            teacher_scores=torch.tensor(scores, dtype=torch.float32).view(len(rows), G)
+            if self.teacher_scores and G
+            else None,
         )
         for key, tok in self.tokenizations.items():
             batch.inputs[key] = tok.batch(batch)
@@ -184,11 +203,21 @@ class TrainCollator:
         if n == 0:
             return []
         if not negs:
-            raise InputError(self.source, None, f"qid {qid}: no negatives, but group_size {self.group_size} needs {n}")
+            raise InputError(
+                self.source,
+                None,
+                f"qid {qid}: no negatives, but group_size {self.group_size} needs {n}",
+            )
         if len(negs) < n:
             self.short_groups += 1
             if self.short_groups == 1:
-                logger.warning("%s: qid %s has %d negatives for %d slots; repeating them (further cases counted in short_groups)", self.source, qid, len(negs), n)
+                logger.warning(
+                    "%s: qid %s has %d negatives for %d slots; repeating them (further cases counted in short_groups)",
+                    self.source,
+                    qid,
+                    len(negs),
+                    n,
+                )
             order = negs if self.negatives == "descend" else rng.sample(negs, len(negs))
             return [order[i % len(order)] for i in range(n)]
         if self.negatives == "descend":

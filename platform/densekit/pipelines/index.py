@@ -1,0 +1,294 @@
+"""`densekit index`: a sharded FAISS index, one Ray task per embedding shard.
+
+Trained index types (IVF, PQ, ...) are trained once, on a sample drawn evenly from every shard, and
+the trained empty index is shared by all shard builders through the object store. Output layout:
+
+    <output>/trained.faiss                  the trained empty index (trained types only)
+    <output>/shards/shard-NNNNN/index.faiss one FAISS index per embedding shard
+    <output>/shards/shard-NNNNN/ids.parquet row i of the index -> its pid (column `id`)
+    <output>/shards/shard-NNNNN/manifest.json  factory, dim, metric, model fingerprint, ntotal
+    <output>/manifest.json                  the same facts plus the shard list (written last)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from densekit.artifacts import (
+    atomic_path,
+    is_complete,
+    prepare_output,
+    read_manifest,
+    table_parts,
+    write_manifest,
+)
+from densekit.data import records as R
+from densekit.errors import ConfigError, DensekitError
+from densekit.logs import Progress
+from densekit.pipelines.embeddings import iter_embeddings, read_embeddings_manifest
+
+logger = logging.getLogger(__name__)
+
+SHARDS = "shards"
+TRAINED = "trained.faiss"
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.parquet"
+
+
+def faiss_metric(metric: str) -> int:
+    import faiss
+
+    return faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+
+
+def gpu_faiss_available() -> bool:
+    """True when the installed FAISS is a GPU build and sees a GPU."""
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def new_index(factory: str, dim: int, metric: str) -> Any:
+    """`faiss.index_factory`, with FAISS's complaint turned into a ConfigError."""
+    import faiss
+
+    try:
+        return faiss.index_factory(dim, factory, faiss_metric(metric))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1]
+        raise ConfigError(f"factory '{factory}' (dim {dim}): FAISS cannot build it: {first}") from None
+
+
+def shard_dir(root: str | Path, shard: int) -> Path:
+    return Path(root) / SHARDS / f"shard-{shard:05d}"
+
+
+# --- remote work -----------------------------------------------------------------------------------
+
+
+def _sample_shard(path: str, n: int, seed: int, shard: int) -> np.ndarray:
+    """`[n, D]` float32 rows drawn uniformly without replacement from one embedding shard."""
+    rows = pq.ParquetFile(path).metadata.num_rows
+    n = min(n, rows)
+    rng = np.random.default_rng([seed, shard])
+    wanted = np.sort(rng.choice(rows, size=n, replace=False))
+    out, start, j = [], 0, 0
+    for _, vectors in iter_embeddings(path):
+        stop = start + len(vectors)
+        hi = np.searchsorted(wanted, stop)
+        if hi > j:
+            out.append(vectors[wanted[j:hi] - start])
+            j = hi
+        start = stop
+        if j == n:
+            break
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _train(sample: np.ndarray, factory: str, dim: int, metric: str, seed: int, use_gpu: bool,
+           threads: int) -> np.ndarray:
+    """Train an empty index on `sample` `[n, D]`; return it serialised (uint8 array)."""
+    import faiss
+
+    faiss.omp_set_num_threads(max(1, threads))
+    index = new_index(factory, dim, metric)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.cp.seed = seed
+        if ivf.nlist > len(sample):
+            raise ConfigError(
+                f"factory '{factory}' has {ivf.nlist} lists but only {len(sample)} training vectors; "
+                "raise train_size or lower the number of lists"
+            )
+    if use_gpu and gpu_faiss_available() and ivf is not None:
+        # The k-means of the coarse quantizer is what costs; FAISS's documented way to run it on GPU.
+        clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlat(dim, faiss_metric(metric)))
+        ivf.clustering_index = clustering_index
+    index.train(sample)
+    if ivf is not None:
+        ivf.clustering_index = None
+    return faiss.serialize_index(index)
+
+
+def _build_shard(
+    source: str,
+    shard: int,
+    output: str,
+    trained: np.ndarray | None,
+    factory: str,
+    dim: int,
+    metric: str,
+    add_batch_rows: int,
+    threads: int,
+    extra: dict,
+) -> int:
+    """Build one shard's index and pid map from one embedding shard; return its size.
+
+    `extra` (factory, dim, metric, model fingerprint, source file identity) goes to its manifest.
+    """
+    import faiss
+
+    faiss.omp_set_num_threads(max(1, threads))
+    index = faiss.deserialize_index(trained) if trained is not None else new_index(factory, dim, metric)
+    assert index.is_trained, "trained index types must be trained before the shard builders run"
+    ids: list[str] = []
+    for batch_ids, vectors in iter_embeddings(source, add_batch_rows):
+        if vectors.shape[1] != dim:
+            raise DensekitError(f"{source}: vectors of dim {vectors.shape[1]}, expected {dim}")
+        index.add(vectors)
+        ids += batch_ids
+    assert index.ntotal == len(ids)
+    final = shard_dir(output, shard)
+    # The whole shard directory appears at once (rename), manifest included: never half a shard.
+    with atomic_path(final) as tmp:
+        tmp.mkdir()
+        faiss.write_index(index, str(tmp / INDEX_FILE))
+        pq.write_table(pa.table({R.ID: pa.array(ids, pa.string())}), tmp / IDS_FILE)
+        write_manifest(tmp, "index", {
+            **extra, "shard": shard, "ntotal": int(index.ntotal),
+        })
+    return int(index.ntotal)
+
+
+# --- the step --------------------------------------------------------------------------------------
+
+
+def index(cfg) -> None:
+    """Build `cfg.output` from the embeddings table `cfg.embeddings` (see the module docstring).
+
+    Args:
+        cfg: an IndexConfig. Rerunning after a crash rebuilds only the shards that are missing.
+    """
+    import ray
+
+    from densekit.raycluster import init_ray
+
+    emb = read_embeddings_manifest(cfg.embeddings)
+    dim = emb["dim"]
+    metric = emb["metric"] if cfg.metric == "auto" else cfg.metric
+    if cfg.metric != "auto" and cfg.metric != emb["metric"]:
+        logger.warning("indexing with metric %s although encode recorded %s", cfg.metric, emb["metric"])
+    probe = new_index(cfg.factory, dim, metric)  # fails early on a bad factory string
+    out = Path(cfg.output)
+    if not prepare_output(out, cfg, overwrite=cfg.overwrite, keep_partial=True):
+        return
+    sources = [str(p) for p in table_parts(cfg.embeddings)]
+    rows = [pq.ParquetFile(p).metadata.num_rows for p in sources]
+    extra = {
+        "factory": cfg.factory,
+        "dim": dim,
+        "metric": metric,
+        "model": emb.get("model"),
+        "model_fingerprint": emb.get("model_fingerprint"),
+        "embeddings": str(cfg.embeddings),
+    }
+    # A shard's source file as the embeddings manifest recorded it (size and sha256): a rerun
+    # reuses a finished shard only if it was built from the very same file.
+    identity = [{"source": Path(s).name, "source_file": emb["files"].get(Path(s).name)} for s in sources]
+    todo = [i for i in range(len(sources)) if not _shard_done(out, i, {**extra, **identity[i]})]
+    logger.info("index %s (%s, dim %d, %s): %d shards, %d to build, %d vectors", out, cfg.factory,
+                dim, metric, len(sources), len(todo), sum(rows))
+    init_ray(cfg.resources)
+    threads = max(1, int(cfg.resources.cpus_per_worker))
+    use_gpu = bool(cfg.use_gpu_faiss and cfg.resources.use_gpu)
+    if cfg.use_gpu_faiss and not cfg.resources.use_gpu:
+        logger.warning("use_gpu_faiss needs resources.use_gpu=true; building on CPU")
+    task_opts = {"num_cpus": cfg.resources.cpus_per_worker, "num_gpus": 1 if use_gpu else 0}
+
+    trained_ref = None
+    if todo and not probe.is_trained:
+        trained_path = out / TRAINED
+        if trained_path.exists():  # written atomically by an earlier, interrupted run of this config
+            logger.info("reusing %s", trained_path)
+            trained = np.fromfile(trained_path, dtype=np.uint8)
+        else:
+            trained = _train_remote(sources, rows, cfg, dim, metric, task_opts, threads, use_gpu)
+            with atomic_path(trained_path) as tmp:
+                trained.tofile(tmp)
+        trained_ref = ray.put(trained)
+
+    build = ray.remote(max_retries=2, **task_opts)(_build_shard)
+    pending = {
+        build.remote(sources[i], i, str(out), trained_ref, cfg.factory, dim, metric,
+                     cfg.add_batch_rows, threads, {**extra, **identity[i]}): i
+        for i in todo
+    }
+    progress = Progress(logger, "index shards", total=len(todo), unit="shards")
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        shard = pending.pop(done[0])
+        ray.get(done[0])  # re-raises a builder's error (after its retries) with its traceback
+        progress.update(1)
+        logger.debug("shard %d built", shard)
+    progress.done()
+
+    shards = []
+    for i in range(len(sources)):
+        m = read_manifest(shard_dir(out, i))
+        shards.append({"dir": shard_dir(out, i).relative_to(out).as_posix(), "ntotal": m["ntotal"]})
+    ntotal = sum(s["ntotal"] for s in shards)
+    if ntotal != sum(rows):
+        raise DensekitError(f"{out}: shards hold {ntotal} vectors, the embeddings {sum(rows)}")
+    # Shard manifests already carry their files' sha256: the top level records sizes only.
+    write_manifest(out, "index", {**extra, "num_shards": len(shards), "ntotal": ntotal,
+                                  "shards": shards}, checksums=False)
+    logger.info("index %s: %d vectors in %d shards", out, ntotal, len(shards))
+
+
+def _shard_done(out: Path, shard: int, extra: dict) -> bool:
+    """A shard is reusable if complete and built from the same source file by the same recipe."""
+    d = shard_dir(out, shard)
+    if not is_complete(d):
+        return False
+    m = read_manifest(d)
+    same = all(m.get(k) == v for k, v in extra.items())
+    if not same:
+        logger.info("%s was built from other inputs: rebuilding it", d)
+    return same
+
+
+def _train_remote(sources, rows, cfg, dim, metric, task_opts, threads, use_gpu) -> np.ndarray:
+    """Draw the training sample evenly from every shard (one task each), then train once."""
+    import ray
+
+    total = sum(rows)
+    want = min(cfg.train_size, total)
+    per_shard = [int(round(want * r / total)) for r in rows]
+    sample_task = ray.remote(num_cpus=1)(_sample_shard)
+    parts = ray.get([sample_task.remote(s, n, cfg.seed, i)
+                     for i, (s, n) in enumerate(zip(sources, per_shard)) if n > 0])
+    sample = np.concatenate([p for p in parts if len(p)])
+    logger.info("training %s on %d vectors", cfg.factory, len(sample))
+    train_task = ray.remote(**task_opts)(_train)
+    return ray.get(train_task.remote(sample, cfg.factory, dim, metric, cfg.seed, use_gpu, threads))
+
+
+def load_shard(path: str | Path, factory: str, mmap: bool = True) -> Any:
+    """Read one shard's index, memory-mapped where FAISS allows it for this index type.
+
+    IVF indexes map their inverted lists (IO_FLAG_MMAP); Flat, PQ and HNSW map their code storage
+    (IO_FLAG_MMAP_IFC, zero-copy). Both need a real file on a local or network file system.
+    """
+    import faiss
+
+    path = str(Path(path) / INDEX_FILE) if Path(path).is_dir() else str(path)
+    if not mmap:
+        return faiss.read_index(path)
+    flag = faiss.IO_FLAG_MMAP if "IVF" in factory else faiss.IO_FLAG_MMAP_IFC
+    try:
+        return faiss.read_index(path, flag)
+    except RuntimeError as e:
+        logger.warning("%s: cannot memory-map (%s); reading it into memory", path,
+                       str(e).strip().splitlines()[-1])
+        return faiss.read_index(path)
+
+
+def shard_ids(path: str | Path) -> pa.Array:
+    """A shard's row -> pid map (a pyarrow string array: compact, and `take` is vectorised)."""
+    return pq.read_table(Path(path) / IDS_FILE, columns=[R.ID]).column(R.ID).combine_chunks()
