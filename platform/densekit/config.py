@@ -562,7 +562,9 @@ def load_config(
             )
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        where = f"{path}: " if path else ""
+        key = str(getattr(e, "full_key", "") or "")
+        from_override = any(o.split("=", 1)[0] == key for o in overrides or [])
+        where = "override: " if from_override else (f"{path}: " if path else "")
         raise ConfigError(where + _explain(e, cls)) from None
     _validate_tree(obj)
     return obj
