@@ -38,7 +38,7 @@ from torch import nn
 
 from densekit.config import ModelConfig, TrainConfig
 from densekit.errors import ConfigError
-from densekit.train_step import compute_loss, evaluate_model
+from densekit.train_step import compute_loss, evaluate_model, index_retriever
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,11 @@ def train(cfg: TrainConfig) -> None:
         "training %s on %d worker(s) (%s) for %d steps -> %s",
         cfg.model.path, res.num_workers, "GPU" if res.use_gpu else "CPU", cfg.optim.max_steps, out,
     )  # fmt: skip
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        if searcher is not None:
+            searcher.close()
     if result.error is not None:
         raise result.error
     _export(cfg, out, result)
@@ -309,7 +313,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     batches = stream(StreamPosition(state["epoch"], state["step_in_epoch"]))
 
     # [5] The loop. One optimizer step = grad_accum micro-batches; positions count micro-batches.
-    searcher = config.get("searcher")
+    retriever = None
+    if mode == "retrieved":
+        retriever = index_retriever(config["searcher"], cfg.retrieved.k, cfg.retrieved.append, student)
     eval_every = cfg.eval.every
     ckpt_every = cfg.checkpoint_every or eval_every or cfg.optim.max_steps
     losses_since, parts_since, n_since, t0 = 0.0, {}, 0, time.time()
@@ -323,7 +329,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             sync = micro == cfg.optim.grad_accum - 1 or not hasattr(module, "no_sync")
             with (contextlib.nullcontext() if sync else module.no_sync()):
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss, parts = module(batch, mode, teacher_mode, teacher, frozen, searcher)
+                    loss, parts = module(batch, mode, teacher_mode, teacher, frozen, retriever)
                 scaler.scale(loss / cfg.optim.grad_accum).backward()
             losses_since += float(loss.detach())
             state["queries_seen"] += len(batch) * world
@@ -487,7 +493,7 @@ class TrainModule(nn.Module):
         self.objective = objective
         self.objective_has_state = bool(list(objective.parameters()) or list(objective.buffers()))
 
-    def forward(self, batch, mode, teacher_mode=None, teacher=None, frozen=None, searcher=None):
-        return compute_loss(self, batch, mode, teacher_mode, teacher, frozen, searcher)
+    def forward(self, batch, mode, teacher_mode=None, teacher=None, frozen=None, retriever=None):
+        return compute_loss(self, batch, mode, teacher_mode, teacher, frozen, retriever)
 
 
