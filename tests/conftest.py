@@ -21,7 +21,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def start_local_ray(num_cpus: int = 2) -> None:
     import ray
 
+    # address="local": never attach to a cluster some other process started with `ray start`
+    # (ray.init() without an address reads /tmp/ray/ray_current_cluster).
     ray.init(
+        address="local",
         num_cpus=num_cpus,
         include_dashboard=False,
         object_store_memory=1_000_000_000,

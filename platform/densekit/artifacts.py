@@ -105,13 +105,16 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _listed_files(directory: Path) -> list[Path]:
-    """Every regular file below `directory` except manifests' temporaries and the top manifest."""
+def _listed_files(directory: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
+    """Every regular file below `directory` except temporaries, the top manifest and `exclude`d
+    relative path prefixes."""
     files = []
     for p in sorted(directory.rglob("*")):
         if not p.is_file() or ".tmp-" in p.name:
             continue
         if p == directory / MANIFEST:
+            continue
+        if exclude and p.relative_to(directory).as_posix().startswith(exclude):
             continue
         files.append(p)
     return files
@@ -122,6 +125,7 @@ def write_manifest(
     step: str,
     extra: Mapping[str, Any] | None = None,
     checksums: bool = True,
+    exclude: tuple[str, ...] = (),
 ) -> dict:
     """Write `directory/manifest.json` last: every file's size, sha256 and (Parquet) row count.
 
@@ -130,6 +134,8 @@ def write_manifest(
         step: the step that wrote it (e.g. "import", "encode").
         extra: step-specific facts to record (counts of skipped rows, embedding dim, model path, ...).
         checksums: compute sha256 of every file (reads everything once more).
+        exclude: relative path prefixes left out (working state such as training checkpoints,
+            which another system manages and which may change after the step ends).
 
     Returns:
         The manifest as written.
@@ -137,7 +143,7 @@ def write_manifest(
     directory = Path(directory)
     files = {}
     total_rows = 0
-    for p in _listed_files(directory):
+    for p in _listed_files(directory, tuple(exclude)):
         rel = p.relative_to(directory).as_posix()
         entry: dict[str, Any] = {"bytes": p.stat().st_size}
         if checksums:

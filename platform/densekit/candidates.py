@@ -47,12 +47,21 @@ class Candidates:
 
     def to(self, device: torch.device | str) -> Candidates:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Candidates(self.mode, move(self.target), move(self.relevant), move(self.valid), move(self.group_index), move(self.ranks))
+        return Candidates(
+            self.mode,
+            move(self.target),
+            move(self.relevant),
+            move(self.valid),
+            move(self.group_index),
+            move(self.ranks),
+        )
 
 
 def pid_hash(pid: str) -> int:
     """A stable signed 64-bit id for a string pid, so relevance masks can be all-gathered as tensors."""
-    return int.from_bytes(hashlib.blake2b(pid.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+    return int.from_bytes(
+        hashlib.blake2b(pid.encode("utf-8"), digest_size=8).digest(), "little", signed=True
+    )
 
 
 # --- distributed gather ----------------------------------------------------------------------------
@@ -115,7 +124,9 @@ def gather_sizes(n: int, device: torch.device | str = "cpu") -> list[int]:
     return [int(s.item()) for s in out]
 
 
-def all_gather(x: Tensor, cross_rank_grad: bool = True, pad_dim: int | None = None, pad_value: float = 0) -> Tensor:
+def all_gather(
+    x: Tensor, cross_rank_grad: bool = True, pad_dim: int | None = None, pad_value: float = 0
+) -> Tensor:
     """Concatenate `x` from every rank along dim 0, keeping the autograd graph of the local slice.
 
     Args:
@@ -154,7 +165,9 @@ def _relevance(cand_ids: Tensor, positive_ids: Tensor, positive_mask: Tensor) ->
     return hit.any(-1)
 
 
-def global_candidates(passage_ids: Tensor, positive_ids: Tensor, positive_mask: Tensor, group_size: int) -> tuple[Candidates, Tensor]:
+def global_candidates(
+    passage_ids: Tensor, positive_ids: Tensor, positive_mask: Tensor, group_size: int
+) -> tuple[Candidates, Tensor]:
     """Mode 1: the local queries against the passages of every rank.
 
     Args:
@@ -173,7 +186,11 @@ def global_candidates(passage_ids: Tensor, positive_ids: Tensor, positive_mask: 
     offset = sum(gather_sizes(passage_ids.shape[0], passage_ids.device)[:rank]) if ws > 1 else 0
     dev = passage_ids.device
     # [B, G]: local group g of query i sits at offset + i*G + g in the gathered passages
-    group_index = offset + torch.arange(B, device=dev).unsqueeze(1) * group_size + torch.arange(group_size, device=dev)
+    group_index = (
+        offset
+        + torch.arange(B, device=dev).unsqueeze(1) * group_size
+        + torch.arange(group_size, device=dev)
+    )
     relevant = _relevance(all_ids.unsqueeze(0).expand(B, -1), positive_ids, positive_mask)
     target = group_index[:, 0]
     relevant[torch.arange(B, device=dev), target] = True
@@ -181,7 +198,9 @@ def global_candidates(passage_ids: Tensor, positive_ids: Tensor, positive_mask: 
     return Candidates("global", target, relevant, valid, group_index=group_index), all_ids
 
 
-def group_candidates(passage_ids: Tensor, positive_ids: Tensor, positive_mask: Tensor, group_size: int) -> Candidates:
+def group_candidates(
+    passage_ids: Tensor, positive_ids: Tensor, positive_mask: Tensor, group_size: int
+) -> Candidates:
     """Mode 2: each query against its own group `[B, G]`, positive in column 0."""
     B = positive_ids.shape[0]
     _check_len("passage_ids", passage_ids, B * group_size)
@@ -214,13 +233,17 @@ def retrieved_candidates(
     if append not in ("missing", "if_none"):
         raise ValueError(f"append must be 'missing' or 'if_none', got {append!r}")
     if len(retrieved_pids) != len(positive_pids):
-        raise ValueError(f"retrieved_pids has {len(retrieved_pids)} queries but positive_pids has {len(positive_pids)}")
+        raise ValueError(
+            f"retrieved_pids has {len(retrieved_pids)} queries but positive_pids has {len(positive_pids)}"
+        )
     lists: list[list[str]] = []
     labels: list[list[bool]] = []
     for i, (got, pos) in enumerate(zip(retrieved_pids, positive_pids)):
         pos_set = set(pos)
         if not pos_set:
-            raise ValueError(f"query {i} has no positive pid: ADORE needs at least one judged-relevant passage")
+            raise ValueError(
+                f"query {i} has no positive pid: ADORE needs at least one judged-relevant passage"
+            )
         got = list(got)
         lab = [p in pos_set for p in got]
         missing = [p for p in dict.fromkeys(pos) if p not in set(got)]
@@ -247,9 +270,45 @@ def score_retrieved(query_emb: Tensor, candidate_emb: Tensor, candidates: Candid
     Padding columns (`valid` False) score 0; every loss masks them out with `valid`.
     """
     if candidate_emb.dim() != 3 or candidate_emb.shape[:2] != candidates.valid.shape:
-        raise ValueError(f"candidate_emb must be [B, C, D] = [{candidates.valid.shape[0]}, {candidates.valid.shape[1]}, D], got {list(candidate_emb.shape)}")
+        raise ValueError(
+            f"candidate_emb must be [B, C, D] = [{candidates.valid.shape[0]}, {candidates.valid.shape[1]}, D], got {list(candidate_emb.shape)}"
+        )
     scores = torch.einsum("bd,bcd->bc", query_emb, candidate_emb.to(query_emb.dtype))  # [B, C]
     return scores.masked_fill(~candidates.valid, 0.0)
+
+
+def matrix_retriever(doc_emb: Tensor, doc_pids: Sequence[str], k: int, append: str = "missing"):
+    """An exact top-k retriever over a fixed embedding matrix, for ADORE on small corpora and tests.
+
+    Args:
+        doc_emb: `[N, D]` document embeddings (fixed: no gradient).
+        doc_pids: the N pids, in row order.
+        k: documents retrieved per query.
+        append: see `retrieved_candidates`.
+
+    Returns:
+        `retriever(query_emb [B, D], batch) -> (candidate_emb [B, C, D], Candidates)`, the
+        callable BiEncoder.forward(candidates="retrieved") expects. A FAISS index does the same
+        search at scale.
+    """
+    doc_emb = doc_emb.detach()
+    row = {p: i for i, p in enumerate(doc_pids)}
+
+    def retrieve(query_emb: Tensor, batch) -> tuple[Tensor, Candidates]:
+        top = (
+            (query_emb.to(doc_emb.dtype) @ doc_emb.T).topk(min(k, len(doc_pids)), dim=1).indices
+        )  # [B, k]
+        got = [[doc_pids[i] for i in r] for r in top.tolist()]
+        lists, cands = retrieved_candidates(got, batch.positive_pids, append=append)
+        missing = {p for pl in batch.positive_pids for p in pl if p not in row}
+        if missing:
+            raise ValueError(f"positive pid(s) not in the index: {sorted(missing)[:5]}")
+        idx = torch.zeros(cands.valid.shape, dtype=torch.long)
+        for i, lst in enumerate(lists):
+            idx[i, : len(lst)] = torch.tensor([row[p] for p in lst])
+        return doc_emb[idx], cands  # [B, C, D]
+
+    return retrieve
 
 
 def to_group(scores: Tensor, candidates: Candidates) -> tuple[Tensor, Candidates]:
@@ -262,7 +321,9 @@ def to_group(scores: Tensor, candidates: Candidates) -> tuple[Tensor, Candidates
     lead = scores.shape[:-2]
     g_scores = torch.gather(scores, -1, idx.expand(*lead, *idx.shape))  # [..., B, G]
     rel = torch.gather(candidates.relevant, 1, idx)
-    return g_scores, Candidates("group", torch.zeros_like(candidates.target), rel, torch.ones_like(rel))
+    return g_scores, Candidates(
+        "group", torch.zeros_like(candidates.target), rel, torch.ones_like(rel)
+    )
 
 
 def _check_len(name: str, t: Tensor, n: int) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 import textwrap
 from collections.abc import Callable
@@ -87,6 +88,15 @@ STEPS: dict[str, Step] = {
         "densekit.pipelines.evaluate:evaluate",
         "EvaluateConfig",
     ),
+    "train": Step(
+        "train or distil a student on Ray Train (DDP), resumable, with periodic evaluation",
+        "densekit.train:train",
+        "TrainConfig",
+    ),
+    "run": Step(
+        "run a multi-stage method (configs/methods/*.yaml), skipping finished stages",
+        "densekit.methods:run",
+    ),
 }
 
 
@@ -148,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         print(_step_help(name, step))
         return 0
     setup_logging()
+    # Which copy runs matters on a cluster: under `ray job submit` it is the one shipped by the
+    # runtime env's py_modules (.../runtime_resources/py_modules_files/...), not an installed one.
+    import densekit
+
+    logger.info(
+        "densekit %s from %s: %s", densekit.__version__, os.path.dirname(densekit.__file__), name
+    )
     try:
         cls = step.config_cls()
         if cls is None:

@@ -17,7 +17,7 @@ import itertools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional  # noqa: UP035
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import (
@@ -100,7 +100,9 @@ class ImportConfig:
         "raise", "bad rows and unknown ids: raise (default) or skip and count them in the manifest"
     )
     max_logged_errors: int = opt(20, "with on_error=skip, log at most this many skipped rows")
-    batch_rows: int = opt(8192, "rows per record batch read from the input (bounds memory with batch_bytes)")
+    batch_rows: int = opt(
+        8192, "rows per record batch read from the input (training files: passages); bounds memory"
+    )
     batch_bytes: int = opt(32 << 20, "bytes of input text per record batch at most (about)")
     rows_per_part: int = opt(1_000_000, "rows per Parquet part file")
     lookup_cache: Optional[str] = opt(
@@ -150,18 +152,92 @@ class GenerateConfig:
     output: str = opt(MISSING, "output folder (corpus/, queries/, qrels/train/, qrels/dev/)")
     seed: int = opt(0, "random seed: the same seed and sizes give the same files")
     num_docs: int = opt(2000, "documents in the corpus")
-    num_train_queries: int = opt(1000, "training queries (each with one relevant document)")
-    num_dev_queries: int = opt(200, "dev queries (each with one relevant document)")
-    num_topics: int = opt(40, "topics; documents of one topic share vocabulary (hard negatives)")
-    vocab_size: int = opt(3000, "distinct content words")
+    num_train_queries: int = opt(8000, "training queries (each with one relevant document)")
+    num_dev_queries: int = opt(300, "dev queries (each with one relevant document)")
+    num_topics: int = opt(40, "topics; documents of one topic share topic words (hard negatives)")
+    num_concepts: int = opt(
+        4000, "concepts, split among topics; each has a document word and a query synonym"
+    )
+    concepts_per_doc: int = opt(8, "concepts a document is about (drawn from its topic's concepts)")
+    concepts_per_query: int = opt(4, "concepts of its document a query names")
+    topic_words: int = opt(12, "words per topic, used by its documents and queries alike")
+    noise_words: int = opt(150, "filler words shared by everything (Zipf-distributed)")
     doc_length: int = opt(40, "words per document")
-    query_length: int = opt(6, "words per query")
+    query_length: int = opt(8, "words per query")
+    concept_share: float = opt(0.4, "share of document words that are its concepts' words")
+    topic_share: float = opt(0.3, "share of document words that are topic words (the rest is filler)")
     synonym_rate: float = opt(
-        0.5, "share of query words replaced by a synonym the document never uses"
+        0.95, "chance that a query names a concept by its synonym, a word documents never use"
     )
     overwrite: bool = opt(False, "replace a complete output made with another config")
 
+    def validate(self) -> None:
+        sizes = ("num_docs", "num_train_queries", "num_dev_queries", "num_topics", "num_concepts",
+                 "concepts_per_doc", "concepts_per_query", "topic_words", "noise_words", "doc_length", "query_length")
+        bad = [k for k in sizes if getattr(self, k) < 1]
+        if bad:
+            raise ConfigError(f"generate: {', '.join(bad)} must be >= 1")
+        if self.num_concepts < self.num_topics:
+            raise ConfigError(f"generate: num_concepts={self.num_concepts} must be >= num_topics={self.num_topics}")
+        if self.query_length < self.concepts_per_query + 1:
+            raise ConfigError("generate: query_length must exceed concepts_per_query (a topic word is added)")
+        if not 0 <= self.synonym_rate <= 1 or min(self.concept_share, self.topic_share) < 0 \
+                or self.concept_share + self.topic_share > 1:
+            raise ConfigError("generate: synonym_rate in [0, 1]; concept_share, topic_share >= 0 with sum <= 1")
 
+
+# --- models and losses (shared by train, score, encode) ---------------------------------------------
+
+MODEL_KINDS = ("bi_encoder", "colbert", "cross_encoder")
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load or build, and how to initialise a student (densekit.models.model_from_config).
+
+    Spec fields left null keep the saved model's values (densekit_model.json or the
+    sentence-transformers files); for a plain Hugging Face encoder they define the new model.
+    """
+
+    path: str = opt(MISSING, "model directory: a densekit save, a sentence-transformers or a Hugging Face encoder")
+    kind: Optional[str] = opt(None, "bi_encoder | colbert | cross_encoder; null = the saved kind, else bi_encoder")
+    pooling: Optional[str] = opt(None, "bi-encoder pooling: cls | mean")
+    normalize: Optional[bool] = opt(None, "L2-normalise bi-encoder embeddings")
+    similarity: Optional[str] = opt(None, "dot | cosine (cosine implies normalised embeddings)")
+    head_dim: Optional[int] = opt(None, "bi-encoder linear head output size (new heads start random)")
+    head_layernorm: Optional[bool] = opt(None, "LayerNorm after the head (STAR's RobertaDot)")
+    shared: Optional[bool] = opt(None, "one tower for queries and passages (false: separate towers)")
+    max_query_length: Optional[int] = opt(None, "query tokens (default 32)")
+    max_passage_length: Optional[int] = opt(None, "passage tokens (default 256)")
+    colbert_dim: Optional[int] = opt(None, "ColBERT compression size (default 128)")
+    query_augmentation: Optional[bool] = opt(None, "ColBERT: pad queries with [MASK] to max_query_length")
+    student_layers: Optional[typing.List[int]] = opt(  # noqa: UP006
+        None, "build a student keeping these layers of `path` (0 = first transformer layer), e.g. [0, 11]"
+    )
+    student_num_layers: Optional[int] = opt(None, "build a student keeping the first n layers of `path` (PROD)")
+    project_to: Optional[str] = opt(
+        None, "build a bi-encoder from `path` with a linear projection to this teacher's embedding size"
+    )
+    dropout: Optional[float] = opt(None, "set every dropout probability of the encoder (e.g. 0.0)")
+
+    def validate(self) -> None:
+        if self.kind is not None and self.kind not in MODEL_KINDS:
+            raise ConfigError(_unknown_name("model kind", self.kind, MODEL_KINDS))
+        if self.pooling is not None and self.pooling not in ("cls", "mean"):
+            raise ConfigError(_unknown_name("pooling", self.pooling, ("cls", "mean")))
+        if self.similarity is not None and self.similarity not in ("dot", "cosine"):
+            raise ConfigError(_unknown_name("similarity", self.similarity, ("dot", "cosine")))
+        inits = [n for n in ("student_layers", "student_num_layers", "project_to") if getattr(self, n) is not None]
+        if len(inits) > 1:
+            raise ConfigError(f"model: set only one of {', '.join(inits)}")
+
+
+@dataclass
+class LossConfig:
+    """One term of the training objective: `losses: {<name>: {weight, params}}`, names in densekit.losses.LOSSES."""
+
+    weight: float = opt(1.0, "weight of this loss in the sum")
+    params: typing.Dict[str, Any] = opt({}, "the loss's own parameters, checked when the objective is built")  # noqa: UP006
 # --- retrieval steps: encode, index, search, evaluate, mine, score -------------------------------
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -488,7 +564,9 @@ def load_config(
             )
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        where = f"{path}: " if path else ""
+        key = str(getattr(e, "full_key", "") or "")
+        from_override = any(o.split("=", 1)[0] == key for o in overrides or [])
+        where = "override: " if from_override else (f"{path}: " if path else "")
         raise ConfigError(where + _explain(e, cls)) from None
     _validate_tree(obj)
     return obj
@@ -536,3 +614,104 @@ def describe_fields(cls: type, prefix: str = "") -> list[tuple[str, str, str, st
 def _type_name(t: Any) -> str:
     s = str(t).replace("typing.", "")
     return getattr(t, "__name__", s) if typing.get_origin(t) is None else s
+
+
+# --- train and tune --------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainDataConfig:
+    """Training data: groups (query, positives, negatives) or queries only."""
+
+    train: str = opt(MISSING, "training groups table (or a queries table when group_size=0)")
+    group_size: int = opt(8, "passages per query: 1 positive + group_size-1 negatives; 0 = queries only")
+    negatives: Literal["random", "descend"] = opt(
+        "random", "negatives per epoch: a seeded random sample, or the hardest first (stored order)"
+    )
+    positive: Literal["first", "random"] = opt("first", "which judged positive a group uses")
+    teacher_scores: bool = opt(False, "read offline teacher scores from the groups (after `score`)")
+    source: Literal["arrow", "ray_data"] = opt("arrow", "read the table with pyarrow or Ray Data")
+    shuffle_window: int = opt(100_000, "rows shuffled together (memory bound of the reader)")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up and decay."""
+
+    lr: float = opt(2e-5, "peak learning rate")
+    weight_decay: float = opt(0.01, "AdamW weight decay (not on biases and LayerNorm)")
+    eps: float = opt(1e-8, "AdamW epsilon")
+    batch_size: int = opt(32, "queries per micro-batch over ALL workers (divides by num_workers)")
+    grad_accum: int = opt(1, "micro-batches per optimizer step")
+    max_steps: int = opt(1000, "optimizer steps to train")
+    warmup_steps: int = opt(0, "linear warm-up steps (then linear decay to 0 at max_steps)")
+    max_grad_norm: Optional[float] = opt(2.0, "clip the gradient norm (null: no clipping)")
+    amp: Literal["auto", "off", "fp16", "bf16"] = opt("auto", "mixed precision on CUDA (auto: bf16 if supported)")
+    seed: int = opt(42, "seed of weights init, data order and negative sampling")
+
+
+@dataclass
+class EvalConfig:
+    """Periodic dev evaluation through the retrieval core (rank 0), reported to Ray Train."""
+
+    every: int = opt(0, "evaluate every N optimizer steps and at the end (0: never)")
+    queries: Optional[str] = opt(None, "dev queries table")
+    qrels: Optional[str] = opt(None, "dev qrels table")
+    corpus: Optional[str] = opt(None, "corpus table encoded with the current student")
+    index: Optional[str] = opt(
+        None, "a fixed index (asymmetric: documents encoded by a teacher); instead of `corpus`"
+    )
+    metric: str = opt("ndcg@10", "metric that picks the best checkpoint (mrr@10, ndcg@10, recall@100, ...)")
+    k: int = opt(100, "documents retrieved per query")
+    batch_size: int = opt(128, "encoding batch size")
+    max_queries: Optional[int] = opt(None, "evaluate on the first N dev queries only")
+
+
+@dataclass
+class RetrievedConfig:
+    """Retrieved candidates (ADORE): each step retrieves the top-k from a fixed document index."""
+
+    index: Optional[str] = opt(None, "the fixed document index (a densekit `index` output)")
+    k: int = opt(200, "documents retrieved per query each step")
+    append: Literal["missing", "if_none"] = opt(
+        "missing", "append positives not retrieved: all missing ones, or only when none was retrieved"
+    )
+    num_actors: int = opt(1, "search actors serving the index")
+
+
+@dataclass
+class TrainConfig:
+    """Train a student (any method: a config of models, candidates and weighted losses)."""
+
+    model: ModelConfig = opt(ModelConfig, "the student")
+    teacher: Optional[ModelConfig] = opt(
+        None, "an online teacher, frozen unless a loss trains it jointly (offline: data.teacher_scores)"
+    )
+    data: TrainDataConfig = opt(TrainDataConfig, "training data")
+    candidates: Literal["auto", "global", "group", "retrieved"] = opt(
+        "auto", "what each query is scored against (auto: what the losses need)"
+    )
+    train_query_encoder_only: bool = opt(
+        False, "freeze the passage tower (ADORE, query-encoder distillation)"
+    )
+    losses: Dict[str, LossConfig] = opt({}, "loss name -> {weight, params}; the total is the weighted sum")  # noqa: UP006
+    optim: OptimConfig = opt(OptimConfig, "optimizer and schedule")
+    eval: EvalConfig = opt(EvalConfig, "periodic evaluation")
+    retrieved: RetrievedConfig = opt(RetrievedConfig, "ADORE's fixed index")
+    checkpoint_every: int = opt(0, "checkpoint every N optimizer steps (0: at evaluations and the end)")
+    keep_checkpoints: int = opt(2, "checkpoints kept (the best by eval.metric and the latest)")
+    max_failures: int = opt(2, "worker failures survived by resuming from the last checkpoint")
+    resources: ResourcesConfig = opt(ResourcesConfig, "workers")
+    output: str = opt(MISSING, "output folder: model/ (final), best/, checkpoints/, metrics.jsonl")
+    overwrite: bool = opt(False, "start over even if the output holds a run of this config")
+
+    def validate(self) -> None:
+        if not self.losses:
+            raise ConfigError("train: no losses configured (e.g. losses: {contrastive: {weight: 1}})")
+        if self.optim.batch_size % self.resources.num_workers:
+            raise ConfigError(
+                f"optim.batch_size={self.optim.batch_size} must divide by "
+                f"resources.num_workers={self.resources.num_workers}"
+            )
+        if self.eval.every and not (self.eval.queries and self.eval.qrels and (self.eval.corpus or self.eval.index)):
+            raise ConfigError("eval.every is set: give eval.queries, eval.qrels and eval.corpus (or eval.index)")

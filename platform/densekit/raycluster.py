@@ -17,7 +17,8 @@ def init_ray(resources: Any | None = None) -> None:
     """Attach to Ray if it is not already initialised (tests and drivers may have started it).
 
     Resolution order: an already-initialised Ray; `resources.address`; the RAY_ADDRESS environment
-    variable (set by `ray job submit` and `ray start`); otherwise a new local Ray on this machine.
+    variable (set inside `ray job submit` jobs); a cluster started here with `ray start`; otherwise
+    a new local Ray on this machine.
     """
     import ray
 
@@ -29,8 +30,13 @@ def init_ray(resources: Any | None = None) -> None:
         logger.info("connecting to Ray at %s", address)
         ray.init(address=address, **kwargs)
     else:
-        logger.info("starting a local Ray (no RAY_ADDRESS set)")
-        ray.init(include_dashboard=False, **kwargs)
+        # Like `ray.init()`: attach to a cluster started on this machine with `ray start`, if
+        # any, else start a local one. A stale record of a stopped cluster must not stop us.
+        try:
+            ray.init(**kwargs)
+        except ConnectionError as e:
+            logger.warning("no Ray cluster at the last `ray start` address (%s): starting a local Ray", e)
+            ray.init(address="local", include_dashboard=False, **kwargs)
     res = ray.cluster_resources()
     logger.info(
         "Ray: %d node(s), %g CPU, %g GPU",

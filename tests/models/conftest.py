@@ -18,7 +18,11 @@ PASSAGES = [
     "static hard negatives and dynamic hard negatives train the query encoder",
     "the quick brown fox jumps over the lazy dog",
 ]
-QUERIES = ["which encoders does dense retrieval train", "who scores query passage pairs", "where are hard negatives mined"]
+QUERIES = [
+    "which encoders does dense retrieval train",
+    "who scores query passage pairs",
+    "where are hard negatives mined",
+]
 
 
 def make_groups(n_neg: int = 2, scores: bool = False) -> list[dict]:
@@ -51,7 +55,12 @@ def arch_dirs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("arch")
     texts = PASSAGES + QUERIES
-    return {a: build_tiny_model(root / a, texts, arch=a, layers=2, hidden=32, heads=2, intermediate=64, seed=1) for a in ("bert", "distilbert", "roberta")}
+    return {
+        a: build_tiny_model(
+            root / a, texts, arch=a, layers=2, hidden=32, heads=2, intermediate=64, seed=1
+        )
+        for a in ("bert", "distilbert", "roberta")
+    }
 
 
 @pytest.fixture(scope="session")
@@ -59,4 +68,6 @@ def deep_bert_dir(tmp_path_factory):
     """A 4-layer tiny BERT (teacher for student tests)."""
     from densekit.models.tiny import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("deep") / "bert4", PASSAGES + QUERIES, layers=4, hidden=32, seed=2)
+    return build_tiny_model(
+        tmp_path_factory.mktemp("deep") / "bert4", PASSAGES + QUERIES, layers=4, hidden=32, seed=2
+    )

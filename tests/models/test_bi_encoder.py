@@ -14,26 +14,38 @@ from densekit.data.collate import TrainCollator
 from densekit.errors import ConfigError
 from densekit.models import BiEncoder, ModelSpec, build_model, load_model
 
+PASSAGES = [
+    "dense retrieval trains small query and passage encoders",
+    "a cross encoder teacher scores each query passage pair",
+    "hard negatives are mined from a faiss index of the corpus",
+    "margin mse distils the score margin of positive and negative",
+    "layer wise distillation aligns the scores of chosen layers",
+    "progressive distillation moves from weaker to stronger teachers",
+    "static hard negatives and dynamic hard negatives train the query encoder",
+    "the quick brown fox jumps over the lazy dog",
+]
+QUERIES = [
+    "which encoders does dense retrieval train",
+    "who scores query passage pairs",
+    "where are hard negatives mined",
+]
+
 
 @pytest.fixture
 def bert(arch_dirs):
     return arch_dirs["bert"]
 
 
-@pytest.fixture(autouse=True)
-def _texts(data):
-    global PASSAGES, QUERIES, make_groups
-    PASSAGES, QUERIES, make_groups = data.passages, data.queries, data.make_groups
-
-
-def _batch(model, G=3):
-    return TrainCollator(G, negatives="descend", tokenizations=[model.tokenization])(make_groups(n_neg=G - 1))
+def _batch(model, data, G=3):
+    return TrainCollator(G, negatives="descend", tokenizations=[model.tokenization])(
+        data.make_groups(n_neg=G - 1)
+    )
 
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta"])
-def test_scores_are_embedding_dot_products(arch_dirs, arch):
+def test_scores_are_embedding_dot_products(arch_dirs, data, arch):
     model = build_model(ModelSpec(pooling="mean", head_dim=8), arch_dirs[arch]).eval()
-    batch = _batch(model)
+    batch = _batch(model, data)
     with torch.no_grad():
         out = model(batch, candidates="global")
         grp = model(batch, candidates="group")
@@ -90,8 +102,12 @@ def test_sentence_transformers_loads_the_save(tmp_path, bert, spec):
         ours_q = model.encode_queries(**model.tokenize_queries(QUERIES))
         ours_p = model.encode_passages(**model.tokenize_passages(PASSAGES))
         reloaded = load_model(tmp_path / "m").encode_passages(**model.tokenize_passages(PASSAGES))
-    st_q = st.encode(QUERIES, prompt_name="query" if spec.query_prefix else None, convert_to_tensor=True)
-    st_p = st.encode(PASSAGES, prompt_name="document" if spec.passage_prefix else None, convert_to_tensor=True)
+    st_q = st.encode(
+        QUERIES, prompt_name="query" if spec.query_prefix else None, convert_to_tensor=True
+    )
+    st_p = st.encode(
+        PASSAGES, prompt_name="document" if spec.passage_prefix else None, convert_to_tensor=True
+    )
     torch.testing.assert_close(st_q, ours_q, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(st_p, ours_p, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(reloaded, ours_p)
@@ -103,16 +119,28 @@ def test_loads_a_sentence_transformers_directory(tmp_path, bert):
 
     tr = models.Transformer(str(bert), max_seq_length=64)
     st = SentenceTransformer(
-        modules=[tr, models.Pooling(32, pooling_mode="mean"), models.Dense(32, 8, activation_function=torch.nn.Identity()), models.Normalize()],
+        modules=[
+            tr,
+            models.Pooling(32, pooling_mode="mean"),
+            models.Dense(32, 8, activation_function=torch.nn.Identity()),
+            models.Normalize(),
+        ],
         device="cpu",
     )
     st.save(str(tmp_path / "st"))
     model = load_model(tmp_path / "st")
     assert isinstance(model, BiEncoder)
-    assert (model.spec.pooling, model.spec.normalized, model.spec.head_dim, model.spec.max_passage_length) == ("mean", True, 8, 64)
+    assert (
+        model.spec.pooling,
+        model.spec.normalized,
+        model.spec.head_dim,
+        model.spec.max_passage_length,
+    ) == ("mean", True, 8, 64)
     with torch.no_grad():
         ours = model.encode_passages(**model.tokenize_passages(PASSAGES))
-    torch.testing.assert_close(ours, st.encode(PASSAGES, convert_to_tensor=True), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        ours, st.encode(PASSAGES, convert_to_tensor=True), atol=1e-5, rtol=1e-4
+    )
 
 
 MINILM = Path("/work/.models/all-MiniLM-L6-v2")
@@ -123,10 +151,18 @@ def test_minilm_loads_with_its_pooling():
     from sentence_transformers import SentenceTransformer
 
     model = load_model(MINILM)
-    assert (model.spec.pooling, model.spec.normalized, model.spec.max_passage_length) == ("mean", True, 256)
+    assert (model.spec.pooling, model.spec.normalized, model.spec.max_passage_length) == (
+        "mean",
+        True,
+        256,
+    )
     with torch.no_grad():
-        ours = model.encode_passages(**model.tokenize_passages(PASSAGES, titles=["a title"] + [""] * 7))
-    ref = SentenceTransformer(str(MINILM), device="cpu").encode(["a title " + PASSAGES[0]] + PASSAGES[1:], convert_to_tensor=True)
+        ours = model.encode_passages(
+            **model.tokenize_passages(PASSAGES, titles=["a title"] + [""] * 7)
+        )
+    ref = SentenceTransformer(str(MINILM), device="cpu").encode(
+        ["a title " + PASSAGES[0]] + PASSAGES[1:], convert_to_tensor=True
+    )
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
 
 
@@ -139,7 +175,9 @@ def test_separate_towers_save_in_subfolders(tmp_path, bert):
         for p in model.passage_tower.parameters():
             p.add_(0.05 * torch.randn_like(p))
     model.save(tmp_path / "m")
-    assert (tmp_path / "m" / "query" / "model.safetensors").is_file() and (tmp_path / "m" / "passage" / "config.json").is_file()
+    assert (tmp_path / "m" / "query" / "model.safetensors").is_file() and (
+        tmp_path / "m" / "passage" / "config.json"
+    ).is_file()
     AutoModel.from_pretrained(str(tmp_path / "m" / "passage"))
     loaded = load_model(tmp_path / "m")
     q_enc, p_enc = loaded.tokenize_queries(QUERIES), loaded.tokenize_passages(QUERIES)
@@ -147,13 +185,17 @@ def test_separate_towers_save_in_subfolders(tmp_path, bert):
         q, p = loaded.encode_queries(**q_enc), loaded.encode_passages(**p_enc)
         assert not torch.allclose(q, p)  # the towers really differ
         torch.testing.assert_close(p, model.encode_passages(**p_enc))
-    st_p = SentenceTransformer(str(tmp_path / "m" / "passage"), device="cpu").encode(QUERIES, convert_to_tensor=True)
+    st_p = SentenceTransformer(str(tmp_path / "m" / "passage"), device="cpu").encode(
+        QUERIES, convert_to_tensor=True
+    )
     torch.testing.assert_close(st_p, p, atol=1e-5, rtol=1e-4)
 
 
 def test_plain_hf_directory_is_a_cls_dot_bi_encoder(bert):
     model = load_model(bert)
-    assert isinstance(model, BiEncoder) and model.spec.pooling == "cls" and not model.spec.normalized
+    assert (
+        isinstance(model, BiEncoder) and model.spec.pooling == "cls" and not model.spec.normalized
+    )
     model = load_model(bert, overrides={"pooling": "mean", "max_query_length": 8})
     assert model.tokenize_queries(["a b c d e f g h i j k l"])["input_ids"].shape[1] == 8
 
@@ -163,7 +205,9 @@ def test_titles_join_as_the_spec_says(bert):
     prefix = model.tokenize_passages(["the fox"], titles=["dog"])["input_ids"][0].tolist()
     plain = model.tokenize_passages(["dog the fox"])["input_ids"][0].tolist()
     assert prefix == plain
-    pair = load_model(bert, overrides={"title_mode": "pair"}).tokenize_passages(["the fox"], titles=["dog"])
+    pair = load_model(bert, overrides={"title_mode": "pair"}).tokenize_passages(
+        ["the fox"], titles=["dog"]
+    )
     sep = model.query_tower.tokenizer.sep_token_id
     assert pair["input_ids"][0].tolist().count(sep) == 2 and pair["token_type_ids"][0].max() == 1
 
@@ -182,10 +226,47 @@ def test_errors_name_the_problem(tmp_path, bert):
         load_model(tmp_path / "empty")
 
 
-def test_gradients_reach_both_towers(bert):
+def test_gradients_reach_both_towers(bert, data):
     model = build_model(ModelSpec(shared=False), bert).train()
-    out = model(_batch(model), candidates="global")
+    out = model(_batch(model, data), candidates="global")
     F.cross_entropy(out.scores, out.candidates.target).backward()
     for name in ("query", "passage"):
         grads = [p.grad for p in model.towers[name].parameters() if p.grad is not None]
         assert grads and any(g.abs().sum() > 0 for g in grads), name
+
+
+def test_our_sentence_transformers_files_alone_reload_the_model(tmp_path, bert):
+    """Without densekit_model.json and densekit_head.safetensors, the ST files give the same model."""
+    spec = ModelSpec(
+        pooling="mean", head_dim=12, head_layernorm=True, normalize=True, max_passage_length=64
+    )
+    model = build_model(spec, bert).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.save(tmp_path / "m")
+    (tmp_path / "m" / "densekit_model.json").unlink()
+    (tmp_path / "m" / "densekit_head.safetensors").unlink()
+    st_model = load_model(tmp_path / "m")
+    assert (
+        st_model.spec.head_dim,
+        st_model.spec.head_layernorm,
+        st_model.spec.max_passage_length,
+    ) == (12, True, 64)
+    with torch.no_grad():
+        enc = model.tokenize_passages(PASSAGES)
+        torch.testing.assert_close(st_model.encode_passages(**enc), model.encode_passages(**enc))
+
+
+def test_save_is_atomic(tmp_path, bert, monkeypatch):
+    model = build_model(ModelSpec(), bert)
+
+    def fail(self, directory):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ModelSpec, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        model.save(tmp_path / "m")
+    assert (
+        list(tmp_path.iterdir()) == []
+    )  # nothing half-written that would load as a plain HF model

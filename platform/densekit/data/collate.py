@@ -36,6 +36,8 @@ class TrainBatch:
         passage_ids: `[B*G]` long, hashed pids (candidates.pid_hash), all-gatherable.
         positive_ids: `[B, P]` long hashed positive pids; positive_mask `[B, P]` bool.
         teacher_scores: `[B, G]` float offline teacher scores (from the records' `score`), or None.
+        positive_texts: per query, (text, title) of every judged positive, aligned with
+            positive_pids (ADORE encodes positives its index search did not retrieve).
         inputs: tokenised inputs per Tokenization.key (filled by the collator; models tokenise
             on the fly when their key is missing).
     """
@@ -52,6 +54,7 @@ class TrainBatch:
     positive_mask: Tensor
     teacher_scores: Tensor | None = None
     inputs: dict[str, dict[str, dict[str, Tensor]]] = field(default_factory=dict)
+    positive_texts: list[list[tuple[str, str]]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.qids)
@@ -66,12 +69,15 @@ class TrainBatch:
 
     def to(self, device: torch.device | str) -> TrainBatch:
         """A copy with every tensor on `device`."""
-        inputs = {k: {n: {t: v.to(device) for t, v in enc.items()} for n, enc in d.items()} for k, d in self.inputs.items()}
+        inputs = {
+            k: {n: {t: v.to(device) for t, v in enc.items()} for n, enc in d.items()}
+            for k, d in self.inputs.items()
+        }
         ts = None if self.teacher_scores is None else self.teacher_scores.to(device)
         return TrainBatch(
             self.qids, self.query_texts, self.pids, self.passage_texts, self.passage_titles, self.group_size,
             self.positive_pids, self.passage_ids.to(device), self.positive_ids.to(device),
-            self.positive_mask.to(device), ts, inputs,
+            self.positive_mask.to(device), ts, inputs, self.positive_texts,
         )  # fmt: skip
 
 
@@ -128,39 +134,55 @@ class TrainCollator:
             raise InputError(self.source, None, "empty batch")
         G = self.group_size
         qids, queries, pids, texts, titles, positives, scores = [], [], [], [], [], [], []
+        positive_texts: list[list[tuple[str, str]]] = []
         for n, row in enumerate(rows):
             qid = str(row.get(QID, f"<row {n}>"))
             query = row.get(QUERY, row.get(TEXT))
             if not isinstance(query, str):
-                raise InputError(self.source, None, f"qid {qid}: expected a query string in '{QUERY}'")
+                raise InputError(
+                    self.source, None, f"qid {qid}: expected a query string in '{QUERY}'"
+                )
             pos = list(row.get(POSITIVES) or [])
             qids.append(qid)
             queries.append(query)
             positives.append([str(p[PID]) for p in pos])
+            positive_texts.append([(p.get(TEXT) or "", p.get(TITLE) or "") for p in pos])
             if G == 0:
                 continue
             if not pos:
-                raise InputError(self.source, None, f"qid {qid}: no positives (a group needs at least one)")
+                raise InputError(
+                    self.source, None, f"qid {qid}: no positives (a group needs at least one)"
+                )
             negs = list(row.get(NEGATIVES) or [])
             rng = random.Random(f"{self.seed}:{self.epoch}:{qid}")
-            chosen = [pos[0] if self.positive == "first" else rng.choice(pos)] + self._negatives(qid, negs, rng)
+            chosen = [pos[0] if self.positive == "first" else rng.choice(pos)] + self._negatives(
+                qid, negs, rng
+            )
             for p in chosen:
                 if not isinstance(p.get(TEXT), str):
-                    raise InputError(self.source, None, f"qid {qid}, pid {p.get(PID)}: expected passage text")
+                    raise InputError(
+                        self.source, None, f"qid {qid}, pid {p.get(PID)}: expected passage text"
+                    )
                 pids.append(str(p[PID]))
                 texts.append(p[TEXT])
                 titles.append(p.get(TITLE) or "")
                 if self.teacher_scores:
                     s = p.get(SCORE)
                     if s is None or s != s:  # None or NaN
-                        raise InputError(self.source, None, f"qid {qid}, pid {p[PID]}: no teacher score (run the `score` step, or set teacher_scores off)")
+                        raise InputError(
+                            self.source,
+                            None,
+                            f"qid {qid}, pid {p[PID]}: no teacher score (run the `score` step, or set teacher_scores off)",
+                        )
                     scores.append(float(s))
         P = max(1, max(len(p) for p in positives))
         pos_ids = torch.zeros(len(rows), P, dtype=torch.long)
         pos_mask = torch.zeros(len(rows), P, dtype=torch.bool)
         for i, plist in enumerate(positives):
             if plist:
-                pos_ids[i, : len(plist)] = torch.tensor([pid_hash(p) for p in plist], dtype=torch.long)
+                pos_ids[i, : len(plist)] = torch.tensor(
+                    [pid_hash(p) for p in plist], dtype=torch.long
+                )
                 pos_mask[i, : len(plist)] = True
         batch = TrainBatch(
             qids=qids,
@@ -173,7 +195,10 @@ class TrainCollator:
             passage_ids=torch.tensor([pid_hash(p) for p in pids], dtype=torch.long),
             positive_ids=pos_ids,
             positive_mask=pos_mask,
-            teacher_scores=torch.tensor(scores, dtype=torch.float32).view(len(rows), G) if self.teacher_scores and G else None,
+            teacher_scores=torch.tensor(scores, dtype=torch.float32).view(len(rows), G)
+            if self.teacher_scores and G
+            else None,
+            positive_texts=positive_texts,
         )
         for key, tok in self.tokenizations.items():
             batch.inputs[key] = tok.batch(batch)
@@ -184,11 +209,21 @@ class TrainCollator:
         if n == 0:
             return []
         if not negs:
-            raise InputError(self.source, None, f"qid {qid}: no negatives, but group_size {self.group_size} needs {n}")
+            raise InputError(
+                self.source,
+                None,
+                f"qid {qid}: no negatives, but group_size {self.group_size} needs {n}",
+            )
         if len(negs) < n:
             self.short_groups += 1
             if self.short_groups == 1:
-                logger.warning("%s: qid %s has %d negatives for %d slots; repeating them (further cases counted in short_groups)", self.source, qid, len(negs), n)
+                logger.warning(
+                    "%s: qid %s has %d negatives for %d slots; repeating them (further cases counted in short_groups)",
+                    self.source,
+                    qid,
+                    len(negs),
+                    n,
+                )
             order = negs if self.negatives == "descend" else rng.sample(negs, len(negs))
             return [order[i % len(order)] for i in range(n)]
         if self.negatives == "descend":

@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from densekit.errors import ConfigError
+from densekit.models.bi_encoder import BiEncoder
+from densekit.models.colbert import ColBERT
+from densekit.models.cross_encoder import CrossEncoder
+from densekit.models.encoder import DenseModel
 from densekit.models.spec import (
     KINDS,
     SPEC_FILE,
@@ -22,14 +26,16 @@ from densekit.models.spec import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MODELS", "BiEncoder", "ColBERT", "CrossEncoder", "ModelSpec", "load_model", "build_model", "model_class"]
+__all__ = [
+    "MODELS", "BiEncoder", "ColBERT", "CrossEncoder", "DenseModel", "ModelSpec", "load_model", "build_model",
+    "model_class", "model_from_config", "frozen_copy",
+]  # fmt: skip
 
-
-from densekit.models.bi_encoder import BiEncoder  # noqa: E402
-from densekit.models.colbert import ColBERT  # noqa: E402
-from densekit.models.cross_encoder import CrossEncoder  # noqa: E402
-
-MODELS: dict[str, type] = {"bi_encoder": BiEncoder, "colbert": ColBERT, "cross_encoder": CrossEncoder}
+MODELS: dict[str, type] = {
+    "bi_encoder": BiEncoder,
+    "colbert": ColBERT,
+    "cross_encoder": CrossEncoder,
+}
 
 
 def model_class(kind: str) -> type:
@@ -43,7 +49,12 @@ def model_class(kind: str) -> type:
     return MODELS[kind]
 
 
-def load_model(path: str | Path, kind: str | None = None, device: Any = None, overrides: dict[str, Any] | None = None):
+def load_model(
+    path: str | Path,
+    kind: str | None = None,
+    device: Any = None,
+    overrides: dict[str, Any] | None = None,
+):
     """Load a model directory for encoding, scoring or training.
 
     Args:
@@ -74,14 +85,27 @@ def load_model(path: str | Path, kind: str | None = None, device: Any = None, ov
             from densekit.models.st_format import load_st_head
 
             load_st_head(root, model.query_tower.head)
-        logger.info("%s: sentence-transformers model, pooling %s, normalised %s", root, spec.pooling, spec.normalized)
+        logger.info(
+            "%s: sentence-transformers model, pooling %s, normalised %s",
+            root,
+            spec.pooling,
+            spec.normalized,
+        )
     elif (root / "config.json").is_file():
         spec = ModelSpec(kind=kind or "bi_encoder").replace(**overrides)
-        if spec.head_dim is not None or spec.kind == "cross_encoder" or (spec.kind == "colbert" and spec.colbert_dim):
-            logger.warning("%s: plain Hugging Face encoder: the %s head starts untrained", root, spec.kind)
+        if (
+            spec.head_dim is not None
+            or spec.kind == "cross_encoder"
+            or (spec.kind == "colbert" and spec.colbert_dim)
+        ):
+            logger.warning(
+                "%s: plain Hugging Face encoder: the %s head starts untrained", root, spec.kind
+            )
         model = model_class(spec.kind).from_pretrained(root, spec, head_required=False)
     else:
-        raise ConfigError(f"{root}: not a model directory (no {SPEC_FILE}, modules.json or config.json)")
+        raise ConfigError(
+            f"{root}: not a model directory (no {SPEC_FILE}, modules.json or config.json)"
+        )
     model.eval()
     if device is not None:
         model.to(device)
@@ -91,6 +115,40 @@ def load_model(path: str | Path, kind: str | None = None, device: Any = None, ov
 def build_model(spec: ModelSpec, base_path: str | Path):
     """A fresh model of `spec.kind` from a Hugging Face encoder (pretrained towers, new heads)."""
     return model_class(spec.validate().kind).build(spec, base_path)
+
+
+_SPEC_OVERRIDES = (
+    "pooling", "normalize", "similarity", "head_dim", "head_layernorm", "shared", "max_query_length",
+    "max_passage_length", "colbert_dim", "query_augmentation",
+)  # fmt: skip
+
+
+def model_from_config(cfg) -> DenseModel:
+    """The model a `ModelConfig` describes: loaded, or a student built from `cfg.path`'s layers,
+    or a projected student of `cfg.project_to`. Returned in eval mode (call .train() to train).
+    """
+    from densekit.models.student import student_from_model, student_from_teacher
+
+    overrides = {f: getattr(cfg, f) for f in _SPEC_OVERRIDES if getattr(cfg, f, None) is not None}
+    if cfg.project_to is not None:
+        model = student_from_model(cfg.path, cfg.project_to, pooling=cfg.pooling or "mean")
+        return model.eval()
+    model = load_model(cfg.path, kind=cfg.kind, overrides=overrides)
+    if cfg.student_layers is not None or cfg.student_num_layers is not None:
+        model = student_from_teacher(
+            model, layers=cfg.student_layers, num_layers=cfg.student_num_layers
+        )
+        model.spec = model.spec.replace(teacher=str(cfg.path))
+    return model.eval()
+
+
+def frozen_copy(model) -> DenseModel:
+    """A frozen copy of `model` (eval mode, no gradients): LwF's reference, taken at the start of a
+    stage. Unwraps DDP (`model.module`)."""
+    import copy
+
+    ref = copy.deepcopy(getattr(model, "module", model))
+    return ref.eval().requires_grad_(False)
 
 
 def _check_kind(root: Path, wanted: str | None, found: str) -> None:

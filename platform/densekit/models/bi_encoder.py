@@ -7,13 +7,14 @@ Saved directories also hold the sentence-transformers files, so
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from densekit.candidates import all_gather, global_candidates, group_candidates
+from densekit.candidates import all_gather, global_candidates, group_candidates, score_retrieved
 from densekit.models.encoder import DenseModel, Head, Tower
 from densekit.models.output import ModelOutput
 from densekit.models.spec import ModelSpec
@@ -50,11 +51,15 @@ class BiEncoder(DenseModel):
         """Queries -> tokenizer outputs `[B, Lq]` (prefix and max_query_length from the spec)."""
         return self.tokenization.queries(texts)
 
-    def tokenize_passages(self, texts: list[str], titles: list[str] | None = None) -> dict[str, Tensor]:
+    def tokenize_passages(
+        self, texts: list[str], titles: list[str] | None = None
+    ) -> dict[str, Tensor]:
         """Passages -> tokenizer outputs `[N, Lp]`; titles join as spec.title_mode says."""
         return self.tokenization.passages(texts, titles)
 
-    def _embed(self, tower: Tower, enc: dict[str, Tensor], all_layers: bool = False) -> tuple[Tensor, Tensor | None]:
+    def _embed(
+        self, tower: Tower, enc: dict[str, Tensor], all_layers: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
         hidden, layers = tower.hidden(enc, all_layers)
         mask = enc["attention_mask"]
         emb = pool(hidden, mask, self.spec.pooling)
@@ -84,43 +89,76 @@ class BiEncoder(DenseModel):
 
     # --- training --------------------------------------------------------------------------------
 
-    def forward(self, batch, candidates: str = "global", output_layers: bool = False) -> ModelOutput:
+    def forward(
+        self,
+        batch,
+        candidates: str = "global",
+        output_layers: bool = False,
+        retriever: Callable | None = None,
+    ) -> ModelOutput:
         """Score a TrainBatch.
 
         Args:
             batch: a densekit.data.collate.TrainBatch (queries `[B]`, passages `[B*G]`).
-            candidates: "global" (every local query against the passages of all ranks) or
-                "group" (each query against its own G passages).
+            candidates: "global" (every local query against the passages of all ranks),
+                "group" (each query against its own G passages) or "retrieved" (ADORE: each
+                query against the top-k of a fixed index, found by `retriever`).
             output_layers: also return `layer_scores` `[L, B, C]` (pooled layer-i vectors).
+            retriever: for "retrieved": `retriever(query_emb.detach(), batch) ->
+                (candidate_emb [B, C, D], Candidates)`, e.g. candidates.matrix_retriever or a
+                FAISS search; called inside forward so DDP sees one forward pass.
 
         Returns:
             ModelOutput with scores `[B, C]`, query_emb `[B, D]`, passage_emb `[N, D]` (local).
         """
         inputs = self.inputs(batch)
         q, q_layers = self._embed(self.query_tower, inputs["queries"], output_layers)
+        if candidates == "retrieved":
+            if retriever is None:
+                raise ValueError(
+                    "retrieved candidates need a retriever (a search over a fixed index)"
+                )
+            cand_emb, cands = retriever(q.detach(), batch)
+            scores = score_retrieved(q, cand_emb.to(q.device), cands.to(q.device))  # [B, C]
+            return ModelOutput(scores=scores, candidates=cands.to(q.device), query_emb=q)
         if "passages" not in inputs:
             return ModelOutput(query_emb=q)
         p, p_layers = self._embed(self.passage_tower, inputs["passages"], output_layers)
         ids = batch.tensors(q.device)
         layer_ids = list(range(q_layers.shape[0])) if q_layers is not None else []
         if candidates == "group":
-            cands = group_candidates(ids["passage_ids"], ids["positive_ids"], ids["positive_mask"], batch.group_size)
+            cands = group_candidates(
+                ids["passage_ids"], ids["positive_ids"], ids["positive_mask"], batch.group_size
+            )
             B, G = q.shape[0], batch.group_size
             scores = torch.einsum("bd,bgd->bg", q, p.view(B, G, -1))  # [B, G]
             layer_scores = None
             if q_layers is not None:
                 L = q_layers.shape[0]
-                layer_scores = torch.einsum("lbd,lbgd->lbg", q_layers, p_layers.view(L, B, G, -1))  # [L, B, G]
+                layer_scores = torch.einsum(
+                    "lbd,lbgd->lbg", q_layers, p_layers.view(L, B, G, -1)
+                )  # [L, B, G]
         elif candidates == "global":
-            cands, _ = global_candidates(ids["passage_ids"], ids["positive_ids"], ids["positive_mask"], batch.group_size)
+            cands, _ = global_candidates(
+                ids["passage_ids"], ids["positive_ids"], ids["positive_mask"], batch.group_size
+            )
             scores = q @ all_gather(p).T  # [B, C]
             layer_scores = None
             if q_layers is not None:
                 p_all = all_gather(p_layers.transpose(0, 1)).transpose(0, 1)  # [L, C, H]
                 layer_scores = q_layers @ p_all.transpose(1, 2)  # [L, B, C]
         else:
-            raise ValueError(f"a bi-encoder scores 'global' or 'group' candidates, not {candidates!r}")
-        return ModelOutput(scores=scores, candidates=cands, query_emb=q, passage_emb=p, layer_scores=layer_scores, layer_ids=layer_ids)
+            raise ValueError(
+                f"a bi-encoder scores 'global' or 'group' candidates, not {candidates!r}"
+            )
+        return ModelOutput(
+            scores=scores,
+            candidates=cands,
+            query_emb=q,
+            passage_emb=p,
+            layer_scores=layer_scores,
+            layer_ids=layer_ids,
+        )
 
     def _save_extra(self, directory: Path) -> None:
         from densekit.models.st_format import write_sentence_transformers
@@ -128,5 +166,17 @@ class BiEncoder(DenseModel):
         if self.spec.shared:
             write_sentence_transformers(directory, self.spec, self.query_tower)
         else:
-            write_sentence_transformers(directory / "query", self.spec, self.query_tower, self.spec.query_prefix, self.spec.max_query_length)
-            write_sentence_transformers(directory / "passage", self.spec, self.passage_tower, self.spec.passage_prefix, self.spec.max_passage_length)
+            write_sentence_transformers(
+                directory / "query",
+                self.spec,
+                self.query_tower,
+                self.spec.query_prefix,
+                self.spec.max_query_length,
+            )
+            write_sentence_transformers(
+                directory / "passage",
+                self.spec,
+                self.passage_tower,
+                self.spec.passage_prefix,
+                self.spec.max_passage_length,
+            )

@@ -67,7 +67,9 @@ class ColBERT(DenseModel):
         """Queries `[B, Lq]`, [MASK]-augmented to max_query_length; `token_mask` marks scoring tokens."""
         return self.tokenization.queries(texts)
 
-    def tokenize_passages(self, texts: list[str], titles: list[str] | None = None) -> dict[str, Tensor]:
+    def tokenize_passages(
+        self, texts: list[str], titles: list[str] | None = None
+    ) -> dict[str, Tensor]:
         """Passages `[N, Ld]` padded to the longest; `token_mask` = attention mask."""
         return self.tokenization.passages(texts, titles)
 
@@ -79,7 +81,9 @@ class ColBERT(DenseModel):
         layer_emb = None
         if layers is not None:
             # Layer-i views (LEAD): the raw layer-i token states, L2-normalised, no compression.
-            layer_emb = F.normalize(torch.stack(layers), dim=-1) * mask.unsqueeze(-1)  # [Lyr, N, L, H]
+            layer_emb = F.normalize(torch.stack(layers), dim=-1) * mask.unsqueeze(
+                -1
+            )  # [Lyr, N, L, H]
         return emb, mask, layer_emb
 
     def encode_queries(self, **enc: Tensor) -> tuple[Tensor, Tensor]:
@@ -97,7 +101,9 @@ class ColBERT(DenseModel):
         """All-pairs MaxSim `[B, N]`; see the module-level `maxsim`."""
         return maxsim(q, q_mask, d, d_mask)
 
-    def forward(self, batch, candidates: str = "global", output_layers: bool = False) -> ModelOutput:
+    def forward(
+        self, batch, candidates: str = "global", output_layers: bool = False
+    ) -> ModelOutput:
         """Score a TrainBatch over "global" or "group" candidates (see BiEncoder.forward).
 
         Returns:
@@ -112,22 +118,33 @@ class ColBERT(DenseModel):
         ids = batch.tensors(q.device)
         layer_scores = None
         if candidates == "group":
-            cands = group_candidates(ids["passage_ids"], ids["positive_ids"], ids["positive_mask"], batch.group_size)
+            cands = group_candidates(
+                ids["passage_ids"], ids["positive_ids"], ids["positive_mask"], batch.group_size
+            )
             B, G = q.shape[0], batch.group_size
             scores = maxsim_group(q, qm, d.view(B, G, *d.shape[1:]), dm.view(B, G, -1))
             if q_layers is not None:
                 layer_scores = torch.stack(
-                    [maxsim_group(ql, qm, dl.view(B, G, *dl.shape[1:]), dm.view(B, G, -1)) for ql, dl in zip(q_layers, d_layers)]
+                    [
+                        maxsim_group(ql, qm, dl.view(B, G, *dl.shape[1:]), dm.view(B, G, -1))
+                        for ql, dl in zip(q_layers, d_layers)
+                    ]
                 )  # [L, B, G]
         elif candidates == "global":
-            cands, _ = global_candidates(ids["passage_ids"], ids["positive_ids"], ids["positive_mask"], batch.group_size)
+            cands, _ = global_candidates(
+                ids["passage_ids"], ids["positive_ids"], ids["positive_mask"], batch.group_size
+            )
             # Token counts differ between ranks: pad the token axis before gathering.
             d_all = all_gather(d, pad_dim=1)
             dm_all = all_gather(dm.long(), pad_dim=1).bool()
             scores = maxsim(q, qm, d_all, dm_all)
             if q_layers is not None:
-                dl_all = all_gather(d_layers.transpose(0, 1), pad_dim=2).transpose(0, 1)  # [L, C, Ld, H]
-                layer_scores = torch.stack([maxsim(ql, qm, dl, dm_all) for ql, dl in zip(q_layers, dl_all)])
+                dl_all = all_gather(d_layers.transpose(0, 1), pad_dim=2).transpose(
+                    0, 1
+                )  # [L, C, Ld, H]
+                layer_scores = torch.stack(
+                    [maxsim(ql, qm, dl, dm_all) for ql, dl in zip(q_layers, dl_all)]
+                )
         else:
             raise ValueError(f"ColBERT scores 'global' or 'group' candidates, not {candidates!r}")
         layer_ids = list(range(q_layers.shape[0])) if q_layers is not None else []

@@ -29,11 +29,15 @@ class CrossEncoder(DenseModel):
     def _make_head(cls, spec: ModelSpec, hidden: int) -> Head | None:
         return Head(hidden, 1)
 
-    def tokenize_pairs(self, queries: list[str], passages: list[str], titles: list[str] | None = None) -> dict[str, Tensor]:
+    def tokenize_pairs(
+        self, queries: list[str], passages: list[str], titles: list[str] | None = None
+    ) -> dict[str, Tensor]:
         """Pairs `[N, L]`: `[CLS] q [SEP] (title [SEP]) d [SEP]`, at most max_query + max_passage tokens."""
         return self.tokenization.pairs(queries, passages, titles)
 
-    def _logits(self, enc: dict[str, Tensor], all_layers: bool = False) -> tuple[Tensor, Tensor | None]:
+    def _logits(
+        self, enc: dict[str, Tensor], all_layers: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
         tower = self.query_tower
         hidden, layers = tower.hidden(enc, all_layers)
         logits = tower.head(hidden[:, 0]).squeeze(-1)  # [N]
@@ -49,7 +53,9 @@ class CrossEncoder(DenseModel):
     def forward(self, batch, candidates: str = "group", output_layers: bool = False) -> ModelOutput:
         """Score each query's group: scores `[B, G]` (and layer_scores `[L, B, G]` when asked)."""
         if candidates != "group":
-            raise ValueError(f"a cross-encoder scores each query's own group only ('group'), not {candidates!r}")
+            raise ValueError(
+                f"a cross-encoder scores each query's own group only ('group'), not {candidates!r}"
+            )
         inputs = self.inputs(batch)
         if "pairs" not in inputs:
             raise ValueError("a cross-encoder needs passages: this batch holds queries only")
@@ -59,4 +65,9 @@ class CrossEncoder(DenseModel):
         cands = group_candidates(ids["passage_ids"], ids["positive_ids"], ids["positive_mask"], G)
         layer_scores = None if layer_logits is None else layer_logits.view(-1, B, G)
         layer_ids = [] if layer_logits is None else list(range(layer_logits.shape[0]))
-        return ModelOutput(scores=logits.view(B, G), candidates=cands, layer_scores=layer_scores, layer_ids=layer_ids)
+        return ModelOutput(
+            scores=logits.view(B, G),
+            candidates=cands,
+            layer_scores=layer_scores,
+            layer_ids=layer_ids,
+        )

@@ -46,8 +46,16 @@ class Tower(nn.Module):
         self.transformer = transformer
         self.tokenizer = tokenizer
         self.head = head
+        # BERT/RoBERTa poolers are never used (we pool ourselves); frozen, DDP needs no
+        # find_unused_parameters and optimisers skip them. They are still saved, so AutoModel
+        # loads the directory without "newly initialised" warnings.
+        pooler = getattr(transformer, "pooler", None)
+        if isinstance(pooler, nn.Module):
+            pooler.requires_grad_(False)
         params = inspect.signature(transformer.forward).parameters
-        self.input_names = {k for k in ("input_ids", "attention_mask", "token_type_ids") if k in params}
+        self.input_names = {
+            k for k in ("input_ids", "attention_mask", "token_type_ids") if k in params
+        }
         # RoBERTa has one token type: pair encodings must not send type 1.
         if getattr(transformer.config, "type_vocab_size", 2) < 2:
             self.input_names.discard("token_type_ids")
@@ -62,7 +70,9 @@ class Tower(nn.Module):
         cfg = self.transformer.config
         return getattr(cfg, "num_hidden_layers", None) or cfg.n_layers
 
-    def hidden(self, enc: dict[str, Tensor], all_layers: bool = False) -> tuple[Tensor, list[Tensor] | None]:
+    def hidden(
+        self, enc: dict[str, Tensor], all_layers: bool = False
+    ) -> tuple[Tensor, list[Tensor] | None]:
         """Last hidden states `[N, L, H]` and, with `all_layers`, each transformer layer's output.
 
         Layer list index 0 is the first transformer layer's output: HF's `hidden_states[0]` (the
@@ -84,21 +94,32 @@ class Tower(nn.Module):
             save_file(state, str(directory / HEAD_FILE))
 
     @classmethod
-    def load(cls, directory: str | Path, head: Head | None = None, head_required: bool = False) -> Tower:
-        """Load a tower; `head` (constructed by the caller) gets the saved head weights."""
+    def load(
+        cls,
+        directory: str | Path,
+        head: Head | None = None,
+        head_required: bool = False,
+        with_head: bool = True,
+    ) -> Tower:
+        """Load a tower; `head` (constructed by the caller) gets the saved head weights unless
+        `with_head` is False."""
         from transformers import AutoModel, AutoTokenizer
 
         directory = Path(directory)
         transformer = AutoModel.from_pretrained(str(directory))
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        if head is not None:
+        if head is not None and with_head:
             path = directory / HEAD_FILE
             if path.is_file():
                 load_head(head, path)
             elif head_required:
-                raise FileNotFoundError(f"{path}: the spec declares a head but its weights are missing")
+                raise FileNotFoundError(
+                    f"{path}: the spec declares a head but its weights are missing"
+                )
             else:
-                logger.info("%s: no saved head, the head starts from a random initialisation", directory)
+                logger.info(
+                    "%s: no saved head, the head starts from a random initialisation", directory
+                )
         return cls(transformer, tokenizer, head)
 
 
@@ -111,7 +132,9 @@ def load_head(head: nn.Module, path: str | Path, prefix_map: dict[str, str] | No
         state = {_rename(k, prefix_map): v for k, v in state.items()}
     missing, unexpected = head.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: head weights do not match (missing {missing}, unexpected {unexpected})")
+        raise ValueError(
+            f"{path}: head weights do not match (missing {missing}, unexpected {unexpected})"
+        )
 
 
 def _rename(key: str, prefix_map: dict[str, str]) -> str:
@@ -133,7 +156,9 @@ class DenseModel(nn.Module):
         super().__init__()
         self.spec = spec.validate()
         if spec.kind != self.kind:
-            raise ValueError(f"{type(self).__name__} needs a spec of kind '{self.kind}', got '{spec.kind}'")
+            raise ValueError(
+                f"{type(self).__name__} needs a spec of kind '{self.kind}', got '{spec.kind}'"
+            )
         self.towers = nn.ModuleDict({"query": query_tower})
         if passage_tower is not None:
             if spec.shared:
@@ -165,7 +190,9 @@ class DenseModel(nn.Module):
         """Picklable text-to-tensor rules of this model (no weights); see models.tokenization."""
         if getattr(self, "_tokenization", None) is None or self._tokenization.spec is not self.spec:
             q, p = self.query_tower, self.passage_tower
-            self._tokenization = Tokenization(self.spec, q.tokenizer, p.tokenizer, q.input_names, p.input_names)
+            self._tokenization = Tokenization(
+                self.spec, q.tokenizer, p.tokenizer, q.input_names, p.input_names
+            )
         return self._tokenization
 
     def inputs(self, batch) -> dict[str, dict[str, Tensor]]:
@@ -180,18 +207,25 @@ class DenseModel(nn.Module):
     # --- saving ----------------------------------------------------------------------------------
 
     def save(self, directory: str | Path) -> Path:
-        """Write the HF files (safetensors), the tokenizer(s), the heads and densekit_model.json."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        if self.spec.shared:
-            self.query_tower.save(out)
-        else:
-            self.query_tower.save(out / "query")
-            self.passage_tower.save(out / "passage")
-        self._save_extra(out)
-        self.spec.save(out)  # last: a directory with a spec is a complete model
-        logger.info("saved %s to %s", self.kind, out)
-        return out
+        """Write the HF files (safetensors), the tokenizer(s), the heads and densekit_model.json.
+
+        Atomic: everything is written under a temporary name beside `directory`, then renamed, so
+        a crash never leaves a half-written model that would load as a plain HF encoder. An
+        existing `directory` is REPLACED as a whole (save a model into its own folder).
+        """
+        from densekit.artifacts import atomic_path
+
+        with atomic_path(directory) as out:
+            out.mkdir(parents=True)
+            if self.spec.shared:
+                self.query_tower.save(out)
+            else:
+                self.query_tower.save(out / "query")
+                self.passage_tower.save(out / "passage")
+            self._save_extra(out)
+            self.spec.save(out)
+        logger.info("saved %s to %s", self.kind, directory)
+        return Path(directory)
 
     def _save_extra(self, directory: Path) -> None:
         """Hook for extra files (sentence-transformers modules for bi-encoders)."""
@@ -201,8 +235,15 @@ class DenseModel(nn.Module):
         return None
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, spec: ModelSpec, head_required: bool = True) -> DenseModel:
-        """Load a saved model (or a plain HF encoder, with `head_required=False`) with `spec`."""
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        spec: ModelSpec,
+        head_required: bool = True,
+        load_heads: bool = True,
+    ) -> DenseModel:
+        """Load a saved model (or a plain HF encoder, with `head_required=False`) with `spec`;
+        `load_heads=False` keeps freshly initialised heads."""
         from transformers import AutoConfig
 
         root = Path(directory)
@@ -211,18 +252,25 @@ class DenseModel(nn.Module):
         for name in names:
             d = root if spec.shared else root / name
             if not (d / "config.json").is_file():
-                raise FileNotFoundError(f"{d}: no config.json (expected a Hugging Face model directory)")
+                raise FileNotFoundError(
+                    f"{d}: no config.json (expected a Hugging Face model directory)"
+                )
             cfg = AutoConfig.from_pretrained(str(d))
             hidden = getattr(cfg, "hidden_size", None) or cfg.dim
-            towers.append(Tower.load(d, cls._make_head(spec, hidden), head_required=head_required))
+            head = cls._make_head(spec, hidden)
+            towers.append(Tower.load(d, head, head_required=head_required, with_head=load_heads))
         return cls(spec, *towers)
 
     @classmethod
     def build(cls, spec: ModelSpec, base_path: str | Path) -> DenseModel:
         """A fresh model from a Hugging Face encoder: pretrained tower(s), new head(s)."""
         if (Path(base_path) / SPEC_FILE).is_file():
-            logger.warning("%s holds a densekit model; build() reuses its encoder but not its heads", base_path)
-        return cls.from_pretrained(base_path, spec.replace(shared=True), head_required=False)._untie(spec)
+            logger.warning(
+                "%s holds a densekit model; build() reuses its encoder but not its heads", base_path
+            )
+        return cls.from_pretrained(
+            base_path, spec.replace(shared=True), head_required=False, load_heads=False
+        )._untie(spec)
 
     def _untie(self, spec: ModelSpec) -> DenseModel:
         """Return a model with separate towers (copies of the shared one) if `spec` asks for them."""

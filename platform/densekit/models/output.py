@@ -58,9 +58,13 @@ class ModelOutput:
             raise ValueError("this output has no scores (it was computed without passages)")
         s = self.layer_scores if layers else self.scores
         if s is None:
-            raise ValueError("this output has no per-layer scores: run the model with output_layers=True")
+            raise ValueError(
+                "this output has no per-layer scores: run the model with output_layers=True"
+            )
         if self.candidates.mode == mode:
             return s, self.candidates
         if mode == "group" and self.candidates.mode == "global":
             return to_group(s, self.candidates)
-        raise ValueError(f"scores were computed over {self.candidates.mode} candidates, which do not contain {mode} candidates")
+        raise ValueError(
+            f"scores were computed over {self.candidates.mode} candidates, which do not contain {mode} candidates"
+        )

@@ -46,7 +46,9 @@ class ModelSpec:
     max_passage_length: int = 256  # cross-encoder pairs: max_query_length + max_passage_length
     query_prefix: str = ""  # prepended to every query text (E5-style "query: ")
     passage_prefix: str = ""  # prepended to every passage text
-    title_mode: str = "prefix"  # prefix: title + title_sep + text; pair: [CLS] title [SEP] text; none
+    title_mode: str = (
+        "prefix"  # prefix: title + title_sep + text; pair: [CLS] title [SEP] text; none
+    )
     title_sep: str = " "
     # --- ColBERT
     colbert_dim: int | None = 128  # compression linear (None: keep the hidden size)
@@ -74,10 +76,14 @@ class ModelSpec:
             if value not in choices:
                 close = difflib.get_close_matches(str(value), choices, n=1)
                 hint = f" Did you mean '{close[0]}'?" if close else ""
-                raise ConfigError(f"model spec: unknown {name} '{value}'; expected one of {', '.join(choices)}.{hint}")
+                raise ConfigError(
+                    f"model spec: unknown {name} '{value}'; expected one of {', '.join(choices)}.{hint}"
+                )
         for name in ("max_query_length", "max_passage_length"):
             if getattr(self, name) < 2:
-                raise ConfigError(f"model spec: {name} must be at least 2, got {getattr(self, name)}")
+                raise ConfigError(
+                    f"model spec: {name} must be at least 2, got {getattr(self, name)}"
+                )
         if self.head_dim is not None and self.head_dim < 1:
             raise ConfigError(f"model spec: head_dim must be positive or null, got {self.head_dim}")
         if self.head_layernorm and self.head_dim is None:
@@ -92,7 +98,9 @@ class ModelSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names - {"format_version"})
         if unknown:
-            raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}; expected some of {', '.join(sorted(names))}")
+            raise ConfigError(
+                f"{source}: unknown field(s) {', '.join(unknown)}; expected some of {', '.join(sorted(names))}"
+            )
         return cls(**{k: v for k, v in data.items() if k in names}).validate()
 
     def replace(self, **changes: Any) -> ModelSpec:
@@ -151,7 +159,11 @@ def spec_from_sentence_transformers(directory: str | Path) -> ModelSpec | None:
         mpath = root / module.get("path", "")
         if kind == "Transformer":
             if module.get("path", "") not in ("", "."):
-                raise InputError(modules_path, None, f"module {i}: the Transformer must be at the top level, not in '{module.get('path')}'")
+                raise InputError(
+                    modules_path,
+                    None,
+                    f"module {i}: the Transformer must be at the top level, not in '{module.get('path')}'",
+                )
         elif kind == "Pooling":
             spec["pooling"] = _pooling_mode(mpath / "config.json")
         elif kind == "Normalize":
@@ -160,18 +172,28 @@ def spec_from_sentence_transformers(directory: str | Path) -> ModelSpec | None:
             cfg = _read_json(mpath / "config.json")
             act = str(cfg.get("activation_function", "torch.nn.modules.linear.Identity"))
             if not act.endswith("Identity"):
-                raise InputError(mpath / "config.json", None, f"Dense activation '{act}' is not supported (densekit heads are linear)")
+                raise InputError(
+                    mpath / "config.json",
+                    None,
+                    f"Dense activation '{act}' is not supported (densekit heads are linear)",
+                )
             dense.append(cfg)
             spec["head_dim"] = int(cfg["out_features"])
         elif kind == "LayerNorm":
             saw_layernorm = True
         else:
-            raise InputError(modules_path, None, f"module {i} of type '{module.get('type')}' is not supported; densekit reads Transformer, Pooling, Dense, LayerNorm, Normalize")
+            raise InputError(
+                modules_path,
+                None,
+                f"module {i} of type '{module.get('type')}' is not supported; densekit reads Transformer, Pooling, Dense, LayerNorm, Normalize",
+            )
     if len(dense) > 1:
         raise InputError(modules_path, None, "more than one Dense module is not supported")
     if saw_layernorm:
         if not dense:
-            raise InputError(modules_path, None, "a LayerNorm module without a Dense head is not supported")
+            raise InputError(
+                modules_path, None, "a LayerNorm module without a Dense head is not supported"
+            )
         spec["head_layernorm"] = True
     # max_seq_length: sentence_bert_config.json (up to v5), else the tokenizer's model_max_length (v6)
     max_len = None
@@ -191,7 +213,9 @@ def spec_from_sentence_transformers(directory: str | Path) -> ModelSpec | None:
     elif sim in ("dot", "dot_product"):
         spec["similarity"] = "dot"
     elif sim is not None:
-        raise InputError(st_cfg, None, f"similarity_fn_name '{sim}' is not supported (dot or cosine)")
+        raise InputError(
+            st_cfg, None, f"similarity_fn_name '{sim}' is not supported (dot or cosine)"
+        )
     else:
         # Old files do not say; a Normalize module makes dot and cosine the same thing.
         spec["similarity"] = "cosine" if spec.get("normalize") else "dot"
@@ -219,7 +243,11 @@ def _pooling_mode(path: Path) -> str:
     if isinstance(mode, list) and len(mode) == 1:
         mode = mode[0]
     if mode not in POOLINGS:
-        raise InputError(path, None, f"pooling mode {mode!r} is not supported; densekit pools with {' or '.join(POOLINGS)}")
+        raise InputError(
+            path,
+            None,
+            f"pooling mode {mode!r} is not supported; densekit pools with {' or '.join(POOLINGS)}",
+        )
     if cfg.get("include_prompt") is False:
         raise InputError(path, None, "include_prompt=false is not supported")
     return mode

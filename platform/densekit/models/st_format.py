@@ -18,7 +18,13 @@ from densekit.models.spec import ModelSpec
 logger = logging.getLogger(__name__)
 
 
-def write_sentence_transformers(directory: Path, spec: ModelSpec, tower: Tower, prefix: str | None = None, max_length: int | None = None) -> None:
+def write_sentence_transformers(
+    directory: Path,
+    spec: ModelSpec,
+    tower: Tower,
+    prefix: str | None = None,
+    max_length: int | None = None,
+) -> None:
     """Write the sentence-transformers module files for one bi-encoder tower in `directory`.
 
     Args:
@@ -33,12 +39,21 @@ def write_sentence_transformers(directory: Path, spec: ModelSpec, tower: Tower, 
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}
+    ]
 
     def add(kind: str, folder: str | None) -> Path | None:
         idx = len(modules)
         path = f"{idx}_{folder}" if folder else ""
-        modules.append({"idx": idx, "name": str(idx), "path": path, "type": f"sentence_transformers.models.{kind}"})
+        modules.append(
+            {
+                "idx": idx,
+                "name": str(idx),
+                "path": path,
+                "type": f"sentence_transformers.models.{kind}",
+            }
+        )
         if folder:
             (directory / path).mkdir(parents=True, exist_ok=True)
             return directory / path
@@ -67,19 +82,35 @@ def write_sentence_transformers(directory: Path, spec: ModelSpec, tower: Tower, 
                 "activation_function": "torch.nn.modules.linear.Identity",
             },
         )
-        save_file({f"linear.{k}": v.detach().cpu().contiguous() for k, v in lin.state_dict().items()}, str(dense_dir / "model.safetensors"))
+        save_file(
+            {f"linear.{k}": v.detach().cpu().contiguous() for k, v in lin.state_dict().items()},
+            str(dense_dir / "model.safetensors"),
+        )
         if tower.head.norm is not None:
             ln_dir = add("LayerNorm", "LayerNorm")
             _dump(ln_dir / "config.json", {"dimension": lin.out_features})
-            save_file({f"norm.{k}": v.detach().cpu().contiguous() for k, v in tower.head.norm.state_dict().items()}, str(ln_dir / "model.safetensors"))
+            save_file(
+                {
+                    f"norm.{k}": v.detach().cpu().contiguous()
+                    for k, v in tower.head.norm.state_dict().items()
+                },
+                str(ln_dir / "model.safetensors"),
+            )
     if spec.normalized:
         add("Normalize", "Normalize")
     _dump(directory / "modules.json", modules)
     max_len = max_length or spec.max_passage_length
-    _dump(directory / "sentence_bert_config.json", {"max_seq_length": max_len, "do_lower_case": False})
-    st: dict = {"__version__": {"sentence_transformers": _st_version()}, "similarity_fn_name": spec.similarity}
+    _dump(
+        directory / "sentence_bert_config.json", {"max_seq_length": max_len, "do_lower_case": False}
+    )
+    st: dict = {
+        "__version__": {"sentence_transformers": _st_version()},
+        "similarity_fn_name": spec.similarity,
+    }
     if prefix is None:
-        prompts = {k: v for k, v in (("query", spec.query_prefix), ("document", spec.passage_prefix)) if v}
+        prompts = {
+            k: v for k, v in (("query", spec.query_prefix), ("document", spec.passage_prefix)) if v
+        }
         st.update(prompts=prompts, default_prompt_name=None)
     elif prefix:
         st.update(prompts={"default": prefix}, default_prompt_name="default")
@@ -105,7 +136,9 @@ def load_st_head(directory: Path, head: Head) -> None:
             state = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
             target.load_state_dict(state, strict=True)
         else:
-            raise FileNotFoundError(f"{mdir}: no model.safetensors or pytorch_model.bin for the {kind} module")
+            raise FileNotFoundError(
+                f"{mdir}: no model.safetensors or pytorch_model.bin for the {kind} module"
+            )
 
 
 def _dump(path: Path, obj) -> None:

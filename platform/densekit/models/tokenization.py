@@ -32,7 +32,14 @@ class Tokenization:
             (token_type_ids is dropped for DistilBERT and RoBERTa).
     """
 
-    def __init__(self, spec: ModelSpec, query_tokenizer, passage_tokenizer, query_inputs: set[str], passage_inputs: set[str]):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        query_tokenizer,
+        passage_tokenizer,
+        query_inputs: set[str],
+        passage_inputs: set[str],
+    ):
         self.spec = spec
         self.query_tokenizer = query_tokenizer
         self.passage_tokenizer = passage_tokenizer
@@ -48,7 +55,9 @@ class Tokenization:
         p = self.spec.query_prefix
         return [p + t for t in texts]
 
-    def _passage_segments(self, texts: list[str], titles: list[str] | None) -> tuple[list[str], list[str] | None]:
+    def _passage_segments(
+        self, texts: list[str], titles: list[str] | None
+    ) -> tuple[list[str], list[str] | None]:
         p = self.spec.passage_prefix
         if titles is not None and len(titles) != len(texts):
             raise ValueError(f"titles has {len(titles)} entries but texts has {len(texts)}")
@@ -60,7 +69,9 @@ class Tokenization:
         return [p + (f"{ti}{sep}{t}" if ti else t) for ti, t in zip(titles, texts)], None
 
     @staticmethod
-    def _encode(tokenizer, inputs: set[str], first, second, max_length: int, padding="longest") -> dict[str, Tensor]:
+    def _encode(
+        tokenizer, inputs: set[str], first, second, max_length: int, padding="longest"
+    ) -> dict[str, Tensor]:
         enc = tokenizer(
             first,
             second,
@@ -77,17 +88,39 @@ class Tokenization:
         """Queries `[B, Lq]`. ColBERT adds `token_mask` (the tokens that score) and augmentation."""
         texts = self._query_texts(list(texts))
         if self.spec.kind == "colbert":
-            return self._colbert(self.query_tokenizer, self.query_inputs, texts, None, self.spec.max_query_length, self.spec.query_marker, augment=self.spec.query_augmentation)
-        return self._encode(self.query_tokenizer, self.query_inputs, texts, None, self.spec.max_query_length)
+            return self._colbert(
+                self.query_tokenizer,
+                self.query_inputs,
+                texts,
+                None,
+                self.spec.max_query_length,
+                self.spec.query_marker,
+                augment=self.spec.query_augmentation,
+            )
+        return self._encode(
+            self.query_tokenizer, self.query_inputs, texts, None, self.spec.max_query_length
+        )
 
     def passages(self, texts: list[str], titles: list[str] | None = None) -> dict[str, Tensor]:
         """Passages `[N, Lp]`; titles join the text as spec.title_mode says."""
         first, second = self._passage_segments(list(texts), titles)
         if self.spec.kind == "colbert":
-            return self._colbert(self.passage_tokenizer, self.passage_inputs, first, second, self.spec.max_passage_length, self.spec.doc_marker, augment=False)
-        return self._encode(self.passage_tokenizer, self.passage_inputs, first, second, self.spec.max_passage_length)
+            return self._colbert(
+                self.passage_tokenizer,
+                self.passage_inputs,
+                first,
+                second,
+                self.spec.max_passage_length,
+                self.spec.doc_marker,
+                augment=False,
+            )
+        return self._encode(
+            self.passage_tokenizer, self.passage_inputs, first, second, self.spec.max_passage_length
+        )
 
-    def pairs(self, queries: list[str], texts: list[str], titles: list[str] | None = None) -> dict[str, Tensor]:
+    def pairs(
+        self, queries: list[str], texts: list[str], titles: list[str] | None = None
+    ) -> dict[str, Tensor]:
         """Cross-encoder input `[CLS] q [SEP] (title [SEP]) d [SEP]`, at most max_query + max_passage tokens."""
         if len(queries) != len(texts):
             raise ValueError(f"pairs: {len(queries)} queries but {len(texts)} passages")
@@ -105,10 +138,19 @@ class Tokenization:
         )
         return {k: v for k, v in enc.items() if k in self.query_inputs}
 
-    def _colbert(self, tokenizer, inputs, first, second, max_length: int, marker: str | None, augment: bool) -> dict[str, Tensor]:
+    def _colbert(
+        self, tokenizer, inputs, first, second, max_length: int, marker: str | None, augment: bool
+    ) -> dict[str, Tensor]:
         # Room for the marker token, which goes right after [CLS] (as in ColBERT).
         n = max_length - (1 if marker else 0)
-        enc = self._encode(tokenizer, inputs | {"attention_mask"}, first, second, n, padding="max_length" if augment else "longest")
+        enc = self._encode(
+            tokenizer,
+            inputs | {"attention_mask"},
+            first,
+            second,
+            n,
+            padding="max_length" if augment else "longest",
+        )
         ids, att = enc["input_ids"], enc["attention_mask"]
         token_mask = att.clone()
         if augment:
