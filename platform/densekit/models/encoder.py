@@ -23,6 +23,8 @@ from densekit.models.tokenization import Tokenization
 logger = logging.getLogger(__name__)
 
 HEAD_FILE = "densekit_head.safetensors"
+# Architectures whose position ids start at padding_idx + 1 (max_position_embeddings counts those).
+_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "mpnet"})
 
 
 class Head(nn.Module):
@@ -69,6 +71,24 @@ class Tower(nn.Module):
     def num_layers(self) -> int:
         cfg = self.transformer.config
         return getattr(cfg, "num_hidden_layers", None) or cfg.n_layers
+
+    @property
+    def max_tokens(self) -> int | None:
+        """The longest input the transformer accepts (its position embeddings), None if unbounded.
+
+        A spec may ask for more (e.g. max_passage_length 256 on a 128-position model); inputs are
+        then truncated here instead of failing on the first long text.
+        """
+        cfg = self.transformer.config
+        n = getattr(cfg, "max_position_embeddings", None)
+        if not isinstance(n, int) or n <= 0:
+            return None
+        if getattr(cfg, "model_type", "") in _OFFSET_POSITIONS:
+            n -= (getattr(cfg, "pad_token_id", None) or 0) + 1  # positions start after padding_idx
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(limit, int) and 0 < limit < n:
+            n = limit
+        return n
 
     def hidden(
         self, enc: dict[str, Tensor], all_layers: bool = False
@@ -191,7 +211,8 @@ class DenseModel(nn.Module):
         if getattr(self, "_tokenization", None) is None or self._tokenization.spec is not self.spec:
             q, p = self.query_tower, self.passage_tower
             self._tokenization = Tokenization(
-                self.spec, q.tokenizer, p.tokenizer, q.input_names, p.input_names
+                self.spec, q.tokenizer, p.tokenizer, q.input_names, p.input_names,
+                max_tokens=(q.max_tokens, p.max_tokens),
             )
         return self._tokenization
 

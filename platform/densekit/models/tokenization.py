@@ -30,6 +30,8 @@ class Tokenization:
         query_tokenizer, passage_tokenizer: HF tokenizers (the same object for shared towers).
         query_inputs, passage_inputs: the input names each tower's transformer accepts
             (token_type_ids is dropped for DistilBERT and RoBERTa).
+        max_tokens: the longest input each tower (query, passage) accepts; the spec's max lengths
+            are capped to it, so a long text is truncated, never fed past the position embeddings.
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class Tokenization:
         passage_tokenizer,
         query_inputs: set[str],
         passage_inputs: set[str],
+        max_tokens: tuple[int | None, int | None] = (None, None),
     ):
         self.spec = spec
         self.query_tokenizer = query_tokenizer
@@ -47,7 +50,13 @@ class Tokenization:
         self.passage_inputs = set(passage_inputs)
         fields = {f: getattr(spec, f) for f in _TOKEN_FIELDS}
         fields["tokenizers"] = [_tokenizer_id(query_tokenizer), _tokenizer_id(passage_tokenizer)]
+        self.query_limit, self.passage_limit = max_tokens
+        fields["max_tokens"] = list(max_tokens)
         self.key = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+    @staticmethod
+    def _cap(length: int, limit: int | None) -> int:
+        return length if limit is None else min(length, limit)
 
     # --- text ------------------------------------------------------------------------------------
 
@@ -72,6 +81,9 @@ class Tokenization:
     def _encode(
         tokenizer, inputs: set[str], first, second, max_length: int, padding="longest"
     ) -> dict[str, Tensor]:
+        first = clip_long_texts(tokenizer, first, max_length)
+        if second is not None:
+            second = clip_long_texts(tokenizer, second, max_length)
         enc = tokenizer(
             first,
             second,
@@ -93,12 +105,13 @@ class Tokenization:
                 self.query_inputs,
                 texts,
                 None,
-                self.spec.max_query_length,
+                self._cap(self.spec.max_query_length, self.query_limit),
                 self.spec.query_marker,
                 augment=self.spec.query_augmentation,
             )
         return self._encode(
-            self.query_tokenizer, self.query_inputs, texts, None, self.spec.max_query_length
+            self.query_tokenizer, self.query_inputs, texts, None,
+            self._cap(self.spec.max_query_length, self.query_limit),
         )
 
     def passages(self, texts: list[str], titles: list[str] | None = None) -> dict[str, Tensor]:
@@ -110,12 +123,13 @@ class Tokenization:
                 self.passage_inputs,
                 first,
                 second,
-                self.spec.max_passage_length,
+                self._cap(self.spec.max_passage_length, self.passage_limit),
                 self.spec.doc_marker,
                 augment=False,
             )
         return self._encode(
-            self.passage_tokenizer, self.passage_inputs, first, second, self.spec.max_passage_length
+            self.passage_tokenizer, self.passage_inputs, first, second,
+            self._cap(self.spec.max_passage_length, self.passage_limit),
         )
 
     def pairs(
@@ -128,12 +142,13 @@ class Tokenization:
         tok = self.query_tokenizer
         if second is not None:  # title and text become one segment joined by the separator token
             first = [f"{a} {tok.sep_token} {b}" for a, b in zip(first, second)]
+        budget = self._cap(self.spec.max_query_length + self.spec.max_passage_length, self.query_limit)
         enc = tok(
-            self._query_texts(list(queries)),
-            first,
+            clip_long_texts(tok, self._query_texts(list(queries)), budget),
+            clip_long_texts(tok, first, budget),
             padding="longest",
             truncation="longest_first",
-            max_length=self.spec.max_query_length + self.spec.max_passage_length,
+            max_length=budget,
             return_tensors="pt",
         )
         return {k: v for k, v in enc.items() if k in self.query_inputs}
@@ -189,6 +204,38 @@ class Tokenization:
         if has_passages:
             out["passages"] = self.passages(batch.passage_texts, batch.passage_titles)
         return out
+
+
+CHARS_PER_TOKEN = 10  # first guess of a prefix long enough for n tokens (English: ~4-5 chars/token)
+
+
+def clip_long_texts(tokenizer, texts: list[str], n_tokens: int) -> list[str]:
+    """`texts` with every very long text cut to a prefix that still holds its first `n_tokens` tokens.
+
+    Fast tokenizers encode a whole text before truncating it: a 10 MB document costs about a
+    minute and 1 GB. A text longer than `n_tokens * CHARS_PER_TOKEN` characters is cut at a
+    whitespace (so no word before the cut is split differently) to a prefix that yields at least
+    `n_tokens` tokens on its own, grown x4 until it does; truncation then gives exactly the tokens
+    the whole text would have given.
+    """
+    limit = n_tokens * CHARS_PER_TOKEN
+    long = [i for i, t in enumerate(texts) if t is not None and len(t) > limit]
+    if not long:
+        return texts
+    out = list(texts)
+    for i in long:
+        text, size = texts[i], limit
+        while size < len(text):
+            # Only at whitespace: a word cut in two may split into other tokens than the whole word.
+            cut = max(text.rfind(c, size // 2, size) for c in " \n\t")
+            if cut > 0:
+                prefix = text[:cut]
+                ids = tokenizer(prefix, add_special_tokens=False, truncation=True, max_length=n_tokens)
+                if len(ids["input_ids"]) >= n_tokens:
+                    out[i] = prefix
+                    break
+            size *= 4
+    return out
 
 
 def _tokenizer_id(tok) -> str:
