@@ -12,6 +12,7 @@ pandas all read such a directory directly.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -27,7 +28,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from densekit import __version__
-from densekit.errors import ConfigError, IncompleteOutputError, InputError
+from densekit.errors import (
+    ConfigError,
+    DensekitError,
+    IncompleteOutputError,
+    InputError,
+    WriteError,
+    root_cause,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +90,49 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         else:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+        raise
+
+
+# errno values that mean "this write cannot succeed here" rather than "this input is bad".
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
+def is_write_failure(error: BaseException) -> bool:
+    """An OSError of a failed write: disk full, quota, file too large, read-only file system.
+
+    pyarrow and FAISS do not always set `errno`; their messages carry the system's text.
+    """
+    if not isinstance(error, OSError):
+        return False
+    if error.errno in WRITE_ERRNOS:
+        return True
+    text = str(error)
+    return any(os.strerror(code) in text for code in WRITE_ERRNOS)
+
+
+@contextlib.contextmanager
+def writing(directory: str | Path, step: str, resume: str = "it starts over") -> Iterator[None]:
+    """Run a step's work on `directory`; turn a failed write (even inside a Ray task or actor) into
+    a WriteError that says what is left, and a DensekitError raised remotely into itself.
+
+    Args:
+        directory: the step's output directory.
+        step: the step's name, for the message.
+        resume: what a rerun does with the partial output (e.g. "finished shards are kept").
+    """
+    try:
+        yield
+    except Exception as e:
+        cause = root_cause(e)
+        if is_write_failure(cause):
+            reason = os.strerror(cause.errno) if cause.errno in WRITE_ERRNOS else str(cause).strip()
+            raise WriteError(
+                f"{step}: writing {directory} failed ({reason}). It has no {MANIFEST}, so nothing "
+                f"will read it as complete; free space (or fix the file system) and rerun the "
+                f"same command: {resume}."
+            ) from e
+        if cause is not e and isinstance(cause, DensekitError):
+            raise cause from None
         raise
 
 
@@ -400,6 +451,11 @@ def table_parts(directory: str | Path) -> list[Path]:
     if not parts:
         raise IncompleteOutputError(f"{directory}: holds no Parquet files")
     return parts
+
+
+def open_part(path: str | Path) -> pq.ParquetFile:
+    """Open one Parquet file; a truncated or corrupt one raises InputError naming it."""
+    return _open_part(Path(path))
 
 
 def _open_part(path: Path) -> pq.ParquetFile:

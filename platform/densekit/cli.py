@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from densekit import config as config_module
 from densekit.config import describe_fields, load_config
-from densekit.errors import DensekitError
+from densekit.errors import DensekitError, root_cause
 from densekit.logs import setup_logging
 
 logger = logging.getLogger("densekit")
@@ -175,12 +175,17 @@ def main(argv: list[str] | None = None) -> int:
                 path, rest = rest[0], rest[1:]
             cfg = load_config(cls, path, rest)
             result = step.function()(cfg)
-    except DensekitError as e:
-        logger.error("%s", e)
-        return 2
     except KeyboardInterrupt:
         logger.error("interrupted")
         return 130
+    except Exception as e:
+        # A user's problem raised inside a Ray task, actor or Train worker arrives wrapped (with
+        # the remote traceback in its text): print the problem itself.
+        cause = root_cause(e)
+        if not isinstance(cause, DensekitError):
+            raise
+        logger.error("%s", cause)
+        return 2
     return result if isinstance(result, int) else 0
 
 

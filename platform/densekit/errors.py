@@ -32,6 +32,31 @@ class InputError(DensekitError):
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self):
+        # Rebuilt from its three arguments: raised in a Ray task or actor, it must unpickle on the
+        # driver (the default reduce passes the one formatted message and fails).
+        return (type(self), (self.path, self.line, self.problem))
+
 
 class IncompleteOutputError(DensekitError):
     """An input directory exists but was not finished (no or invalid manifest)."""
+
+
+class WriteError(DensekitError):
+    """Writing an output failed part-way (disk full, quota, read-only file system). Nothing was
+    marked complete: the output has no manifest, and a rerun resumes or starts over."""
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The exception a Ray task, actor or Ray Data function raised, behind Ray's wrappers
+    (`RayTaskError.cause`, Train's per-worker errors); `error` itself when it wraps nothing."""
+    for _ in range(8):
+        cause = getattr(error, "cause", None)
+        if cause is None:
+            failures = getattr(error, "worker_failures", None)  # ray.train WorkerGroupError
+            if isinstance(failures, dict) and failures:
+                cause = next(iter(failures.values()))
+        if not isinstance(cause, BaseException) or cause is error:
+            break
+        error = cause
+    return error

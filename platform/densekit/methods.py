@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -228,8 +229,23 @@ def run(argv: list[str]) -> int:
         logger.info("%s: done in %.0f s", label, seconds)
         status["stages"][stage.name] = {"step": stage.step, "output": str(stage.output), "seconds": round(seconds, 1)}
         write_json_atomic(status_path, status)
+        _maybe_inject_fault(stage.name)
     logger.info("method %s: all %d stages complete in %s", method.name, len(stages), run_dir)
     return 0
+
+
+def _maybe_inject_fault(stage: str) -> None:
+    """Fault injection for the reliability tests: DENSEKIT_FAULT_AFTER_STAGE=<stage> ends the
+    process at once (no clean-up, like kill -9) right after that stage completes, once per
+    marker file DENSEKIT_FAULT_MARKER."""
+    if os.environ.get("DENSEKIT_FAULT_AFTER_STAGE") != stage:
+        return
+    marker = Path(os.environ["DENSEKIT_FAULT_MARKER"])
+    if marker.exists():
+        return
+    marker.write_text(f"killed after stage {stage}\n")
+    logger.warning("fault injection: killing the run after stage %s", stage)
+    os._exit(137)
 
 
 def _stage_complete(output: Path) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ import torch
 from torch import nn
 
 from densekit.config import ModelConfig, TrainConfig
-from densekit.errors import ConfigError
+from densekit.errors import ConfigError, DensekitError, root_cause
 from densekit.train_step import compute_loss, evaluate_model, index_retriever
 
 logger = logging.getLogger(__name__)
@@ -153,12 +154,29 @@ def train(cfg: TrainConfig) -> None:
         if searcher is not None:
             searcher.close()
     if result.error is not None:
-        raise result.error
+        # A worker's InputError (bad data found mid-run) reaches us wrapped in Train's errors.
+        cause = root_cause(result.error)
+        raise cause if isinstance(cause, DensekitError) else result.error
     _export(cfg, out, result)
 
 
 def _check_inputs(cfg: TrainConfig) -> None:
+    """Everything the workers would otherwise find out after Ray started (and retried)."""
+    from densekit.data.loader import check_training_groups
+    from densekit.models import check_model_files
+
+    for key, mc in (("model", cfg.model), ("teacher", cfg.teacher)):
+        if mc is None:
+            continue
+        for name in ("path", "project_to"):
+            path = getattr(mc, name)
+            if path is not None and not Path(path).is_dir():
+                raise ConfigError(f"{key}.{name}={path}: model directory not found")
+            if path is not None:
+                check_model_files(path)
     read_manifest(cfg.data.train)
+    if cfg.data.group_size > 0:
+        check_training_groups(cfg.data.train, need_positive=True, need_scores=cfg.data.teacher_scores)
     for name in ("queries", "qrels", "corpus", "index"):
         path = getattr(cfg.eval, name)
         if path and cfg.eval.every:
@@ -390,16 +408,24 @@ def _digest(previous: str, qids: list[str]) -> str:
     return hashlib.sha1((previous + "\n" + ",".join(qids)).encode()).hexdigest()
 
 
-def _maybe_inject_fault(step: int, rank: int) -> None:
-    """Fault injection for the reliability tests: DENSEKIT_FAULT_AT_STEP=N kills this worker
-    process (rank DENSEKIT_FAULT_RANK, default 0) right after step N, once per marker file."""
+def _maybe_inject_fault(step: int, rank: int, where: str = "step") -> None:
+    """Fault injection for the reliability tests, once per marker file DENSEKIT_FAULT_MARKER, at
+    step DENSEKIT_FAULT_AT_STEP=N on rank DENSEKIT_FAULT_RANK (default 0). DENSEKIT_FAULT_KIND:
+    "kill" (default) kills the worker process right after step N; "checkpoint_write" fails step
+    N's checkpoint half-written, with the OSError of a full disk."""
     at = os.environ.get("DENSEKIT_FAULT_AT_STEP")
     if not at or int(at) != step or rank != int(os.environ.get("DENSEKIT_FAULT_RANK", "0")):
+        return
+    kind = os.environ.get("DENSEKIT_FAULT_KIND", "kill")
+    if (kind == "kill") != (where == "step"):
         return
     marker = Path(os.environ["DENSEKIT_FAULT_MARKER"])
     if marker.exists():
         return
-    marker.write_text(f"killed rank {rank} after step {step}\n")
+    marker.write_text(f"{kind}: rank {rank}, step {step}\n")
+    if kind == "checkpoint_write":
+        logger.warning("fault injection: failing the checkpoint of step %d half-written", step)
+        raise OSError(errno.ENOSPC, "No space left on device (injected while writing a checkpoint)")
     logger.warning("fault injection: killing this worker after step %d", step)
     os._exit(1)
 
@@ -424,6 +450,7 @@ def _report(metrics, state, inner, optimizer, scheduler, scaler, rank, is_best) 
     with tempfile.TemporaryDirectory(prefix="densekit-ckpt-") as d:
         root = Path(d)
         inner.student.save(root / "model")
+        _maybe_inject_fault(state["step"], rank, "checkpoint")
         if is_best:
             # A copy, so that keeping only the latest checkpoint still keeps the best model.
             shutil.copytree(root / "model", root / "best")

@@ -10,6 +10,7 @@ PROD's data-progressive step). With G = 0 a batch holds queries only (embedding 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -168,11 +169,15 @@ class TrainCollator:
                 titles.append(p.get(TITLE) or "")
                 if self.teacher_scores:
                     s = p.get(SCORE)
-                    if s is None or s != s:  # None or NaN
+                    if s is None:
                         raise InputError(
                             self.source,
                             None,
                             f"qid {qid}, pid {p[PID]}: no teacher score (run the `score` step, or set teacher_scores off)",
+                        )
+                    if not math.isfinite(s):
+                        raise InputError(
+                            self.source, None, f"qid {qid}, pid {p[PID]}: teacher score is {s}; expected a finite number"
                         )
                     scores.append(float(s))
         P = max(1, max(len(p) for p in positives))

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from densekit.artifacts import read_manifest, table_parts
-from densekit.errors import ConfigError
+from densekit.artifacts import open_part, read_manifest, table_parts
+from densekit.data.records import NEGATIVES, PID, POSITIVES, QID, SCORE
+from densekit.errors import ConfigError, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -156,3 +158,60 @@ class GlobalBatchStream:
                     f"{self.parts[0]}: fewer rows than one global batch ({self.global_batch_size})"
                 )
             epoch, skip = epoch + 1, 0
+
+
+def check_training_groups(table: str | Path, need_positive: bool, need_scores: bool) -> int:
+    """Refuse, before training starts, groups the training loop would fail on hours later.
+
+    Reads only the Parquet leaves concerned (positive pids, passage scores), not the texts.
+
+    Args:
+        table: a training-groups table.
+        need_positive: every group must hold at least one positive.
+        need_scores: every passage must have a finite teacher score (`data.teacher_scores`).
+
+    Returns:
+        The number of groups checked.
+
+    Raises:
+        InputError: naming the part file, the group (1-based row in the file) and its qid.
+    """
+    if not (need_positive or need_scores):
+        return 0
+    columns = [QID, f"{POSITIVES}.list.element.{PID}"]
+    if need_scores:
+        columns += [f"{side}.list.element.{f}" for side in (POSITIVES, NEGATIVES) for f in (PID, SCORE)]
+    checked = 0
+    for part in table_parts(table):
+        pf = open_part(part)
+        if POSITIVES not in pf.schema_arrow.names:
+            return checked  # a queries table (group_size 0): nothing to check
+        row = 0
+        for batch in pf.iter_batches(batch_size=65_536, columns=list(dict.fromkeys(columns))):
+            qids = batch.column(QID)
+            if need_positive:
+                n = pc.list_value_length(batch.column(POSITIVES)).fill_null(0).to_numpy(zero_copy_only=False)
+                if (n == 0).any():
+                    i = int(np.flatnonzero(n == 0)[0])
+                    raise InputError(part, row + i + 1, f"group of qid {qids[i].as_py()!r} has no positive; "
+                                     "expected at least one positive passage per training group")
+            if need_scores:
+                for side in (POSITIVES, NEGATIVES):
+                    lists = batch.column(side)
+                    flat = lists.flatten()
+                    scores = flat.field(SCORE)
+                    ok = pc.fill_null(pc.is_finite(scores), False).to_numpy(zero_copy_only=False)
+                    if not ok.all():
+                        j = int(np.flatnonzero(~ok)[0])
+                        offsets = lists.offsets.to_numpy()
+                        i = int(np.searchsorted(offsets - offsets[0], j, side="right") - 1)
+                        value = scores[j].as_py()
+                        what = "no teacher score" if value is None else f"teacher score {value}"
+                        raise InputError(
+                            part, row + i + 1,
+                            f"qid {qids[i].as_py()!r}, {side[:-1]} {flat.field(PID)[j].as_py()!r}: {what}; "
+                            "expected a finite score for every passage (run the score step; check the teacher)",
+                        )
+            row += batch.num_rows
+        checked += row
+    return checked

@@ -15,7 +15,7 @@ from densekit.errors import ConfigError
 from densekit.models.bi_encoder import BiEncoder
 from densekit.models.colbert import ColBERT
 from densekit.models.cross_encoder import CrossEncoder
-from densekit.models.encoder import DenseModel
+from densekit.models.encoder import HEAD_FILE, DenseModel, check_head_file, check_tower_files
 from densekit.models.spec import (
     KINDS,
     SPEC_FILE,
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MODELS", "BiEncoder", "ColBERT", "CrossEncoder", "DenseModel", "ModelSpec", "load_model", "build_model",
-    "model_class", "model_from_config", "frozen_copy",
+    "model_class", "model_from_config", "frozen_copy", "check_model_files",
 ]  # fmt: skip
 
 MODELS: dict[str, type] = {
@@ -154,3 +154,28 @@ def frozen_copy(model) -> DenseModel:
 def _check_kind(root: Path, wanted: str | None, found: str) -> None:
     if wanted is not None and wanted != found:
         raise ConfigError(f"{root}: holds a {found} model, but a {wanted} was asked for")
+
+
+def check_model_files(path: str | Path) -> None:
+    """Check that a model directory's configs fit its weight files, without loading any weight.
+
+    config.json is checked against the safetensors headers of each tower (every weight it
+    describes present, with its shape), and the head densekit_model.json declares (kind, head_dim,
+    colbert_dim) against densekit_head.safetensors. Headers only: cheap enough for a driver to
+    call before starting Ray, so a mismatched checkpoint fails in seconds, not in every actor.
+
+    Raises:
+        ConfigError: not a directory. InputError: naming the file that does not fit, and how.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: model directory not found")
+    spec = read_spec(root)
+    towers = [root] if spec is None or spec.shared else [root / "query", root / "passage"]
+    for d in towers:
+        hidden = check_tower_files(d)
+        if spec is None or hidden is None or spec.kind not in MODELS:
+            continue
+        head = model_class(spec.kind)._make_head(spec, hidden)
+        if head is not None:
+            check_head_file(head, d / HEAD_FILE, spec.kind)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from densekit.errors import InputError
 from densekit.models.spec import SPEC_FILE, ModelSpec
 from densekit.models.tokenization import Tokenization
 
@@ -120,27 +121,124 @@ class Tower(nn.Module):
         head: Head | None = None,
         head_required: bool = False,
         with_head: bool = True,
+        kind: str = "model",
     ) -> Tower:
         """Load a tower; `head` (constructed by the caller) gets the saved head weights unless
         `with_head` is False."""
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
         directory = Path(directory)
-        transformer = AutoModel.from_pretrained(str(directory))
+        transformer = _load_transformer(directory)
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
         if head is not None and with_head:
             path = directory / HEAD_FILE
-            if path.is_file():
+            if path.is_file() or head_required:
+                check_head_file(head, path, kind)
                 load_head(head, path)
-            elif head_required:
-                raise FileNotFoundError(
-                    f"{path}: the spec declares a head but its weights are missing"
-                )
             else:
                 logger.info(
                     "%s: no saved head, the head starts from a random initialisation", directory
                 )
         return cls(transformer, tokenizer, head)
+
+
+# Weights a checkpoint may lack without harm: densekit pools hidden states itself, never the pooler.
+_UNUSED_WEIGHTS = ("pooler.",)
+
+
+def _config_summary(cfg) -> str:
+    shape = ", ".join(f"{k}={getattr(cfg, k)}" for k in ("num_hidden_layers", "n_layers", "hidden_size", "dim")
+                      if isinstance(getattr(cfg, k, None), int))
+    return f"{cfg.model_type}: {shape}"
+
+
+def _missing_message(missing: list[str], where: str, cfg) -> str:
+    return (f"does not fit the weights: {len(missing)} weights it describes are missing from {where} "
+            f"(e.g. {', '.join(sorted(missing)[:3])}); config ({_config_summary(cfg)}) and weights come "
+            "from different models")
+
+
+def safetensors_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} from the headers of safetensors files (no tensor is read)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), "pt") as fh:
+                for k in fh.keys():
+                    shapes[k] = tuple(fh.get_slice(k).get_shape())
+        except Exception as e:  # safetensors raises its own error types for a bad header
+            raise InputError(f, None, f"not a readable safetensors file ({e})") from None
+    return shapes
+
+
+def check_tower_files(d: Path) -> int | None:
+    """A tower's config.json against its safetensors weights (headers only: shapes built on the
+    meta device). Returns the hidden size; None when there is nothing to check (no config.json,
+    or weights in another format).
+
+    Raises:
+        InputError: naming config.json and the first weight that is missing or of another shape.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    files = sorted(f for f in Path(d).glob("*.safetensors") if f.name != HEAD_FILE)
+    if not (Path(d) / "config.json").is_file() or not files:
+        return None
+    cfg = AutoConfig.from_pretrained(str(d))
+    with torch.device("meta"):  # the shapes config.json implies, with no memory behind them
+        skeleton = AutoModel.from_config(cfg)
+    prefix = f"{skeleton.base_model_prefix}."
+    have = {k.removeprefix(prefix): v for k, v in safetensors_shapes(files).items()}
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items() if not k.startswith(_UNUSED_WEIGHTS)}
+    missing = [k for k in want if k not in have]
+    if missing:
+        raise InputError(Path(d) / "config.json", None, _missing_message(missing, files[0].name, cfg))
+    wrong = sorted(k for k in want if have[k] != want[k])
+    if wrong:
+        k = wrong[0]
+        raise InputError(
+            Path(d) / "config.json", None,
+            f"does not fit the weights: {k} is {list(have[k])} in {files[0].name}, the config implies "
+            f"{list(want[k])}; config ({_config_summary(cfg)}) and weights come from different models",
+        )
+    return getattr(cfg, "hidden_size", None) or getattr(cfg, "dim", None)
+
+
+def check_head_file(head: nn.Module, path: Path, kind: str) -> None:
+    """The head weights file against the head the spec declares (shapes from the headers)."""
+    if not path.is_file():
+        raise InputError(path, None, f"missing: {SPEC_FILE} declares a {kind} head, whose weights must "
+                         "be saved beside it; the spec does not match the model files")
+    want = {k: list(v.shape) for k, v in head.state_dict().items()}
+    have = {k: list(v) for k, v in safetensors_shapes([path]).items()}
+    if want != have:
+        raise InputError(path, None, f"head weights {have} do not fit the {kind} head {SPEC_FILE} "
+                         f"declares {want}; the spec does not match the model files")
+
+
+def _load_transformer(directory: Path) -> nn.Module:
+    """`AutoModel.from_pretrained`, refusing weights that do not fit config.json.
+
+    transformers only warns when config.json describes weights the checkpoint lacks (e.g. it says
+    4 layers and the weights hold 2) and initialises them randomly: a model that loads and computes
+    garbage. Here that is an InputError, as is a shape mismatch.
+    """
+    from transformers import AutoModel
+
+    check_tower_files(directory)  # safetensors: a precise message before transformers tries
+    try:
+        transformer, info = AutoModel.from_pretrained(str(directory), output_loading_info=True)
+    except (RuntimeError, ValueError) as e:  # other formats: size mismatch, unreadable weights
+        first = str(e).strip().splitlines()[0]
+        raise InputError(directory / "config.json", None, f"does not fit the weights ({first})") from None
+    missing = [k for k in info.get("missing_keys", []) if not k.startswith(_UNUSED_WEIGHTS)]
+    if missing:
+        raise InputError(directory / "config.json", None,
+                         _missing_message(missing, "the checkpoint", transformer.config))
+    return transformer
 
 
 def load_head(head: nn.Module, path: str | Path, prefix_map: dict[str, str] | None = None) -> None:
@@ -150,10 +248,14 @@ def load_head(head: nn.Module, path: str | Path, prefix_map: dict[str, str] | No
     state = load_file(str(path))
     if prefix_map:
         state = {_rename(k, prefix_map): v for k, v in state.items()}
-    missing, unexpected = head.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = head.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])
+        raise InputError(path, None, f"head weights do not fit the model's spec: {detail}") from None
     if missing or unexpected:
-        raise ValueError(
-            f"{path}: head weights do not match (missing {missing}, unexpected {unexpected})"
+        raise InputError(
+            path, None, f"head weights do not match the spec (missing {missing}, unexpected {unexpected})"
         )
 
 
@@ -279,7 +381,7 @@ class DenseModel(nn.Module):
             cfg = AutoConfig.from_pretrained(str(d))
             hidden = getattr(cfg, "hidden_size", None) or cfg.dim
             head = cls._make_head(spec, hidden)
-            towers.append(Tower.load(d, head, head_required=head_required, with_head=load_heads))
+            towers.append(Tower.load(d, head, head_required=head_required, with_head=load_heads, kind=cls.kind))
         return cls(spec, *towers)
 
     @classmethod

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from densekit.artifacts import read_manifest, table_parts
+from densekit.artifacts import open_part, read_manifest, table_parts
 from densekit.data import records as R
 from densekit.errors import InputError
 
@@ -56,13 +56,20 @@ def model_fingerprint(model_dir: str | Path) -> str:
 def read_embeddings_manifest(directory: str | Path) -> dict:
     """The manifest of a complete embeddings table, with `dim` checked against the data."""
     manifest = read_manifest(directory)
-    parts = table_parts(directory)
-    field = pq.ParquetFile(parts[0]).schema_arrow.field(R.EMBEDDING) if parts else None
-    if field is None or not pa.types.is_fixed_size_list(field.type):
-        raise InputError(parts[0], None, f"column '{R.EMBEDDING}' must be a fixed-size list")
-    dim = field.type.list_size
-    if manifest.get("dim", dim) != dim:
-        raise InputError(directory, None, f"manifest says dim {manifest['dim']}, shards hold {dim}")
+    dim = manifest.get("dim")
+    # Every shard, not just the first: a shard of another model or size must fail here, before
+    # any index is built or search started (Parquet footers only: cheap).
+    for part in table_parts(directory):
+        schema = open_part(part).schema_arrow
+        field = schema.field(R.EMBEDDING) if R.EMBEDDING in schema.names else None
+        if field is None or not pa.types.is_fixed_size_list(field.type):
+            raise InputError(part, None, f"column '{R.EMBEDDING}' must be a fixed-size list of floats; "
+                             f"has {schema.names}")
+        if dim is None:
+            dim = field.type.list_size
+        if field.type.list_size != dim:
+            raise InputError(part, None, f"embeddings of dimension {field.type.list_size}; expected {dim} "
+                             f"(the table's {'manifest' if 'dim' in manifest else 'first shard'})")
     manifest["dim"] = dim
     manifest.setdefault("metric", "ip")
     if manifest["metric"] not in METRICS:

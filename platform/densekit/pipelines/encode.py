@@ -26,11 +26,13 @@ import pyarrow.parquet as pq
 from densekit.artifacts import (
     PART,
     atomic_path,
+    open_part,
     prepare_output,
     read_manifest,
     table_parts,
     write_json_atomic,
     write_manifest,
+    writing,
 )
 from densekit.data import records as R
 from densekit.errors import ConfigError, DensekitError, InputError
@@ -158,7 +160,7 @@ def _plan(input_dir: str | Path, rows_per_shard: int) -> tuple[list[dict], list[
     """The input files (name, rows, bytes) and the read slices (row group ∩ shard) of all rows."""
     files, slices, row = [], [], 0
     for part in table_parts(input_dir):
-        meta = pq.ParquetFile(part).metadata
+        meta = open_part(part).metadata
         files.append({"name": part.name, "rows": meta.num_rows, "bytes": part.stat().st_size})
         for g in range(meta.num_row_groups):
             n = meta.row_group(g).num_rows
@@ -178,7 +180,11 @@ def _read_slices(batch: dict[str, np.ndarray], key: str, with_title: bool) -> pa
     columns = [key, R.TEXT] + ([R.TITLE] if with_title else [])
     for path, g, start, stop, first in zip(batch["path"], batch["row_group"], batch["start"],
                                            batch["stop"], batch["first"]):
-        t = pq.ParquetFile(str(path)).read_row_group(int(g), columns=columns).slice(int(start), int(stop - start))
+        try:
+            t = pq.ParquetFile(str(path)).read_row_group(int(g), columns=columns)
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(path, None, f"row group {int(g)}: corrupt Parquet data ({e})") from None
+        t = t.slice(int(start), int(stop - start))
         t = t.rename_columns([R.ID] + columns[1:])
         tables.append(t.append_column(ROW, pa.array(np.arange(first, first + len(t), dtype=np.int64))))
     return pa.concat_tables(tables)
@@ -234,11 +240,10 @@ def encode(cfg) -> None:
         cfg: an EncodeConfig. The manifest records dim, metric, model path and fingerprint, count.
     """
     from densekit.models.spec import read_spec, spec_from_sentence_transformers
-    from densekit.raycluster import init_ray
 
     read_manifest(cfg.input)
     out = Path(cfg.output)
-    schema = pq.ParquetFile(table_parts(cfg.input)[0]).schema_arrow
+    schema = open_part(table_parts(cfg.input)[0]).schema_arrow
     kind = cfg.kind
     if kind == "auto":
         kind = "queries" if R.QID in schema.names else "passages"
@@ -251,10 +256,21 @@ def encode(cfg) -> None:
     if spec is not None and spec.kind != "bi_encoder":
         raise ConfigError(f"{cfg.model} is a {spec.kind}; encode needs a bi-encoder (one vector per text)")
 
-    if not prepare_output(out, cfg, overwrite=cfg.overwrite, keep_partial=True):
-        return
+    from densekit.models import check_model_files
+
+    check_model_files(cfg.model)  # a checkpoint whose configs do not fit its weights fails here
     fingerprint = model_fingerprint(cfg.model)
     files, slices, total = _plan(cfg.input, cfg.rows_per_shard)
+    with writing(out, "encode", "finished shards are kept"):
+        _encode(cfg, out, kind, key, with_title, spec, fingerprint, files, slices, total)
+
+
+def _encode(cfg, out: Path, kind: str, key: str, with_title: bool, spec, fingerprint: str,
+            files: list[dict], slices: list[_Slice], total: int) -> None:
+    from densekit.raycluster import init_ray
+
+    if not prepare_output(out, cfg, overwrite=cfg.overwrite, keep_partial=True):
+        return
     num_shards = max(1, -(-total // cfg.rows_per_shard))
     plan = {"input": str(cfg.input), "files": files, "rows": total, "rows_per_shard": cfg.rows_per_shard,
             "model_fingerprint": fingerprint, "kind": kind}
@@ -300,6 +316,19 @@ def encode(cfg) -> None:
 
 
 def _run_pipeline(cfg, out: Path, kind: str, key: str, with_title: bool, todo: list[_Slice], expected) -> None:
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    # A bad input row or a failed write in an actor reaches the driver as itself (e.g. InputError
+    # naming the file), not as Ray Data's generic UserCodeException.
+    keep_raise, ctx.raise_original_map_exception = ctx.raise_original_map_exception, True
+    try:
+        _stream(cfg, out, kind, key, with_title, todo, expected)
+    finally:
+        ctx.raise_original_map_exception = keep_raise
+
+
+def _stream(cfg, out: Path, kind: str, key: str, with_title: bool, todo: list[_Slice], expected) -> None:
     import ray
 
     res = cfg.resources

@@ -257,6 +257,9 @@ def evaluate(cfg) -> None:
         cfg: an EvaluateConfig.
     """
     out = Path(cfg.output)
+    for path in (cfg.run, cfg.qrels, cfg.baseline):
+        if path is not None:
+            read_manifest(path)  # a missing or unfinished input fails before anything is written
     if not prepare_output(out, cfg, overwrite=cfg.overwrite):
         return
     metrics = [parse_metric(m) for m in cfg.metrics]

@@ -13,6 +13,7 @@ the trained empty index is shared by all shard builders through the object store
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from densekit.artifacts import (
+    WRITE_ERRNOS,
     atomic_path,
     is_complete,
     prepare_output,
     read_manifest,
     table_parts,
     write_manifest,
+    writing,
 )
 from densekit.data import records as R
-from densekit.errors import ConfigError, DensekitError
+from densekit.errors import ConfigError, DensekitError, InputError
 from densekit.logs import Progress
 from densekit.pipelines.embeddings import iter_embeddings, read_embeddings_manifest
 
@@ -67,6 +70,21 @@ def new_index(factory: str, dim: int, metric: str) -> Any:
 
 def shard_dir(root: str | Path, shard: int) -> Path:
     return Path(root) / SHARDS / f"shard-{shard:05d}"
+
+
+def write_faiss(index: Any, path: str | Path) -> None:
+    """`faiss.write_index`, with a failed write (FAISS raises RuntimeError) raised as an OSError
+    carrying the system's errno, so a full disk is reported as such."""
+    import errno
+
+    import faiss
+
+    try:
+        faiss.write_index(index, str(path))
+    except RuntimeError as e:
+        text = str(e).strip().splitlines()[-1]
+        code = next((c for c in WRITE_ERRNOS if os.strerror(c) in str(e)), errno.EIO)
+        raise OSError(code, f"FAISS could not write the index: {text}", str(path)) from None
 
 
 # --- remote work -----------------------------------------------------------------------------------
@@ -148,7 +166,7 @@ def _build_shard(
     # The whole shard directory appears at once (rename), manifest included: never half a shard.
     with atomic_path(final) as tmp:
         tmp.mkdir()
-        faiss.write_index(index, str(tmp / INDEX_FILE))
+        write_faiss(index, tmp / INDEX_FILE)
         pq.write_table(pa.table({R.ID: pa.array(ids, pa.string())}), tmp / IDS_FILE)
         write_manifest(tmp, "index", {
             **extra, "shard": shard, "ntotal": int(index.ntotal),
@@ -165,9 +183,7 @@ def index(cfg) -> None:
     Args:
         cfg: an IndexConfig. Rerunning after a crash rebuilds only the shards that are missing.
     """
-    import ray
 
-    from densekit.raycluster import init_ray
 
     emb = read_embeddings_manifest(cfg.embeddings)
     dim = emb["dim"]
@@ -176,10 +192,22 @@ def index(cfg) -> None:
         logger.warning("indexing with metric %s although encode recorded %s", cfg.metric, emb["metric"])
     probe = new_index(cfg.factory, dim, metric)  # fails early on a bad factory string
     out = Path(cfg.output)
-    if not prepare_output(out, cfg, overwrite=cfg.overwrite, keep_partial=True):
-        return
     sources = [str(p) for p in table_parts(cfg.embeddings)]
     rows = [pq.ParquetFile(p).metadata.num_rows for p in sources]
+    if not sum(rows):
+        raise InputError(cfg.embeddings, None, "holds no vectors; expected at least one (was the corpus empty?)")
+    with writing(out, "index", "finished shards are kept"):
+        _index(cfg, emb, dim, metric, probe, out, sources, rows)
+
+
+def _index(cfg, emb: dict, dim: int, metric: str, probe: Any, out: Path, sources: list[str],
+           rows: list[int]) -> None:
+    import ray
+
+    from densekit.raycluster import init_ray
+
+    if not prepare_output(out, cfg, overwrite=cfg.overwrite, keep_partial=True):
+        return
     extra = {
         "factory": cfg.factory,
         "dim": dim,

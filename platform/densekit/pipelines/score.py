@@ -25,8 +25,10 @@ from densekit.artifacts import (
     table_parts,
     table_rows,
     write_manifest,
+    writing,
 )
 from densekit.data import records as R
+from densekit.errors import InputError
 from densekit.logs import Progress
 from densekit.pipelines.embeddings import model_fingerprint
 from densekit.pipelines.encode import autocast_dtype, check_fits
@@ -61,6 +63,7 @@ class TeacherScorer:
         self.model = load_model(model, kind=None if kind == "auto" else kind, device=self.device,
                                 overrides={"max_passage_length": max_length} if max_length else None)
         self.kind = self.model.kind
+        self.path = str(model)
         self.batch_size, self.column = batch_size, column
         self.amp = autocast_dtype(self.device, precision)
 
@@ -117,7 +120,17 @@ class TeacherScorer:
     def __call__(self, batch: pa.Table) -> pa.Table:
         queries = batch.column(R.QUERY).to_pylist()
         pos, neg = batch.column(R.POSITIVES).to_pylist(), batch.column(R.NEGATIVES).to_pylist()
-        scores = self.score(queries, [(p or []) + (n or []) for p, n in zip(pos, neg)])
+        passages = [(p or []) + (n or []) for p, n in zip(pos, neg)]
+        scores = self.score(queries, passages)
+        for i, s in enumerate(scores):
+            if not np.isfinite(s).all():
+                j = int(np.flatnonzero(~np.isfinite(s))[0])
+                raise InputError(
+                    self.path, None,
+                    f"the teacher gave a non-finite score ({s[j]}) to qid {batch.column(R.QID)[i].as_py()}, "
+                    f"pid {passages[i][j][R.PID]}; expected finite scores (are its weights intact? "
+                    "with fp16, try precision=fp32)",
+                )
         return batch.append_column(self.column, pa.array([s.tolist() for s in scores],
                                                          pa.list_(pa.float32())))
 
@@ -165,26 +178,38 @@ def score(cfg) -> None:
     Args:
         cfg: a ScoreConfig.
     """
+    read_manifest(cfg.groups)
+    out = Path(cfg.output)
+    from densekit.models import check_model_files
+
+    # Before Ray starts: a missing or mismatched teacher fails here, not in every actor.
+    for t in cfg.teachers:
+        check_model_files(t.model)
+    teachers = [{"model": t.model, "kind": t.kind, "model_fingerprint": model_fingerprint(t.model)}
+                for t in cfg.teachers]
+    with writing(out, "score"):
+        _score(cfg, out, teachers)
+
+
+def _score(cfg, out: Path, teachers: list[dict]) -> None:
     import ray
 
     from densekit.raycluster import init_ray
 
-    read_manifest(cfg.groups)
-    out = Path(cfg.output)
     if not prepare_output(out, cfg, overwrite=cfg.overwrite):
         return
     init_ray(cfg.resources)
     res = cfg.resources
     n_actors = max(1, res.num_workers)
     check_fits(n_actors * len(cfg.teachers), res)
-    teachers = [{"model": t.model, "kind": t.kind, "model_fingerprint": model_fingerprint(t.model)}
-                for t in cfg.teachers]
     columns = [f"__teacher_{i}" for i in range(len(cfg.teachers))]
     total = table_rows(cfg.groups)
 
     ctx = ray.data.DataContext.get_current()
     keep_order = ctx.execution_options.preserve_order
+    keep_raise = ctx.raise_original_map_exception
     ctx.execution_options.preserve_order = True  # output groups in input order
+    ctx.raise_original_map_exception = True  # an actor's InputError reaches the driver as itself
     try:
         # One read task per Parquet row group, asking for the first teacher's CPU share so Ray
         # Data fuses it into those actors (read_parquet's own listing task wants a whole CPU,
@@ -219,6 +244,7 @@ def score(cfg) -> None:
         progress.done()
     finally:
         ctx.execution_options.preserve_order = keep_order
+        ctx.raise_original_map_exception = keep_raise
     write_manifest(out, "score", {"teachers": teachers, "ensemble": "mean" if len(teachers) > 1 else None,
                                   "pairs": pairs, "groups": str(cfg.groups)})
     logger.info("score: %d groups, %d query-passage pairs -> %s", total, pairs, out)

@@ -325,6 +325,11 @@ def search(cfg) -> None:
     """
     out = Path(cfg.output)
     index_manifest = read_manifest(cfg.index)
+    if cfg.query_embeddings is not None:
+        qman = read_embeddings_manifest(cfg.query_embeddings)
+        check_models(cfg.index, index_manifest, cfg.query_embeddings, qman, cfg.asymmetric)
+    else:
+        _check_query_model(cfg, index_manifest)
     if not prepare_output(out, cfg, overwrite=cfg.overwrite, keep_partial=True):
         return
     for stale in list(out.glob("*.parquet")) + [out / TREC_FILE]:
@@ -388,6 +393,24 @@ def search(cfg) -> None:
         "factory": index_manifest["factory"],
     })
     logger.info("search: %d queries, %d run rows -> %s", n_queries, n_rows, out)
+
+
+def _check_query_model(cfg, index_manifest: dict) -> None:
+    """Before encoding any query: the query encoder is the index's model (unless asymmetric)."""
+    from densekit.models import check_model_files
+    from densekit.pipelines.embeddings import model_fingerprint
+
+    read_manifest(cfg.queries)
+    check_model_files(cfg.model)
+    fi = index_manifest.get("model_fingerprint")
+    if cfg.asymmetric or fi is None or fi == model_fingerprint(cfg.model):
+        return
+    raise ConfigError(
+        f"{cfg.index} was built from model {index_manifest.get('model')} (fingerprint {fi[:12]}), "
+        f"but the query encoder model={cfg.model} is another model. If that is intended "
+        "(asymmetric retrieval: documents indexed with a teacher, queries from a distilled query "
+        "encoder), set asymmetric=true"
+    )
 
 
 def _encode_queries(cfg, qdir: Path) -> None:
