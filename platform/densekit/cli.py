@@ -87,6 +87,11 @@ STEPS: dict[str, Step] = {
         "run a multi-stage method (configs/methods/*.yaml), skipping finished stages",
         "densekit.methods:run",
     ),
+    # --- reports and the quickstart --------------------------------------------------------------
+    "report": Step(
+        "report of a run, train or tune folder: quality, query speed, stage times (Markdown + PNG)",
+        "densekit.report:report",
+    ),
 }
 
 

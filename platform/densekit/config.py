@@ -713,3 +713,39 @@ class TrainConfig:
             )
         if self.eval.every and not (self.eval.queries and self.eval.qrels and (self.eval.corpus or self.eval.index)):
             raise ConfigError("eval.every is set: give eval.queries, eval.qrels and eval.corpus (or eval.index)")
+
+
+# --- reports (densekit report, and the end of train / tune / run) -----------------------------------
+
+
+@dataclass
+class QuerySpeedConfig:
+    """How query-encoding speed is measured: identically for every model of one report."""
+
+    enabled: bool = opt(True, "time each model's query encoding (false: quality only)")
+    queries: Optional[str] = opt(
+        None, "queries table timed (default: the queries of the first evaluated model)"
+    )
+    num_queries: int = opt(512, "queries timed: the first N of the table (all models get the same)")
+    batch_size: int = opt(64, "queries per forward pass (tokenisation included in the time)")
+    threads: int = opt(1, "torch CPU threads while timing (1: steadiest on a shared machine)")
+    warmup: int = opt(1, "untimed passes over the queries per model first")
+    repeats: int = opt(5, "timed passes per model, interleaved across models; the fastest counts")
+    device: str = opt("cpu", "cpu or cuda (CUDA time includes a synchronize per batch)")
+
+    def validate(self) -> None:
+        if min(self.num_queries, self.batch_size, self.threads, self.repeats) < 1 or self.warmup < 0:
+            raise ConfigError("speed: num_queries, batch_size, threads and repeats must be >= 1, warmup >= 0")
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(_unknown_name("speed.device", self.device, ("cpu", "cuda")))
+
+
+@dataclass
+class ReportConfig:
+    """A report of a method run, a train output or a tune output: report.md, report.json, a PNG."""
+
+    run: str = opt(MISSING, "a method run folder (method.json), a train output or a tune output")
+    output: Optional[str] = opt(None, "folder for report.md, report.json, quality_vs_speed.png (default: `run`)")
+    title: Optional[str] = opt(None, "report title (default: the method's name or the folder name)")
+    metric: str = opt("ndcg@10", "quality measure on the plot's y axis (a key of the metrics.json files)")
+    speed: QuerySpeedConfig = opt(QuerySpeedConfig, "query-encoding speed measurement")

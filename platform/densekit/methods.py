@@ -55,6 +55,8 @@ class MethodConfig:
     gpu_hours: Optional[float] = opt(None, "estimated GPU hours of the full-scale run")
     vars: Dict[str, Any] = opt({}, "values the stages refer to as ${vars.name}")  # noqa: UP006
     stages: Dict[str, StageConfig] = opt({}, "the stages, in order")  # noqa: UP006
+    report: bool = opt(True, "write report.md and quality_vs_speed.png into the run folder at the end")
+    report_set: Dict[str, Any] = opt({}, "ReportConfig settings of that report, e.g. {speed: {repeats: 3}}")  # noqa: UP006
 
     def validate(self) -> None:
         if not self.stages:
@@ -181,7 +183,8 @@ def run(argv: list[str]) -> int:
     group.add_argument("--only", dest="only_stage")
     parser.add_argument("--dry-run", action="store_true")
     try:
-        args = parser.parse_args(argv)
+        # Intermixed: `run M.yaml --only S key=value` works as well as `run M.yaml key=value --only S`.
+        args = parser.parse_intermixed_args(argv)
     except SystemExit as e:
         raise ConfigError(f"usage: {run.__doc__.splitlines()[0]}") from e
     method_file = Path(args.method)
@@ -201,7 +204,21 @@ def run(argv: list[str]) -> int:
     run_dir = Path(method.output)
     run_dir.mkdir(parents=True, exist_ok=True)
     status_path = run_dir / "method.json"
-    status: dict[str, Any] = {"method": method.name, "file": str(method_file), "stages": {}}
+    # Every planned stage is listed (the report needs them all, even after --only); a stage
+    # skipped as complete keeps the time it took when it ran.
+    previous = _previous_status(status_path)
+    status: dict[str, Any] = {
+        "method": method.name, "file": str(method_file), "output": str(run_dir), "stages": {},
+        "order": [s.name for s in stages],  # the JSON file sorts keys: this keeps the stage order
+    }  # fmt: skip
+    for stage in stages:
+        before = previous.get(stage.name, {})
+        entry = {"step": stage.step, "output": str(stage.output), "about": method.stages[stage.name].about}
+        if before.get("step") == stage.step and "seconds" in before:
+            entry["seconds"] = before["seconds"]
+        else:
+            entry["pending"] = True
+        status["stages"][stage.name] = entry
     forced: set[str] = set()
     if args.from_stage:
         forced = set(names[names.index(args.from_stage) :])
@@ -213,7 +230,8 @@ def run(argv: list[str]) -> int:
         label = f"[{i}/{len(stages)}] {stage.name} ({stage.step})"
         if stage.name not in forced and _stage_complete(stage.output):
             logger.info("%s: complete, skipping (%s)", label, stage.output)
-            status["stages"][stage.name] = {"step": stage.step, "output": str(stage.output), "skipped": True}
+            status["stages"][stage.name].pop("pending", None)
+            status["stages"][stage.name]["skipped"] = True
             write_json_atomic(status_path, status)
             continue
         logger.info("%s: running -> %s", label, stage.output)
@@ -226,10 +244,25 @@ def run(argv: list[str]) -> int:
         STEPS[stage.step].function()(cfg)
         seconds = time.time() - start
         logger.info("%s: done in %.0f s", label, seconds)
-        status["stages"][stage.name] = {"step": stage.step, "output": str(stage.output), "seconds": round(seconds, 1)}
+        entry = status["stages"][stage.name]
+        entry.pop("pending", None)
+        entry.pop("skipped", None)
+        entry["seconds"] = round(seconds, 1)
         write_json_atomic(status_path, status)
     logger.info("method %s: all %d stages complete in %s", method.name, len(stages), run_dir)
+    if method.report:
+        from densekit.report import report_run
+
+        report_run(run_dir, [f"{k}={_format_value(v)}" for k, v in _flatten(method.report_set).items()])
     return 0
+
+
+def _previous_status(path: Path) -> dict[str, Any]:
+    """The stages recorded by an earlier run of this method in the same folder (if any)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("stages", {})
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        return {}
 
 
 def _stage_complete(output: Path) -> bool:
