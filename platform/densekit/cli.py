@@ -58,6 +58,11 @@ STEPS: dict[str, Step] = {
         "ExportConfig",
     ),
     # --- retrieval -----------------------------------------------------------------------------
+    "encode": Step(
+        "encode a corpus or query table into embedding shards (Ray Data model actors, resumable)",
+        "densekit.pipelines.encode:encode",
+        "EncodeConfig",
+    ),
     "index": Step(
         "build a sharded FAISS index (Flat, IVF, PQ, HNSW) from embedding shards, one Ray task each",
         "densekit.pipelines.index:index",
@@ -72,6 +77,11 @@ STEPS: dict[str, Step] = {
         "hard negatives from a run (every judged-relevant document removed) -> training groups",
         "densekit.pipelines.mine:mine",
         "MineConfig",
+    ),
+    "score": Step(
+        "teacher scores for training groups (cross-encoder, ColBERT, bi-encoder; ensemble mean)",
+        "densekit.pipelines.score:score",
+        "ScoreConfig",
     ),
     "evaluate": Step(
         "MRR@k, nDCG@k, Recall@k, MAP of a run (pytrec_eval); paired significance tests vs a baseline",
