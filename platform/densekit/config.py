@@ -751,3 +751,34 @@ class ReportConfig:
     title: Optional[str] = opt(None, "report title (default: the method's name or the folder name)")
     metric: str = opt("ndcg@10", "quality measure on the plot's y axis (a key of the metrics.json files)")
     speed: QuerySpeedConfig = opt(QuerySpeedConfig, "query-encoding speed measurement")
+
+
+# --- build (MINIMAL, for the quickstart until the methods branch's `build` lands; same field names) --
+
+BUILD_ARCHS = ("bert", "distilbert", "roberta")
+
+
+@dataclass
+class BuildConfig:
+    """Build a small randomly initialised encoder offline: a config, its weights and a tokenizer."""
+
+    output: str = opt(MISSING, "model directory (save_pretrained: config, weights, tokenizer)")
+    arch: str = opt("bert", f"architecture: one of {', '.join(BUILD_ARCHS)}")
+    layers: int = opt(2, "transformer layers")
+    hidden: int = opt(32, "hidden size")
+    heads: int = opt(2, "attention heads (must divide hidden)")
+    intermediate: Optional[int] = opt(None, "feed-forward size (default 4 x hidden)")
+    max_positions: int = opt(128, "longest sequence in tokens")
+    vocab_size: int = opt(8000, "WordPiece vocabulary size (the trained vocabulary may be smaller)")
+    texts: List[str] = opt([], "tables whose text (and title) columns train the tokenizer")  # noqa: UP006
+    tokenizer_from: Optional[str] = opt(None, "copy this model directory's tokenizer instead of training one")
+    seed: int = opt(0, "seed of the random weights")
+    overwrite: bool = opt(False, "replace a complete output made with another config")
+
+    def validate(self) -> None:
+        if self.arch not in BUILD_ARCHS:
+            raise ConfigError(_unknown_name("arch", self.arch, BUILD_ARCHS))
+        if bool(self.texts) == (self.tokenizer_from is not None):
+            raise ConfigError("build: give either texts=[tables] (train a tokenizer) or tokenizer_from=<model dir>")
+        if min(self.layers, self.hidden, self.heads, self.max_positions, self.vocab_size) < 1 or self.hidden % self.heads:
+            raise ConfigError("build: sizes must be >= 1 and hidden must divide by heads")

@@ -422,7 +422,12 @@ def _fmt_params(n: int | None) -> str:
 def _fmt_seconds(s: float | None) -> str:
     if s is None:
         return "–"
-    return f"{s:.0f} s" if s < 120 else f"{s // 60:.0f} min {s % 60:02.0f} s"
+    s = round(s)
+    return f"{s} s" if s < 120 else f"{s // 60} min {s % 60:02d} s"
+
+
+def _threads(n: int | None) -> str:
+    return f"{n} thread" + ("" if n == 1 else "s")
 
 
 def quality_table(rep: Report) -> str:
@@ -448,7 +453,7 @@ def render_markdown(rep: Report, sc: QuerySpeedConfig, plot: str | None) -> str:
             s = speeds[0]
             out.append(
                 f"Query encoding: {s.num_queries} queries in batches of {s.batch_size}, "
-                f"{s.threads} CPU thread(s) on {sc.device}, tokenisation included; "
+                f"{_threads(s.threads)} on {sc.device}, tokenisation included; "
                 f"{sc.warmup} warm-up pass then the fastest of {sc.repeats} passes interleaved across "
                 "models. Speed-up is relative to the first row."
             )
@@ -501,9 +506,12 @@ def plot_quality_vs_speed(rep: Report, metric: str, path: Path) -> bool:
     pad = max(0.05 * (hi - lo), 0.02)
     ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + 3 * pad) if hi <= 1 else hi + 3 * pad)
     left, right = ax.get_xlim()
-    ax.set_xlim(left, right * (1.6 if ax.get_xscale() == "log" else 1.15))
+    if ax.get_xscale() == "log":
+        ax.set_xlim(left / 1.2, right * 1.6)
+    else:
+        ax.set_xlim(max(0.0, left - 0.05 * (right - left)), right + 0.15 * (right - left))
     s = next(r.speed for r in rep.rows if r.speed)
-    ax.set_xlabel(f"query encoding, queries/s (batch {s.batch_size}, {s.threads} thread(s))")
+    ax.set_xlabel(f"query encoding, queries/s (batch {s.batch_size}, {_threads(s.threads)})")
     ax.set_ylabel(COLUMNS.get(metric, metric))
     ax.set_title(f"{rep.title}: quality against query speed", fontsize=10)
     ax.grid(True, alpha=0.3, zorder=0)
