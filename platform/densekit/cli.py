@@ -82,6 +82,11 @@ STEPS: dict[str, Step] = {
         "densekit.train:train",
         "TrainConfig",
     ),
+    "tune": Step(
+        "search a train config with Ray Tune (one train run per trial, ASHA); write the best config and model",
+        "densekit.tune:tune",
+        "TuneConfig",
+    ),
     "run": Step(
         "run a multi-stage method (configs/methods/*.yaml), skipping finished stages",
         "densekit.methods:run",

@@ -687,3 +687,95 @@ class TrainConfig:
             )
         if self.eval.every and not (self.eval.queries and self.eval.qrels and (self.eval.corpus or self.eval.index)):
             raise ConfigError("eval.every is set: give eval.queries, eval.qrels and eval.corpus (or eval.index)")
+
+
+# Search-space samplers of `densekit tune` (densekit.tune maps each to its ray.tune function):
+# name -> what its argument list holds.
+SEARCH_SAMPLERS = {
+    "uniform": "[low, high]",
+    "quniform": "[low, high, q]",
+    "loguniform": "[low, high] (low > 0)",
+    "qloguniform": "[low, high, q] (low > 0)",
+    "randint": "[low, high) integers",
+    "choice": "[value, value, ...]",
+    "grid": "[value, value, ...] (every value, num_trials times each)",
+}
+
+
+@dataclass
+class TuneConfig:
+    """Search a train config with Ray Tune: one `densekit train` run per trial, ASHA early stopping."""
+
+    base: str = opt(MISSING, "the train config (YAML) every trial starts from")
+    overrides: List[str] = opt([], "key=value applied to the base for every trial, e.g. optim.max_steps=2000")  # noqa: UP006
+    space: Dict[str, Any] = opt(  # noqa: UP006
+        {},
+        "dotted train key -> {sampler: args}, e.g. optim.lr: {loguniform: [1.0e-5, 1.0e-3]}; samplers: "
+        + ", ".join(SEARCH_SAMPLERS),
+    )
+    metric: str = opt("ndcg@10", "dev metric of the periodic evaluation to maximise (each trial's eval.metric)")
+    mode: Literal["max"] = opt("max", "max only: every retrieval metric densekit evaluates is higher-is-better")
+    scheduler: Literal["asha", "none"] = opt("asha", "asha: stop poor trials early at evaluation rounds; none: run all")
+    grace_period: int = opt(1, "ASHA: evaluation rounds a trial always runs before it may be stopped")
+    reduction_factor: float = opt(2.0, "ASHA: only the best 1/reduction_factor of trials pass each rung")
+    num_trials: int = opt(8, "trials sampled from the space (grid keys: each grid point num_trials times)")
+    max_concurrent_trials: int = opt(0, "trials at once; 0: as many as the cluster's CPUs (GPUs) hold")
+    max_failures: int = opt(0, "retries of a crashed trial (worker crashes are survived by train's max_failures)")
+    seed: Optional[int] = opt(0, "seed of the sampling (null: a different search each run)")
+    output: str = opt(MISSING, "output folder: best_config.yaml, best/, trials.jsonl, trials/<id>/, search/")
+    overwrite: bool = opt(False, "start over even if the output holds a search of this config")
+
+    def search_space(self) -> dict[str, tuple[str, list]]:
+        """The space as {dotted key: (sampler, args)}; nested mappings are flattened with dots."""
+        out: dict[str, tuple[str, list]] = {}
+
+        def walk(prefix: str, node: dict) -> None:
+            if len(node) == 1 and next(iter(node)) in SEARCH_SAMPLERS:
+                name, args = next(iter(node.items()))
+                out[prefix] = (name, _check_sampler(prefix, name, args))
+                return
+            for k, v in node.items():
+                key = f"{prefix}.{k}" if prefix else str(k)
+                if isinstance(v, dict) and v:
+                    walk(key, v)
+                elif isinstance(v, list) and prefix:  # {loguniformm: [...]}: a misspelt sampler
+                    raise ConfigError(f"space.{prefix}: {_unknown_name('sampler', k, SEARCH_SAMPLERS)}")
+                else:
+                    raise ConfigError(
+                        f"space.{key}: expected {{sampler: args}} with a sampler among "
+                        f"{', '.join(SEARCH_SAMPLERS)}, got {v!r}"
+                    )
+
+        walk("", self.space)
+        return out
+
+    def validate(self) -> None:
+        if not self.space:
+            raise ConfigError("tune: `space` is empty; e.g. space: {optim.lr: {loguniform: [1.0e-5, 1.0e-3]}}")
+        self.search_space()
+        for item in self.overrides:
+            if "=" not in item or item.startswith("="):
+                raise ConfigError(f"overrides: '{item}' is not of the form key=value")
+        if self.num_trials < 1 or self.grace_period < 1 or self.max_concurrent_trials < 0 or self.max_failures < 0:
+            raise ConfigError("need num_trials >= 1, grace_period >= 1, max_concurrent_trials >= 0, max_failures >= 0")
+        if self.reduction_factor <= 1:
+            raise ConfigError(f"reduction_factor must be > 1, got {self.reduction_factor}")
+
+
+def _check_sampler(key: str, name: str, args: Any) -> list:
+    """The sampler's argument list, checked (bounds ordered, log bounds positive)."""
+    where = f"space.{key}: {name} takes {SEARCH_SAMPLERS[name]}"
+    if not isinstance(args, list) or not args:
+        raise ConfigError(f"{where}, got {args!r}")
+    if name in ("choice", "grid"):
+        return args
+    want = 3 if name.startswith("q") else 2
+    if len(args) != want or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+        raise ConfigError(f"{where}, got {args!r}")
+    if not args[0] < args[1]:
+        raise ConfigError(f"{where} with low < high, got {args!r}")
+    if "log" in name and args[0] <= 0:
+        raise ConfigError(f"{where}, got {args!r}")
+    if name == "randint" and not all(isinstance(a, int) for a in args):
+        raise ConfigError(f"{where}, got {args!r}")
+    return args

@@ -100,6 +100,15 @@ def candidate_modes(cfg: TrainConfig, objective=None) -> tuple[str, str | None]:
 
 def train(cfg: TrainConfig) -> None:
     """Train a student as `cfg` says; resume the run in `cfg.output` if one was interrupted."""
+    fit(cfg)
+
+
+def fit(cfg: TrainConfig, callbacks: list | None = None):
+    """The `train` step with extra Ray Train callbacks (`tune` passes its TuneReportCallback).
+
+    Returns:
+        The ray.train.Result, or None when `cfg.output` already holds this finished run.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -110,7 +119,7 @@ def train(cfg: TrainConfig) -> None:
     # Fail on unknown losses, bad params or a loss/model mismatch before any worker starts.
     mode, _ = candidate_modes(cfg)
     if not prepare_output(out, cfg, overwrite=cfg.overwrite, keep_partial=True):
-        return
+        return None
     init_ray(cfg.resources)
     res = cfg.resources
     per_worker = {"CPU": res.cpus_per_worker}
@@ -135,6 +144,7 @@ def train(cfg: TrainConfig) -> None:
                 "env_vars": {k: v for k, v in os.environ.items() if k.startswith("DENSEKIT_")}
             },
             storage_path=str(out),
+            callbacks=list(callbacks or []),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=max(1, cfg.keep_checkpoints),
@@ -151,6 +161,7 @@ def train(cfg: TrainConfig) -> None:
     if result.error is not None:
         raise result.error
     _export(cfg, out, result)
+    return result
 
 
 def _check_inputs(cfg: TrainConfig) -> None:
