@@ -148,7 +148,10 @@ def fit(cfg: TrainConfig, callbacks: list | None = None):
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=max(1, cfg.keep_checkpoints),
-                checkpoint_score_attribute="best_score" if cfg.eval.every else None,
+                # Ranked by "is this a new best": the latest new best always outranks the rest (Ray
+                # breaks ties by recency). Ranking by best_score instead let the later checkpoints,
+                # which tie with it, push the one holding best/ out.
+                checkpoint_score_attribute="is_best" if cfg.eval.every else None,
                 checkpoint_score_order="max",
             ),
         ),
@@ -188,12 +191,14 @@ def _export(cfg: TrainConfig, out: Path, result) -> None:
             _copy_tree(Path(d) / "teacher", out / "teacher")
     best_metrics = None
     if cfg.eval.every and state.get("best_step") is not None:
-        best = max(result.best_checkpoints or [], key=lambda cm: cm[1].get("best_score", -1), default=None)
+        best = next((cm for cm in result.best_checkpoints or [] if cm[1].get("step") == state["best_step"]), None)
         if best is not None:
             with best[0].as_directory() as d:
                 _copy_tree(Path(d) / "best", out / "best") if (Path(d) / "best").is_dir() else _copy_tree(
                     Path(d) / "model", out / "best"
                 )
+        else:
+            logger.warning("%s: the checkpoint of the best step %s is gone: no best/", out, state["best_step"])
         best_metrics = state.get("best_metrics")
     with atomic_path(out / "metrics.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(m) + "\n" for m in state.get("history", [])))
@@ -383,6 +388,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 is_best = True
         state["history"].append(metrics)
         metrics["best_score"] = state["best_score"] if state["best_score"] is not None else -1.0
+        metrics["is_best"] = float(is_best)  # the checkpoint ranking (CheckpointConfig)
         if rank == 0:
             logger.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
         _report(metrics, state, inner, optimizer, scheduler, scaler, rank, is_best)
