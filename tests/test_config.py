@@ -51,6 +51,9 @@ def test_yaml_then_overrides(tmp_path):
 def test_unknown_key_suggests(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config key 'optim.stepz'.*Did you mean 'steps'"):
         load_config(Demo, None, ["path=x", "optim.stepz=3"])
+    p = write(tmp_path, "path: x\n")
+    with pytest.raises(ConfigError, match=r"^override: unknown config key 'optim.stepz'"):
+        load_config(Demo, p, ["optim.stepz=3"])
     p = write(tmp_path, "path: x\noptm: {lr: 1}\n")
     with pytest.raises(ConfigError, match=r"c.yaml: unknown config key 'optm'.*Did you mean 'optim'"):
         load_config(Demo, p)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 import textwrap
 from collections.abc import Callable
@@ -57,6 +58,11 @@ STEPS: dict[str, Step] = {
         "ExportConfig",
     ),
     # --- retrieval -----------------------------------------------------------------------------
+    "encode": Step(
+        "encode a corpus or query table into embedding shards (Ray Data model actors, resumable)",
+        "densekit.pipelines.encode:encode",
+        "EncodeConfig",
+    ),
     "index": Step(
         "build a sharded FAISS index (Flat, IVF, PQ, HNSW) from embedding shards, one Ray task each",
         "densekit.pipelines.index:index",
@@ -152,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         print(_step_help(name, step))
         return 0
     setup_logging()
+    # Which copy runs matters on a cluster: under `ray job submit` it is the one shipped by the
+    # runtime env's py_modules (.../runtime_resources/py_modules_files/...), not an installed one.
+    import densekit
+
+    logger.info(
+        "densekit %s from %s: %s", densekit.__version__, os.path.dirname(densekit.__file__), name
+    )
     try:
         cls = step.config_cls()
         if cls is None:

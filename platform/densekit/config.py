@@ -100,7 +100,9 @@ class ImportConfig:
         "raise", "bad rows and unknown ids: raise (default) or skip and count them in the manifest"
     )
     max_logged_errors: int = opt(20, "with on_error=skip, log at most this many skipped rows")
-    batch_rows: int = opt(8192, "rows per record batch read from the input (bounds memory with batch_bytes)")
+    batch_rows: int = opt(
+        8192, "rows per record batch read from the input (training files: passages); bounds memory"
+    )
     batch_bytes: int = opt(32 << 20, "bytes of input text per record batch at most (about)")
     rows_per_part: int = opt(1_000_000, "rows per Parquet part file")
     lookup_cache: Optional[str] = opt(
@@ -150,16 +152,38 @@ class GenerateConfig:
     output: str = opt(MISSING, "output folder (corpus/, queries/, qrels/train/, qrels/dev/)")
     seed: int = opt(0, "random seed: the same seed and sizes give the same files")
     num_docs: int = opt(2000, "documents in the corpus")
-    num_train_queries: int = opt(1000, "training queries (each with one relevant document)")
-    num_dev_queries: int = opt(200, "dev queries (each with one relevant document)")
-    num_topics: int = opt(40, "topics; documents of one topic share vocabulary (hard negatives)")
-    vocab_size: int = opt(3000, "distinct content words")
+    num_train_queries: int = opt(8000, "training queries (each with one relevant document)")
+    num_dev_queries: int = opt(300, "dev queries (each with one relevant document)")
+    num_topics: int = opt(40, "topics; documents of one topic share topic words (hard negatives)")
+    num_concepts: int = opt(
+        4000, "concepts, split among topics; each has a document word and a query synonym"
+    )
+    concepts_per_doc: int = opt(8, "concepts a document is about (drawn from its topic's concepts)")
+    concepts_per_query: int = opt(4, "concepts of its document a query names")
+    topic_words: int = opt(12, "words per topic, used by its documents and queries alike")
+    noise_words: int = opt(150, "filler words shared by everything (Zipf-distributed)")
     doc_length: int = opt(40, "words per document")
-    query_length: int = opt(6, "words per query")
+    query_length: int = opt(8, "words per query")
+    concept_share: float = opt(0.4, "share of document words that are its concepts' words")
+    topic_share: float = opt(0.3, "share of document words that are topic words (the rest is filler)")
     synonym_rate: float = opt(
-        0.5, "share of query words replaced by a synonym the document never uses"
+        0.95, "chance that a query names a concept by its synonym, a word documents never use"
     )
     overwrite: bool = opt(False, "replace a complete output made with another config")
+
+    def validate(self) -> None:
+        sizes = ("num_docs", "num_train_queries", "num_dev_queries", "num_topics", "num_concepts",
+                 "concepts_per_doc", "concepts_per_query", "topic_words", "noise_words", "doc_length", "query_length")
+        bad = [k for k in sizes if getattr(self, k) < 1]
+        if bad:
+            raise ConfigError(f"generate: {', '.join(bad)} must be >= 1")
+        if self.num_concepts < self.num_topics:
+            raise ConfigError(f"generate: num_concepts={self.num_concepts} must be >= num_topics={self.num_topics}")
+        if self.query_length < self.concepts_per_query + 1:
+            raise ConfigError("generate: query_length must exceed concepts_per_query (a topic word is added)")
+        if not 0 <= self.synonym_rate <= 1 or min(self.concept_share, self.topic_share) < 0 \
+                or self.concept_share + self.topic_share > 1:
+            raise ConfigError("generate: synonym_rate in [0, 1]; concept_share, topic_share >= 0 with sum <= 1")
 
 
 # --- models and losses (shared by train, score, encode) ---------------------------------------------
@@ -538,7 +562,9 @@ def load_config(
             )
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        where = f"{path}: " if path else ""
+        key = str(getattr(e, "full_key", "") or "")
+        from_override = any(o.split("=", 1)[0] == key for o in overrides or [])
+        where = "override: " if from_override else (f"{path}: " if path else "")
         raise ConfigError(where + _explain(e, cls)) from None
     _validate_tree(obj)
     return obj

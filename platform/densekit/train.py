@@ -38,7 +38,7 @@ from torch import nn
 
 from densekit.config import ModelConfig, TrainConfig
 from densekit.errors import ConfigError
-from densekit.train_step import compute_loss, evaluate_model
+from densekit.train_step import compute_loss, evaluate_model, index_retriever
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,11 @@ def fit(cfg: TrainConfig, callbacks: list | None = None):
         "training %s on %d worker(s) (%s) for %d steps -> %s",
         cfg.model.path, res.num_workers, "GPU" if res.use_gpu else "CPU", cfg.optim.max_steps, out,
     )  # fmt: skip
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        if searcher is not None:
+            searcher.close()
     if result.error is not None:
         raise result.error
     _export(cfg, out, result)
@@ -258,7 +262,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # Rebuilt from cfg.model, not from a checkpoint: after a resume it is still the stage's start.
         frozen = copy.deepcopy(student).eval().requires_grad_(False)
     if cfg.train_query_encoder_only:
-        _freeze_passage_tower(student)
+        student = _freeze_passage_tower(student)
     joint = teacher if objective.teacher_trainable else None
     module = TrainModule(student, joint, objective)
     # HF poolers are never used (densekit pools hidden states itself): freeze them, or DDP waits
@@ -325,7 +329,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     batches = stream(StreamPosition(state["epoch"], state["step_in_epoch"]))
 
     # [5] The loop. One optimizer step = grad_accum micro-batches; positions count micro-batches.
-    searcher = config.get("searcher")
+    retriever = None
+    if mode == "retrieved":
+        retriever = index_retriever(config["searcher"], cfg.retrieved.k, cfg.retrieved.append, student)
     eval_every = cfg.eval.every
     ckpt_every = cfg.checkpoint_every or eval_every or cfg.optim.max_steps
     losses_since, parts_since, n_since, t0 = 0.0, {}, 0, time.time()
@@ -339,7 +345,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             sync = micro == cfg.optim.grad_accum - 1 or not hasattr(module, "no_sync")
             with (contextlib.nullcontext() if sync else module.no_sync()):
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss, parts = module(batch, mode, teacher_mode, teacher, frozen, searcher)
+                    loss, parts = module(batch, mode, teacher_mode, teacher, frozen, retriever)
                 scaler.scale(loss / cfg.optim.grad_accum).backward()
             losses_since += float(loss.detach())
             state["queries_seen"] += len(batch) * world
@@ -483,14 +489,14 @@ def _amp_dtype(amp: str, device):
     return torch.float16
 
 
-def _freeze_passage_tower(model) -> None:
-    """Only the query encoder trains (ADORE): a shared tower is first split into two copies."""
+def _freeze_passage_tower(model):
+    """Only the query encoder trains (ADORE, query-encoder distillation). A shared tower is split
+    into two copies first; the passage copy keeps the loaded weights, i.e. stays the encoder the
+    fixed document index was built with, and is saved beside the query tower."""
     if model.spec.shared:
-        raise ConfigError(
-            "train_query_encoder_only needs separate query and passage towers: "
-            "set model.spec.shared=false (the passage tower then keeps the loaded weights)"
-        )
+        model = model._untie(model.spec.replace(shared=False))
     model.passage_tower.requires_grad_(False)
+    return model
 
 
 class TrainModule(nn.Module):
@@ -504,7 +510,7 @@ class TrainModule(nn.Module):
         self.objective = objective
         self.objective_has_state = bool(list(objective.parameters()) or list(objective.buffers()))
 
-    def forward(self, batch, mode, teacher_mode=None, teacher=None, frozen=None, searcher=None):
-        return compute_loss(self, batch, mode, teacher_mode, teacher, frozen, searcher)
+    def forward(self, batch, mode, teacher_mode=None, teacher=None, frozen=None, retriever=None):
+        return compute_loss(self, batch, mode, teacher_mode, teacher, frozen, retriever)
 
 

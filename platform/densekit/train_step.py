@@ -24,7 +24,7 @@ EVAL_METRICS = ("mrr@10", "ndcg@10", "recall@100")
 # --- the loss of one batch -------------------------------------------------------------------------
 
 
-def compute_loss(module, batch, mode: str, teacher_mode=None, teacher=None, frozen=None, searcher=None):
+def compute_loss(module, batch, mode: str, teacher_mode=None, teacher=None, frozen=None, retriever=None):
     """Scores of the student (and teacher, and LwF's frozen student) over the candidate sets the
     losses need, then the weighted sum of the configured losses.
 
@@ -36,14 +36,14 @@ def compute_loss(module, batch, mode: str, teacher_mode=None, teacher=None, froz
         teacher_mode: the teacher's candidates ("group" for a cross-encoder teacher).
         teacher: the online teacher (frozen: run under no_grad; joint: module.teacher).
         frozen: the stage's frozen starting student (LwF's reference).
-        searcher: pipelines.search.ShardedSearcher over the fixed index (mode "retrieved").
+        retriever: `index_retriever(...)` over the fixed index (mode "retrieved").
 
     Returns:
         (total loss, {loss name: unweighted value}).
     """
     objective = module.objective
     layers = objective.needs_layers
-    student_out = _forward(module.student, batch, mode, layers, searcher)
+    student_out = _forward(module.student, batch, mode, layers, retriever)
     teacher_out = None
     if teacher is not None:
         t_mode = teacher_mode or ("group" if teacher.kind == "cross_encoder" else mode)
@@ -55,26 +55,58 @@ def compute_loss(module, batch, mode: str, teacher_mode=None, teacher=None, froz
     reference = None
     if frozen is not None:
         with torch.no_grad():
-            reference = _forward(frozen, batch, mode, False, searcher)
+            reference = _forward(frozen, batch, mode, False, retriever)
     total = objective(student_out, batch, teacher=teacher_out, reference=reference)
     return total, dict(objective.last_terms)
 
 
-def _forward(model, batch, mode: str, layers: bool, searcher):
+def _forward(model, batch, mode: str, layers: bool, retriever):
     if mode == "retrieved":
-        return retrieved_output(model, batch, searcher)
+        return model(batch, candidates="retrieved", retriever=retriever)
     if mode == "none" or batch.group_size == 0:
         return model(batch, candidates="global", output_layers=False)
     return model(batch, candidates=mode, output_layers=layers)
 
 
-def retrieved_output(model, batch, searcher):
-    """ADORE: score the trainable query encoder against the top-k of a fixed index.
+def index_retriever(searcher, k: int, append: str, model):
+    """ADORE's retriever: the top-k of a fixed index for the batch's (detached) query embeddings.
 
-    The queries are encoded with gradients; the index returns each query's top-k pids and their
-    (fixed) vectors; judged positives that were not retrieved are appended below rank k.
+    Returns `retrieve(query_emb [B, D], batch) -> (candidate_emb [B, C, D], Candidates)`, what
+    BiEncoder.forward(candidates="retrieved") calls. Retrieved documents come with their index
+    vectors; judged positives the search missed are appended below rank k (`append`), encoded by
+    the model's frozen passage tower, which is the encoder the index was built with.
+
+    Args:
+        searcher: a pipelines.search.ShardedSearcher over the fixed document index.
+        k: documents retrieved per query.
+        append: "missing" or "if_none" (see candidates.retrieved_candidates).
+        model: the student (its passage tower must be frozen: train_query_encoder_only).
     """
-    raise NotImplementedError("retrieved candidates land with the retrieval core")
+    from densekit.candidates import retrieved_candidates
+
+    def retrieve(query_emb, batch):
+        q = query_emb.detach().float().cpu().numpy()
+        _, pids, vectors = searcher.search(q, k, return_vectors=True)  # [B, k], [B, k, D]
+        got = [[p for p in row if p is not None] for row in pids]
+        lists, cands = retrieved_candidates(got, batch.positive_pids, append=append)
+        B, C = cands.valid.shape
+        emb = torch.zeros(B, C, vectors.shape[2])
+        missing: list[tuple[int, int, str, str]] = []  # (query, column, text, title)
+        for i, (row, full) in enumerate(zip(got, lists)):
+            emb[i, : len(row)] = torch.from_numpy(vectors[i, : len(row)])
+            texts = dict(zip(batch.positive_pids[i], batch.positive_texts[i]))
+            for j in range(len(row), len(full)):
+                text, title = texts[full[j]]
+                missing.append((i, j, text, title))
+        if missing:
+            with torch.no_grad():
+                enc = model.tokenize_passages([m[2] for m in missing], [m[3] for m in missing])
+                vecs = model.encode_passages(**{n: t.to(model.device) for n, t in enc.items()})
+            for (i, j, _, _), v in zip(missing, vecs.float().cpu()):
+                emb[i, j] = v
+        return emb, cands
+
+    return retrieve
 
 
 # --- dev evaluation (rank 0, in-process) -----------------------------------------------------------
@@ -155,7 +187,18 @@ def evaluate_model(model, ec: EvalConfig, device, metrics=EVAL_METRICS) -> dict[
 
 
 def _search_index(index_dir: str, q_emb: np.ndarray, k: int):
-    """Exact top-k over a (small) densekit index, in this process: no actors inside a worker."""
-    from densekit.pipelines.search import search_in_process
+    """Exact top-k over a (small, dev) densekit index in this process: a training worker must not
+    start search actors of its own. Returns (scores [B, k], pids [B, k] object)."""
+    from densekit.artifacts import read_manifest
+    from densekit.pipelines.search import _ShardGroup
 
-    return search_in_process(Path(index_dir), q_emb, k)
+    manifest = read_manifest(index_dir)
+    shards, offset = [], 0
+    for i, s in enumerate(manifest["shards"]):
+        shards.append({"shard": i, "dir": s["dir"], "offset": offset, "ntotal": s["ntotal"]})
+        offset += s["ntotal"]
+    group = _ShardGroup(str(index_dir), shards, manifest["factory"], manifest["metric"], True, None, None, 1)
+    k = min(k, offset)
+    res = group.search(np.ascontiguousarray(q_emb, dtype=np.float32), k, False)
+    pids = np.asarray(res["pids"].to_pylist(), dtype=object).reshape(len(q_emb), k)
+    return res["scores"], pids

@@ -166,7 +166,7 @@ def test_skip_counts_reasons_in_manifest(tmp_path):
     m = read_manifest(t)
     assert m["rows"] == 2
     assert m["skipped"] == {"bad_number": 1, "malformed_line": 1, "unknown_pid": 2}
-    coll = "1\ta\n2\tb\n1\tagain\n\t\n3\tc\n2\tthird\n5\n".encode() + b"4\t\xff\n"
+    coll = b"1\ta\n2\tb\n1\tagain\n\t\n3\tc\n2\tthird\n5\n" + b"4\t\xff\n"
     t = imp(tmp_path, "msmarco_collection", coll, name="c2", on_error="skip", batch_rows=2)
     assert read_table(t).column("pid").to_pylist() == ["1", "2", "3"]
     assert read_manifest(t)["skipped"] == {"duplicate_id": 2, "empty_id": 1, "invalid_utf8": 1, "malformed_line": 1}
@@ -230,13 +230,15 @@ def test_reader_batches_are_bounded(tmp_path):
 
 PEAK = textwrap.dedent(
     """
-    import resource, sys
+    import sys
     import pyarrow as pa
     from densekit.config import ImportConfig
     from densekit.data.importer import import_data
     path, out = sys.argv[1], sys.argv[2]
     import_data(ImportConfig(format="msmarco_docs", path=path, output=out, batch_rows=128, rows_per_part=2000))
-    print(pa.default_memory_pool().max_memory(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    # VmHWM of this process (ru_maxrss would include the forking pytest process: it survives exec).
+    hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]
+    print(pa.default_memory_pool().max_memory(), hwm)
     """
 )
 
@@ -262,3 +264,22 @@ def test_import_memory_does_not_grow_with_the_file(tmp_path):
     (a_small, r_small), (a_big, r_big) = peaks[1_500], peaks[15_000]
     assert a_big < 2 * a_small + (4 << 20), peaks  # Arrow's peak does not scale with rows
     assert r_big - r_small < 30_000, peaks  # RSS grows < 30 MB while the input grows by ~36 MB
+
+
+def test_training_batches_are_bounded_by_passages(tmp_path):
+    """A training group's size is its passages (texts are filled in): batches count passages."""
+    from densekit.data import io
+
+    recs = [{"question": f"q{i}", "positive_ctxs": [0], "hard_negative_ctxs": list(range(1, 30))} for i in range(20)]
+    (tmp_path / "b.json").write_text(json.dumps(recs))
+    sizes = [b.num_rows for b in io.read_dpr_json(tmp_path / "b.json", batch_rows=100)]
+    assert sizes == [4, 4, 4, 4, 4]  # 30 passages a group: the 4th group reaches 100 passages
+    (tmp_path / "m.tsv").write_text("".join(f"1\t0\tq{i}\t0\t1\n" for i in range(10)))
+    assert [b.num_rows for b in io.read_margin_mse_tsv(tmp_path / "m.tsv", batch_rows=8)] == [4, 4, 2]
+
+
+def test_training_texts_need_the_tables(tmp_path):
+    refused(tmp_path, "dpr_json", '[{"question": "a", "positive_ctxs": [3]}]', 1,
+            "pid '3': no passage text in the file; expected corpus=<table>")
+    refused(tmp_path, "prod_json", '[{"query_id": "q1", "pos_id": ["0"], "neg_id": []}]', 1,
+            "qid 'q1': no query text in the file; expected queries=<table>", corpus=str(_corpus(tmp_path)))

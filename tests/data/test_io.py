@@ -236,7 +236,7 @@ def test_json_stream_matches_json_load_across_chunk_boundaries(tmp_path, monkeyp
     got = list(io.iter_json_records(p, "objects"))
     assert [o for _, _, o in got] == recs
     lines = p.read_text(encoding="utf-8").split("\n")
-    for _, line, obj in got[:5]:
+    for _, line, _obj in got[:5]:
         assert lines[line - 1].strip() == "{"  # the line where the record starts
     # JSON lines work too.
     p.write_text("\n".join(json.dumps(r) for r in recs))

@@ -74,9 +74,9 @@ def test_prod_stage_step(tiny_model_dir):
     )  # the copy stays frozen
     with torch.no_grad():
         moved = student(batch, candidates=s_mode).scores
-    assert not torch.allclose(
-        moved, r_out.scores
-    )  # the student moved away from its stage-start self
+    # The student moved away from its stage-start self. (Scores of the tiny CLS model sit near 32,
+    # so allclose's relative tolerance would hide the move; compare against float noise instead.)
+    assert (moved - r_out.scores).abs().max() > 1e-5
 
 
 def test_lead_step_colbert_teacher(tiny_model_dir):

@@ -36,6 +36,8 @@ class TrainBatch:
         passage_ids: `[B*G]` long, hashed pids (candidates.pid_hash), all-gatherable.
         positive_ids: `[B, P]` long hashed positive pids; positive_mask `[B, P]` bool.
         teacher_scores: `[B, G]` float offline teacher scores (from the records' `score`), or None.
+        positive_texts: per query, (text, title) of every judged positive, aligned with
+            positive_pids (ADORE encodes positives its index search did not retrieve).
         inputs: tokenised inputs per Tokenization.key (filled by the collator; models tokenise
             on the fly when their key is missing).
     """
@@ -52,6 +54,7 @@ class TrainBatch:
     positive_mask: Tensor
     teacher_scores: Tensor | None = None
     inputs: dict[str, dict[str, dict[str, Tensor]]] = field(default_factory=dict)
+    positive_texts: list[list[tuple[str, str]]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.qids)
@@ -74,7 +77,7 @@ class TrainBatch:
         return TrainBatch(
             self.qids, self.query_texts, self.pids, self.passage_texts, self.passage_titles, self.group_size,
             self.positive_pids, self.passage_ids.to(device), self.positive_ids.to(device),
-            self.positive_mask.to(device), ts, inputs,
+            self.positive_mask.to(device), ts, inputs, self.positive_texts,
         )  # fmt: skip
 
 
@@ -131,6 +134,7 @@ class TrainCollator:
             raise InputError(self.source, None, "empty batch")
         G = self.group_size
         qids, queries, pids, texts, titles, positives, scores = [], [], [], [], [], [], []
+        positive_texts: list[list[tuple[str, str]]] = []
         for n, row in enumerate(rows):
             qid = str(row.get(QID, f"<row {n}>"))
             query = row.get(QUERY, row.get(TEXT))
@@ -142,6 +146,7 @@ class TrainCollator:
             qids.append(qid)
             queries.append(query)
             positives.append([str(p[PID]) for p in pos])
+            positive_texts.append([(p.get(TEXT) or "", p.get(TITLE) or "") for p in pos])
             if G == 0:
                 continue
             if not pos:
@@ -193,6 +198,7 @@ class TrainCollator:
             teacher_scores=torch.tensor(scores, dtype=torch.float32).view(len(rows), G)
             if self.teacher_scores and G
             else None,
+            positive_texts=positive_texts,
         )
         for key, tok in self.tokenizations.items():
             batch.inputs[key] = tok.batch(batch)

@@ -115,6 +115,8 @@ def _import_beir(cfg: ImportConfig, src: Path, out: Path) -> None:
     write_manifest(out / "corpus", "import", extra=tables["corpus"])
     tables["queries"] = import_table("beir_queries", src / "queries.jsonl", out / "queries", cfg)
     write_manifest(out / "queries", "import", extra=tables["queries"])
+    if cfg.lookup_cache:
+        Path(cfg.lookup_cache).mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="densekit-beir-", dir=cfg.lookup_cache))
     try:
         with TableLookup.build(out / "corpus", scratch / "corpus", PID, columns=[]) as corpus, \

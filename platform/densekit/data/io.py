@@ -33,7 +33,6 @@ from densekit.data.records import (
     QID,
     QRELS_SCHEMA,
     QUERIES_SCHEMA,
-    QUERY,
     RANK,
     RELEVANCE,
     RUN_SCHEMA,
@@ -552,6 +551,7 @@ class _GroupBatcher:
         self.pos: dict[str, list] = {"pid": [], "text": [], "title": [], "score": []}
         self.neg: dict[str, list] = {"pid": [], "text": [], "title": [], "score": []}
         self.bytes = 0
+        self.passages = 0
 
     def add(self, nbytes, qid, query, pos, neg, line):
         """pos/neg: lists of (pid, text|None, title|None, score|None)."""
@@ -562,9 +562,12 @@ class _GroupBatcher:
             for i, k in enumerate(("pid", "text", "title", "score")):
                 dst[k].append([p[i] for p in items])
         self.bytes += nbytes
+        self.passages += len(pos) + len(neg)
 
     def full(self) -> bool:
-        return len(self.qid) >= self.batch_rows or self.bytes >= self.batch_bytes
+        # Passages, not groups, are counted: the importer fills each with its text from the corpus
+        # (a 100-negative MS MARCO document group is ~700 KB once filled).
+        return self.passages >= self.batch_rows or self.bytes >= self.batch_bytes
 
     @property
     def rows(self) -> int:
@@ -648,7 +651,7 @@ def read_margin_mse_tsv(
         for k, v in (("ps", fps), ("ns", fns), ("q", q), ("pp", pp), ("np", np_), ("line", n)):
             cols_[k].append(v)
         nbytes += len(line)
-        if len(cols_["q"]) >= batch_rows or nbytes >= batch_bytes:
+        if 2 * len(cols_["q"]) >= batch_rows or nbytes >= batch_bytes:  # 2 passages a row
             yield flush()
     if cols_["q"]:
         yield flush()

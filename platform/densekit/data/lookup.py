@@ -66,12 +66,14 @@ class HashRuns:
         hashes = np.asarray(hashes, dtype=np.uint64)
         if len(hashes) == 0:
             return np.zeros(0, dtype=bool)
-        seen = self.contains(hashes)
+        before = self.contains(hashes)
         uniq, first = np.unique(hashes, return_index=True)
-        repeat = np.ones(len(hashes), dtype=bool)
-        repeat[first] = False
-        seen |= repeat
-        self._add(uniq)
+        seen = np.ones(len(hashes), dtype=bool)
+        seen[first] = False  # repeats within this array
+        seen |= before
+        new = uniq[~before[first]]
+        if len(new):
+            self._add(new)
         return seen
 
     def contains(self, hashes: np.ndarray) -> np.ndarray:
@@ -190,7 +192,11 @@ class TableLookup:
         """
         table_dir = Path(table_dir)
         read_manifest(table_dir)
-        where = Path(cache_dir) / f"{table_dir.name}-{key}" if cache_dir else table_dir / f"lookup-{key}"
+        if cache_dir:  # one shared cache folder: tell tables of the same name apart by their path
+            tag = hashlib.sha256(str(table_dir.resolve()).encode()).hexdigest()[:10]
+            where = Path(cache_dir) / f"{table_dir.name}-{tag}-{key}"
+        else:
+            where = table_dir / f"lookup-{key}"
         want = None if columns is None else [key] + [c for c in columns if c != key]
         if (where / META).exists():
             try:
