@@ -24,8 +24,8 @@ from densekit.artifacts import (
     config_to_yaml,
     is_complete,
     prepare_output,
-    write_text_atomic,
     write_manifest,
+    write_text_atomic,
 )
 from densekit.config import TrainConfig, TuneConfig, load_config
 from densekit.errors import ConfigError, DensekitError
@@ -82,7 +82,9 @@ def _override_value(value: Any) -> str:
     return json.dumps(value)  # JSON is YAML: floats, lists, quoted strings, null, true/false
 
 
-def trial_overrides(base_overrides: list[str], params: dict[str, Any], metric: str, output: str | Path) -> list[str]:
+def trial_overrides(
+    base_overrides: list[str], params: dict[str, Any], metric: str, output: str | Path
+) -> list[str]:
     """The overrides that turn the base train config into one trial's config."""
     return [
         *base_overrides,
@@ -106,10 +108,14 @@ def check_space(cfg: TuneConfig, base: str, metric: str) -> tuple[TrainConfig, l
 
     for item in cfg.overrides:
         if item.split("=", 1)[0].strip() in RESERVED_KEYS:
-            raise ConfigError(f"tune overrides: '{item}': {', '.join(RESERVED_KEYS)} are set per trial")
+            raise ConfigError(
+                f"tune overrides: '{item}': {', '.join(RESERVED_KEYS)} are set per trial"
+            )
     probe_out = Path(cfg.output) / "trials" / "probe"
     try:
-        base_cfg = load_config(TrainConfig, base, trial_overrides(cfg.overrides, {}, metric, probe_out))
+        base_cfg = load_config(
+            TrainConfig, base, trial_overrides(cfg.overrides, {}, metric, probe_out)
+        )
     except ConfigError as e:
         raise ConfigError(f"tune base config {base} with overrides {cfg.overrides}: {e}") from None
     if not base_cfg.eval.every:
@@ -121,10 +127,16 @@ def check_space(cfg: TuneConfig, base: str, metric: str) -> tuple[TrainConfig, l
     probes = []
     for key, (name, args) in cfg.search_space().items():
         if key in RESERVED_KEYS:
-            raise ConfigError(f"space.{key}: {', '.join(RESERVED_KEYS)} are set per trial, not searched")
+            raise ConfigError(
+                f"space.{key}: {', '.join(RESERVED_KEYS)} are set per trial, not searched"
+            )
         for value in _probe_values(name, args):
             try:
-                probe = load_config(TrainConfig, base, trial_overrides(cfg.overrides, {key: value}, metric, probe_out))
+                probe = load_config(
+                    TrainConfig,
+                    base,
+                    trial_overrides(cfg.overrides, {key: value}, metric, probe_out),
+                )
                 candidate_modes(probe)  # builds the losses: a bad loss parameter fails here
             except ConfigError as e:
                 raise ConfigError(f"space.{key} ({name}, value {value!r}): {e}") from None
@@ -165,11 +177,14 @@ def train_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
 
     setup_logging()
     # Tune runs each trial in a folder of its own; relative paths in the base config mean the
-    # folder `densekit tune` was started from.
-    os.chdir(spec["cwd"])
+    # folder `densekit tune` was started from (when this node has it: use absolute paths on a cluster).
+    if Path(spec["cwd"]).is_dir():
+        os.chdir(spec["cwd"])
     trial_id = ray_tune.get_context().get_trial_id()
     out = Path(spec["trials"]) / trial_id
-    cfg = load_config(TrainConfig, spec["base"], trial_overrides(spec["overrides"], params, spec["metric"], out))
+    cfg = load_config(
+        TrainConfig, spec["base"], trial_overrides(spec["overrides"], params, spec["metric"], out)
+    )
     result = fit(cfg, callbacks=[EvalReportCallback(spec["metric"])])
     if result is None:
         # The run had finished before the search was interrupted: hand Tune its evaluations again.
@@ -204,6 +219,12 @@ def search(cfg: TuneConfig, callbacks: list | None = None) -> None:
     base = str(Path(cfg.base).resolve())
     metric = parse_metric(cfg.metric).name
     base_cfg, probes = check_space(cfg, base, metric)
+    rung = base_cfg.eval.every  # ASHA's unit: one evaluation round
+    max_t = max(c.optim.max_steps for c in [base_cfg, *probes])
+    if cfg.scheduler == "asha" and cfg.grace_period * rung > max_t:
+        raise ConfigError(
+            f"grace_period={cfg.grace_period} evaluation rounds of {rung} steps exceed max_steps={max_t}"
+        )
     # The tune config names its base by path: a search is the same only if the base still
     # resolves to the same train config (kept as base_config.yaml).
     resolved = config_to_yaml(base_cfg)
@@ -219,19 +240,23 @@ def search(cfg: TuneConfig, callbacks: list | None = None) -> None:
     _check_inputs(base_cfg)
     init_ray(base_cfg.resources)
 
-    spec = {"base": base, "overrides": list(cfg.overrides), "metric": metric, "trials": str(out / "trials"), "cwd": os.getcwd()}
-    trainable = ray_tune.with_resources(ray_tune.with_parameters(train_trial, spec=spec), TRIAL_RESOURCES)
+    spec = {
+        "base": base,
+        "overrides": list(cfg.overrides),
+        "metric": metric,
+        "trials": str(out / "trials"),
+        "cwd": os.getcwd(),
+    }
+    trainable = ray_tune.with_resources(
+        ray_tune.with_parameters(train_trial, spec=spec), TRIAL_RESOURCES
+    )
     experiment = out / "search"
     if ray_tune.Tuner.can_restore(str(experiment)):
         logger.info("tune: resuming the interrupted search in %s", experiment)
-        tuner = ray_tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=False)
+        tuner = ray_tune.Tuner.restore(
+            str(experiment), trainable, resume_unfinished=True, resume_errored=False
+        )
     else:
-        rung = base_cfg.eval.every
-        max_t = max(c.optim.max_steps for c in [base_cfg, *probes])
-        if cfg.scheduler == "asha" and cfg.grace_period * rung > max_t:
-            raise ConfigError(
-                f"grace_period={cfg.grace_period} evaluation rounds of {rung} steps exceed max_steps={max_t}"
-            )
         scheduler = (
             ASHAScheduler(
                 time_attr="step",  # Train's optimizer step: the same after a resumed trial
@@ -296,7 +321,9 @@ def _trial_rows(grid, cfg: TuneConfig, metric: str, spec: dict) -> list[dict]:
             )
         params = {k: trial.config[k] for k in cfg.search_space()}
         out = Path(spec["trials"]) / trial.trial_id
-        train_cfg = load_config(TrainConfig, spec["base"], trial_overrides(spec["overrides"], params, metric, out))
+        train_cfg = load_config(
+            TrainConfig, spec["base"], trial_overrides(spec["overrides"], params, metric, out)
+        )
         df = result.metrics_dataframe
         evals = [] if df is None or metric not in df else df[df[metric].notna()].to_dict("records")
         row: dict[str, Any] = {
@@ -319,7 +346,11 @@ def _trial_rows(grid, cfg: TuneConfig, metric: str, spec: dict) -> list[dict]:
             row["_checkpoint"] = best.get("checkpoint_path")
         if trial.status == "ERROR":
             row["status"] = "error"
-            row["error"] = str(result.error).strip().splitlines()[-1][:500] if result.error else "unknown error"
+            row["error"] = (
+                str(result.error).strip().splitlines()[-1][:500]
+                if result.error
+                else "unknown error"
+            )
         else:
             row["status"] = "finished" if row["steps"] >= row["max_steps"] else "stopped"
         rows.append(row)
@@ -334,7 +365,9 @@ def _best_row(rows: list[dict]) -> dict:
     scored = [r for r in rows if r["best"] is not None and math.isfinite(r["best"])]
     if not scored:
         errors = "; ".join(f"{r['trial_id']}: {r['error']}" for r in rows if r["error"])
-        raise DensekitError(f"tune: no trial reported {rows[0]['metric'] if rows else 'the metric'} ({errors})")
+        raise DensekitError(
+            f"tune: no trial reported {rows[0]['metric'] if rows else 'the metric'} ({errors})"
+        )
     # Highest metric; ties go to the earlier best step, then the lower trial id.
     return min(scored, key=lambda r: (-r["best"], r["best_step"], r["trial_id"]))
 
@@ -349,15 +382,24 @@ def _best_model_dir(row: dict) -> Path:
     for sub in ("best", "model"):
         if ckpt and (Path(ckpt) / sub).is_dir():
             return Path(ckpt) / sub
-    raise DensekitError(f"tune: the checkpoint of trial {row['trial_id']} at step {row['best_step']} is gone ({ckpt})")
+    raise DensekitError(
+        f"tune: the checkpoint of trial {row['trial_id']} at step {row['best_step']} is gone ({ckpt})"
+    )
 
 
 def _write_outputs(out: Path, rows: list[dict], metric: str, spec: dict) -> None:
     best = _best_row(rows)
     with atomic_path(out / "trials.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}) + "\n" for r in rows))
+        tmp.write_text(
+            "".join(
+                json.dumps({k: v for k, v in r.items() if not k.startswith("_")}) + "\n"
+                for r in rows
+            )
+        )
     best_cfg = load_config(
-        TrainConfig, spec["base"], trial_overrides(spec["overrides"], best["params"], metric, out / RETRAIN_DIR)
+        TrainConfig,
+        spec["base"],
+        trial_overrides(spec["overrides"], best["params"], metric, out / RETRAIN_DIR),
     )
     header = (
         f"# Best of `densekit tune` in {out}: trial {best['trial_id']}, {metric}={best['best']:.4f} at step "

@@ -22,7 +22,9 @@ def weights(path):
     return load_model(path).state_dict()
 
 
-def test_best_model_is_kept_when_later_evaluations_tie(tmp_path, train_task, student_dir, ray_session):
+def test_best_model_is_kept_when_later_evaluations_tie(
+    tmp_path, train_task, student_dir, ray_session
+):
     # Every dev query's relevant passage is missing from the corpus: the metric is 0 at every
     # evaluation, so the first evaluation (step 2) stays the best and the later ones tie with it.
     qrels = tmp_path / "qrels"
@@ -44,9 +46,19 @@ def test_best_model_is_kept_when_later_evaluations_tie(tmp_path, train_task, stu
     train(cfg)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_step"] == 2 and summary["best"]["ndcg@10"] == 0.0
-    kept = {json.loads((d / STATE_FILE).read_text())["step"]: d for d in (out / "checkpoints").glob("checkpoint_*") if d.is_dir()}
+    kept = {
+        json.loads((d / STATE_FILE).read_text())["step"]: d
+        for d in (out / "checkpoints").glob("checkpoint_*")
+        if d.is_dir()
+    }
     assert 2 in kept, f"the best checkpoint was deleted; kept steps {sorted(kept)}"
-    best, at_step_2, final = weights(out / "best"), weights(kept[2] / "model"), weights(out / "model")
+    best, at_step_2, final = (
+        weights(out / "best"),
+        weights(kept[2] / "model"),
+        weights(out / "model"),
+    )
     for k in best:
         torch.testing.assert_close(best[k], at_step_2[k], rtol=0, atol=0)
-    assert any(not torch.equal(best[k], final[k]) for k in best), "training did not move the weights"
+    assert any(not torch.equal(best[k], final[k]) for k in best), (
+        "training did not move the weights"
+    )

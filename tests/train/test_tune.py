@@ -20,7 +20,12 @@ def write_base(path: Path, task, student) -> Path:
         "data": {"train": str(task["groups"]), "group_size": 2},
         "losses": {"contrastive": {"weight": 1.0, "params": {"temperature": 0.1}}},
         "optim": {"lr": 1.0e-3, "batch_size": 8, "max_steps": 24, "warmup_steps": 2},
-        "eval": {"every": 8, "queries": str(task["queries"]), "qrels": str(task["qrels"]), "corpus": str(task["corpus"])},
+        "eval": {
+            "every": 8,
+            "queries": str(task["queries"]),
+            "qrels": str(task["qrels"]),
+            "corpus": str(task["corpus"]),
+        },
         "resources": {"num_workers": 1, "cpus_per_worker": 1},
         "output": "???",
     }
@@ -51,12 +56,17 @@ def tune_config(base: Path, out: Path, *extra: str) -> TuneConfig:
     [
         ("{optim.lrr: {loguniform: [1.0e-5, 1.0e-3]}}", "Did you mean 'lr'"),
         ("{losses.contrastive.params.temprature: {choice: [1, 2]}}", "Did you mean 'temperature'"),
-        ("{optim.warmup_steps: {choice: [1, oops]}}", "space.optim.warmup_steps (choice, value 'oops')"),
+        (
+            "{optim.warmup_steps: {choice: [1, oops]}}",
+            "space.optim.warmup_steps (choice, value 'oops')",
+        ),
         ("{model.student_layers: {choice: [[0, 1], [0, x]]}}", "model.student_layers"),
         ("{eval.metric: {choice: [mrr@10]}}", "set per trial"),
     ],
 )
-def test_search_keys_are_checked_before_any_trial(tmp_path, train_task, student_dir, space, message):
+def test_search_keys_are_checked_before_any_trial(
+    tmp_path, train_task, student_dir, space, message
+):
     from densekit.tune import tune
 
     base = write_base(tmp_path / "base.yaml", train_task, student_dir)
@@ -75,18 +85,38 @@ def test_base_needs_periodic_evaluation(tmp_path, train_task, student_dir):
         tune(tune_config(base, tmp_path / "search", "overrides=[eval.every=0]"))
 
 
+def test_grace_period_must_fit_in_the_run(tmp_path, train_task, student_dir):
+    from densekit.tune import tune
+
+    base = write_base(tmp_path / "base.yaml", train_task, student_dir)
+    out = tmp_path / "search"
+    with pytest.raises(
+        ConfigError, match="grace_period=4 evaluation rounds of 8 steps exceed max_steps=24"
+    ):
+        tune(tune_config(base, out, "grace_period=4"))
+    assert not out.exists()
+
+
 def test_space_syntax_is_checked_when_loading():
     with pytest.raises(ConfigError, match="Did you mean 'loguniform'"):
-        load_config(TuneConfig, None, ["base=b.yaml", "output=o", "space={optim.lr: {logunifrom: [1, 2]}}"])
+        load_config(
+            TuneConfig, None, ["base=b.yaml", "output=o", "space={optim.lr: {logunifrom: [1, 2]}}"]
+        )
     with pytest.raises(ConfigError, match=r"low < high"):
-        load_config(TuneConfig, None, ["base=b.yaml", "output=o", "space={optim.lr: {uniform: [2, 1]}}"])
-    nested = load_config(TuneConfig, None, ["base=b.yaml", "output=o", "space={optim: {lr: {choice: [1, 2]}}}"])
+        load_config(
+            TuneConfig, None, ["base=b.yaml", "output=o", "space={optim.lr: {uniform: [2, 1]}}"]
+        )
+    nested = load_config(
+        TuneConfig, None, ["base=b.yaml", "output=o", "space={optim: {lr: {choice: [1, 2]}}}"]
+    )
     assert nested.search_space() == {"optim.lr": ("choice", [1, 2])}
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_search_resumes_and_returns_the_best_config(tmp_path, train_task, student_dir, ray_session, monkeypatch):
+def test_search_resumes_and_returns_the_best_config(
+    tmp_path, train_task, student_dir, ray_session, monkeypatch
+):
     from ray.tune import Callback
 
     from densekit.artifacts import read_manifest
@@ -130,7 +160,9 @@ def test_search_resumes_and_returns_the_best_config(tmp_path, train_task, studen
     # lr 1e-5 barely moves the weights: at the rung (step 16) it is behind trial 1, and ASHA stops it.
     assert [r["status"] for r in rows] == ["finished", "stopped", "finished"], rows
     assert [r["steps"] for r in rows] == [24, 16, 24]
-    assert rows[1]["history"][-1]["ndcg@10"] < next(h["ndcg@10"] for h in rows[0]["history"] if h["step"] == 16)
+    assert rows[1]["history"][-1]["ndcg@10"] < next(
+        h["ndcg@10"] for h in rows[0]["history"] if h["step"] == 16
+    )
     best = max(rows, key=lambda r: r["best"])
     assert manifest["best_trial"] == best["trial_id"] and manifest["best"] == best["best"]
     assert manifest["trials"] == {"finished": 2, "stopped": 1, "error": 0}
@@ -138,13 +170,18 @@ def test_search_resumes_and_returns_the_best_config(tmp_path, train_task, studen
     # best_config.yaml is a complete train config with the best trial's values.
     best_cfg = load_config(TrainConfig, out / "best_config.yaml")
     assert best_cfg.optim.lr == best["params"]["optim.lr"]
-    assert best_cfg.losses["contrastive"].params["temperature"] == best["params"]["losses.contrastive.params.temperature"]
+    assert (
+        best_cfg.losses["contrastive"].params["temperature"]
+        == best["params"]["losses.contrastive.params.temperature"]
+    )
     assert best_cfg.eval.metric == "ndcg@10" and Path(best_cfg.output) == out / "retrain"
 
     # best/ really is the model that scored best: evaluated again here, independently of Tune.
     model = load_model(out / "best")
     model.eval()
-    assert evaluate_model(model, best_cfg.eval, "cpu")["ndcg@10"] == pytest.approx(best["best"], abs=1e-6)
+    assert evaluate_model(model, best_cfg.eval, "cpu")["ndcg@10"] == pytest.approx(
+        best["best"], abs=1e-6
+    )
 
     # A finished search is not rerun.
     before = (out / "trials.jsonl").stat().st_mtime_ns
@@ -153,5 +190,11 @@ def test_search_resumes_and_returns_the_best_config(tmp_path, train_task, studen
 
     # `densekit train` accepts the best config (a couple of steps here).
     retrain = tmp_path / "retrain"
-    train(load_config(TrainConfig, out / "best_config.yaml", ["optim.max_steps=2", "eval.every=0", f"output={retrain}"]))
+    train(
+        load_config(
+            TrainConfig,
+            out / "best_config.yaml",
+            ["optim.max_steps=2", "eval.every=0", f"output={retrain}"],
+        )
+    )
     assert read_manifest(retrain)["steps"] == 2
