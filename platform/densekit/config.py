@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import difflib
 import itertools
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -733,7 +734,9 @@ class TuneConfig:
     """Search a train config with Ray Tune: one `densekit train` run per trial, ASHA early stopping."""
 
     base: str = opt(MISSING, "the train config (YAML) every trial starts from")
-    overrides: List[str] = opt([], "key=value applied to the base for every trial, e.g. optim.max_steps=2000")  # noqa: UP006
+    overrides: Dict[str, Any] = opt(  # noqa: UP006
+        {}, "train keys set in every trial, e.g. {optim.max_steps: 2000}; on the command line overrides.model.path=..."
+    )
     space: Dict[str, Any] = opt(  # noqa: UP006
         {},
         "dotted train key -> {sampler: args}, e.g. optim.lr: {loguniform: [1.0e-5, 1.0e-3]}; samplers: "
@@ -775,13 +778,25 @@ class TuneConfig:
         walk("", self.space)
         return out
 
+    def override_list(self) -> list[str]:
+        """`overrides` as dotted `key=value` strings for load_config (nested mappings flattened)."""
+        out: list[str] = []
+
+        def walk(prefix: str, node: dict) -> None:
+            for k, v in node.items():
+                key = f"{prefix}.{k}" if prefix else str(k)
+                if isinstance(v, dict) and v:
+                    walk(key, v)
+                else:
+                    out.append(f"{key}={json.dumps(v)}")  # JSON is YAML: the value parses back as is
+
+        walk("", self.overrides)
+        return out
+
     def validate(self) -> None:
         if not self.space:
             raise ConfigError("tune: `space` is empty; e.g. space: {optim.lr: {loguniform: [1.0e-5, 1.0e-3]}}")
         self.search_space()
-        for item in self.overrides:
-            if "=" not in item or item.startswith("="):
-                raise ConfigError(f"overrides: '{item}' is not of the form key=value")
         if self.num_trials < 1 or self.grace_period < 1 or self.max_concurrent_trials < 0 or self.max_failures < 0:
             raise ConfigError("need num_trials >= 1, grace_period >= 1, max_concurrent_trials >= 0, max_failures >= 0")
         if self.reduction_factor <= 1:

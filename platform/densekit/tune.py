@@ -106,18 +106,17 @@ def check_space(cfg: TuneConfig, base: str, metric: str) -> tuple[TrainConfig, l
     """
     from densekit.train import candidate_modes
 
-    for item in cfg.overrides:
+    overrides = cfg.override_list()
+    for item in overrides:
         if item.split("=", 1)[0].strip() in RESERVED_KEYS:
             raise ConfigError(
                 f"tune overrides: '{item}': {', '.join(RESERVED_KEYS)} are set per trial"
             )
     probe_out = Path(cfg.output) / "trials" / "probe"
     try:
-        base_cfg = load_config(
-            TrainConfig, base, trial_overrides(cfg.overrides, {}, metric, probe_out)
-        )
+        base_cfg = load_config(TrainConfig, base, trial_overrides(overrides, {}, metric, probe_out))
     except ConfigError as e:
-        raise ConfigError(f"tune base config {base} with overrides {cfg.overrides}: {e}") from None
+        raise ConfigError(f"tune base config {base} with overrides {overrides}: {e}") from None
     if not base_cfg.eval.every:
         raise ConfigError(
             f"tune picks trials by the periodic evaluation: set eval.every (with eval.queries, eval.qrels "
@@ -135,7 +134,7 @@ def check_space(cfg: TuneConfig, base: str, metric: str) -> tuple[TrainConfig, l
                 probe = load_config(
                     TrainConfig,
                     base,
-                    trial_overrides(cfg.overrides, {key: value}, metric, probe_out),
+                    trial_overrides(overrides, {key: value}, metric, probe_out),
                 )
                 candidate_modes(probe)  # builds the losses: a bad loss parameter fails here
             except ConfigError as e:
@@ -242,7 +241,7 @@ def search(cfg: TuneConfig, callbacks: list | None = None) -> None:
 
     spec = {
         "base": base,
-        "overrides": list(cfg.overrides),
+        "overrides": cfg.override_list(),
         "metric": metric,
         "trials": str(out / "trials"),
         "cwd": os.getcwd(),

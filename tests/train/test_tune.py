@@ -82,7 +82,7 @@ def test_base_needs_periodic_evaluation(tmp_path, train_task, student_dir):
 
     base = write_base(tmp_path / "base.yaml", train_task, student_dir)
     with pytest.raises(ConfigError, match="eval.every"):
-        tune(tune_config(base, tmp_path / "search", "overrides=[eval.every=0]"))
+        tune(tune_config(base, tmp_path / "search", "overrides.eval.every=0"))
 
 
 def test_grace_period_must_fit_in_the_run(tmp_path, train_task, student_dir):
@@ -106,6 +106,18 @@ def test_space_syntax_is_checked_when_loading():
         load_config(
             TuneConfig, None, ["base=b.yaml", "output=o", "space={optim.lr: {uniform: [2, 1]}}"]
         )
+    both = load_config(
+        TuneConfig,
+        None,
+        [
+            "base=b.yaml",
+            "output=o",
+            "space={a: {choice: [1]}}",
+            "overrides={optim.lr: 1.0e-4}",
+            "overrides.model.path=/m x",
+        ],
+    )  # a YAML mapping and command-line keys merge
+    assert both.override_list() == ["optim.lr=0.0001", 'model.path="/m x"']
     nested = load_config(
         TuneConfig, None, ["base=b.yaml", "output=o", "space={optim: {lr: {choice: [1, 2]}}}"]
     )
