@@ -380,6 +380,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             **{f"loss/{k}": v / max(1, n_since) for k, v in zip(names, sums[1:])},
             "lr": scheduler.get_last_lr()[0],
             "queries_per_s": n_since * cfg.optim.batch_size / max(1e-9, time.time() - t0),
+            "time": time.time(),  # end of the interval (unix seconds): progress over time, benchmarks
         }
         losses_since, parts_since, n_since = 0.0, {}, 0
         is_best = False
@@ -396,7 +397,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics["best_score"] = state["best_score"] if state["best_score"] is not None else -1.0
         metrics["is_best"] = float(is_best)  # the checkpoint ranking (CheckpointConfig)
         if rank == 0:
-            logger.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+            logger.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float) and k != "time"))
         _report(metrics, state, inner, optimizer, scheduler, scaler, rank, is_best)
         t0 = time.time()
 
