@@ -58,6 +58,11 @@ STEPS: dict[str, Step] = {
         "ExportConfig",
     ),
     # --- retrieval -----------------------------------------------------------------------------
+    "encode": Step(
+        "encode a corpus or query table into embedding shards (Ray Data model actors, resumable)",
+        "densekit.pipelines.encode:encode",
+        "EncodeConfig",
+    ),
     "index": Step(
         "build a sharded FAISS index (Flat, IVF, PQ, HNSW) from embedding shards, one Ray task each",
         "densekit.pipelines.index:index",

@@ -1,0 +1,380 @@
+"""`densekit encode`: a corpus or query table -> embedding shards, with a Ray Data pipeline.
+
+    read (one task per Parquet row group ∩ shard) -> TextEncoder actors (the model loaded once per
+    actor; rows sorted by length, padded per batch, autocast on CUDA; each actor writes its
+    batches as pieces of their shard) -> one merge task per shard once all its rows are in:
+    <output>/part-NNNNN.parquet
+
+Shard i holds input rows [i*rows_per_shard, (i+1)*rows_per_shard) in input order, whatever the
+cluster did, so a rerun keeps the shards that are complete and recomputes only the others. Nothing
+holds more than one shard: the driver sees only row counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from densekit.artifacts import (
+    PART,
+    atomic_path,
+    prepare_output,
+    read_manifest,
+    table_parts,
+    write_json_atomic,
+    write_manifest,
+)
+from densekit.data import records as R
+from densekit.errors import ConfigError, DensekitError, InputError
+from densekit.logs import Progress
+from densekit.pipelines.embeddings import embeddings_batch, model_fingerprint
+
+logger = logging.getLogger(__name__)
+
+PIECES = ".pieces"
+PLAN = "plan.json"
+ROW = "__row"  # global input row number, carried through the pipeline
+
+
+# --- the model actor -------------------------------------------------------------------------------
+
+
+def autocast_dtype(device: str, precision: str) -> Any:
+    """The autocast dtype for `precision` on `device`, or None (no autocast: fp32, or CPU)."""
+    import torch
+
+    if not str(device).startswith("cuda") or precision == "fp32":
+        return None
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+class TextEncoder:
+    """Callable class for Ray Data's map_batches: texts -> embeddings, with one model per actor.
+
+    Also usable without Ray: `TextEncoder(model_dir, "passages")(batch)` on a dict of columns.
+
+    Args:
+        model: a bi-encoder directory (densekit checkpoint, sentence-transformers or plain HF).
+        kind: "passages" or "queries" (which tower and tokenisation).
+        batch_size: texts per forward pass.
+        title: "model" (the spec's title handling), "prepend" (title + " " + text) or "ignore".
+        max_length: override the spec's max length for this kind.
+        precision: "auto" | "fp32" | "fp16" | "bf16" (autocast on CUDA only).
+        use_gpu: put the model on CUDA when available.
+    """
+
+    def __init__(self, model: str, kind: str, batch_size: int = 128, title: str = "model",
+                 max_length: int | None = None, precision: str = "auto", use_gpu: bool = False):
+        import torch
+
+        from densekit.models import load_model
+
+        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        key = "max_query_length" if kind == "queries" else "max_passage_length"
+        self.model = load_model(model, kind="bi_encoder", device=self.device,
+                                overrides={key: max_length} if max_length else None)
+        self.kind, self.batch_size, self.title = kind, batch_size, title
+        self.amp = autocast_dtype(self.device, precision)
+
+    def encode(self, texts: list[str], titles: list[str] | None = None) -> np.ndarray:
+        """`[N, D]` float32 embeddings of `texts`, in input order.
+
+        Texts are sorted by length (longest first) so each forward pass pads to a similar length;
+        the first batch is the longest, so an out-of-memory error shows up at once.
+        """
+        import torch
+
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.zeros((len(texts), self.model.dim), np.float32)
+        for s in range(0, len(texts), self.batch_size):
+            idx = order[s : s + self.batch_size]
+            chunk = [texts[i] for i in idx]
+            if self.kind == "queries":
+                enc = self.model.tokenize_queries(chunk)
+            else:
+                enc = self.model.tokenize_passages(chunk, [titles[i] for i in idx] if titles else None)
+            enc = {k: v.to(self.device, non_blocking=True) for k, v in enc.items()}
+            with torch.inference_mode(), torch.autocast(
+                "cuda", dtype=self.amp or torch.float16, enabled=self.amp is not None
+            ):
+                emb = (self.model.encode_queries(**enc) if self.kind == "queries"
+                       else self.model.encode_passages(**enc))
+            out[idx] = emb.float().cpu().numpy()
+        return out
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Ray Data batch (numpy dict with __row, id, text[, title]) -> __row, id, embedding `[n, D]`."""
+        texts = [t if t is not None else "" for t in batch[R.TEXT].tolist()]
+        titles = None
+        if self.kind == "passages" and R.TITLE in batch and self.title != "ignore":
+            raw = [t if t is not None else "" for t in batch[R.TITLE].tolist()]
+            if self.title == "prepend":
+                texts = [f"{ti} {t}" if ti else t for ti, t in zip(raw, texts)]
+            else:
+                titles = raw
+        return {ROW: batch[ROW], R.ID: batch[R.ID], R.EMBEDDING: self.encode(texts, titles)}
+
+
+class _EncodeAndWrite(TextEncoder):
+    """The pipeline's actor: encode a batch and write it as pieces of its shard(s) right here.
+
+    Writing where the embeddings are made keeps them out of the object store and off the driver;
+    only (shard, row count) pairs travel on.
+    """
+
+    def __init__(self, out: str, rows_per_shard: int, dtype: str, **encoder_kwargs):
+        super().__init__(**encoder_kwargs)
+        self.out, self.rows_per_shard, self.dtype = out, rows_per_shard, dtype
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        encoded = super().__call__(batch)
+        return _write_pieces(encoded, self.out, self.rows_per_shard, self.dtype)
+
+
+# --- planning: which input rows go to which shard --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """Rows [start, stop) of one Parquet row group, all in one shard; `first` = global row of start."""
+
+    path: str
+    row_group: int
+    start: int
+    stop: int
+    first: int
+    shard: int
+
+
+def _plan(input_dir: str | Path, rows_per_shard: int) -> tuple[list[dict], list[_Slice], int]:
+    """The input files (name, rows, bytes) and the read slices (row group ∩ shard) of all rows."""
+    files, slices, row = [], [], 0
+    for part in table_parts(input_dir):
+        meta = pq.ParquetFile(part).metadata
+        files.append({"name": part.name, "rows": meta.num_rows, "bytes": part.stat().st_size})
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            start = 0
+            while start < n:
+                shard = (row + start) // rows_per_shard
+                stop = min(n, (shard + 1) * rows_per_shard - row)
+                slices.append(_Slice(str(part), g, start, stop, row + start, shard))
+                start = stop
+        row += meta.num_rows
+    return files, slices, row
+
+
+def _read_slices(batch: dict[str, np.ndarray], key: str, with_title: bool) -> pa.Table:
+    """Ray Data task: the rows of each slice, as (__row, id, text[, title])."""
+    tables = []
+    columns = [key, R.TEXT] + ([R.TITLE] if with_title else [])
+    for path, g, start, stop, first in zip(batch["path"], batch["row_group"], batch["start"],
+                                           batch["stop"], batch["first"]):
+        t = pq.ParquetFile(str(path)).read_row_group(int(g), columns=columns).slice(int(start), int(stop - start))
+        t = t.rename_columns([R.ID] + columns[1:])
+        tables.append(t.append_column(ROW, pa.array(np.arange(first, first + len(t), dtype=np.int64))))
+    return pa.concat_tables(tables)
+
+
+def _write_pieces(batch: dict[str, np.ndarray], out: str, rows_per_shard: int, dtype: str) -> dict:
+    """Write encoded rows as pieces (one per shard touched); return (shard, rows) counts."""
+    rows = batch[ROW].astype(np.int64)
+    shards = rows // rows_per_shard
+    out_shard, out_rows = [], []
+    for shard in np.unique(shards):
+        sel = np.flatnonzero(shards == shard)
+        sel = sel[np.argsort(rows[sel])]
+        r = rows[sel]
+        table = pa.Table.from_batches([embeddings_batch(batch[R.ID][sel].tolist(),
+                                                        batch[R.EMBEDDING][sel], dtype)])
+        table = table.append_column(ROW, pa.array(r))
+        d = Path(out) / PIECES / f"shard-{int(shard):05d}"
+        d.mkdir(parents=True, exist_ok=True)
+        # Named by the rows it holds: a retried task rewrites the same piece, never adds one.
+        with atomic_path(d / f"rows-{r[0]:012d}-{r[-1]:012d}.parquet") as tmp:
+            pq.write_table(table, tmp)
+        out_shard.append(int(shard))
+        out_rows.append(len(sel))
+    return {"shard": np.array(out_shard, np.int64), "rows": np.array(out_rows, np.int64)}
+
+
+def _merge_shard(out: str, shard: int, first: int, count: int) -> int:
+    """Ray task: the pieces of one shard -> part-NNNNN.parquet (rows in input order, each once)."""
+    d = Path(out) / PIECES / f"shard-{shard:05d}"
+    pieces = sorted(d.glob("rows-*.parquet"))
+    table = pa.concat_tables([pq.read_table(p) for p in pieces])
+    table = table.sort_by(ROW)
+    rows = table.column(ROW).to_numpy()
+    if len(rows) != count or not np.array_equal(rows, np.arange(first, first + count)):
+        raise DensekitError(
+            f"shard {shard}: pieces hold {len(rows)} rows, expected rows {first}..{first + count - 1} "
+            "exactly once (the input changed during the run?)"
+        )
+    with atomic_path(Path(out) / PART.format(shard)) as tmp:
+        pq.write_table(table.drop_columns([ROW]), tmp, row_group_size=65_536, compression="zstd")
+    shutil.rmtree(d, ignore_errors=True)
+    return count
+
+
+# --- the step --------------------------------------------------------------------------------------
+
+
+def encode(cfg) -> None:
+    """Encode `cfg.input` into embedding shards in `cfg.output` (see the module docstring).
+
+    Args:
+        cfg: an EncodeConfig. The manifest records dim, metric, model path and fingerprint, count.
+    """
+    from densekit.models.spec import read_spec, spec_from_sentence_transformers
+    from densekit.raycluster import init_ray
+
+    read_manifest(cfg.input)
+    out = Path(cfg.output)
+    schema = pq.ParquetFile(table_parts(cfg.input)[0]).schema_arrow
+    kind = cfg.kind
+    if kind == "auto":
+        kind = "queries" if R.QID in schema.names else "passages"
+    key = R.QID if kind == "queries" else R.PID
+    for col in (key, R.TEXT):
+        if col not in schema.names:
+            raise InputError(cfg.input, None, f"expected a column '{col}' for kind={kind}; has {schema.names}")
+    with_title = kind == "passages" and R.TITLE in schema.names
+    spec = read_spec(cfg.model) or spec_from_sentence_transformers(cfg.model)
+    if spec is not None and spec.kind != "bi_encoder":
+        raise ConfigError(f"{cfg.model} is a {spec.kind}; encode needs a bi-encoder (one vector per text)")
+
+    if not prepare_output(out, cfg, overwrite=cfg.overwrite, keep_partial=True):
+        return
+    fingerprint = model_fingerprint(cfg.model)
+    files, slices, total = _plan(cfg.input, cfg.rows_per_shard)
+    num_shards = max(1, -(-total // cfg.rows_per_shard))
+    plan = {"input": str(cfg.input), "files": files, "rows": total, "rows_per_shard": cfg.rows_per_shard,
+            "model_fingerprint": fingerprint, "kind": kind}
+    old_plan = _read_json(out / PLAN)
+    if old_plan is not None and old_plan != plan:
+        logger.info("%s: input or model changed since the partial run: starting over", out)
+        for p in out.glob("part-*.parquet"):
+            p.unlink()
+    write_json_atomic(out / PLAN, plan)
+    shutil.rmtree(out / PIECES, ignore_errors=True)  # pieces of unfinished shards: redone
+
+    def expected(shard: int) -> int:
+        return min(cfg.rows_per_shard, total - shard * cfg.rows_per_shard)
+
+    done = {s for s in range(num_shards) if _part_ok(out, s, expected(s))}
+    todo = [s for s in slices if s.shard not in done]
+    logger.info("encode %s (%s, %d rows) -> %s: %d shards, %d complete, %d to encode",
+                cfg.input, kind, total, out, num_shards, len(done), num_shards - len(done))
+    if todo:
+        init_ray(cfg.resources)
+        _run_pipeline(cfg, out, kind, key, with_title, todo, expected)
+    if total == 0:  # keep the schema: one empty shard
+        dim = _model_dim(cfg.model)
+        with atomic_path(out / PART.format(0)) as tmp:
+            pq.write_table(pa.Table.from_batches([], schema=R.embeddings_schema(dim, _arrow_dtype(cfg))), tmp)
+    dim = pq.ParquetFile(out / PART.format(0)).schema_arrow.field(R.EMBEDDING).type.list_size
+    (out / PLAN).unlink()
+    write_manifest(out, "encode", {
+        "dim": dim,
+        "metric": "ip",  # dot, or cosine on normalised vectors: both are inner products
+        "normalized": bool(spec.normalized) if spec is not None else False,
+        "model": str(cfg.model),
+        "model_fingerprint": fingerprint,
+        "kind": kind,
+        "count": total,
+        "num_shards": num_shards,
+        "rows_per_shard": cfg.rows_per_shard,
+        "storage_dtype": cfg.storage_dtype,
+        "input": str(cfg.input),
+    })
+    logger.info("encode: %d %s -> %s (%d dims, %d shards)", total, kind, out, dim, num_shards)
+
+
+def _run_pipeline(cfg, out: Path, kind: str, key: str, with_title: bool, todo: list[_Slice], expected) -> None:
+    import ray
+
+    res = cfg.resources
+    items = [dataclasses.asdict(s) for s in todo]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 10_000)))
+    # The read stage asks for the actors' CPU share so Ray Data fuses it into the actors (no extra
+    # hop); unfused (GPU actors) it still fits beside them on a node.
+    ds = ds.map_batches(_read_slices, batch_size=1, fn_kwargs={"key": key, "with_title": with_title},
+                        batch_format="numpy", num_cpus=min(res.cpus_per_worker, 1.0))
+    ds = ds.map_batches(
+        _EncodeAndWrite,
+        fn_constructor_kwargs={"out": str(out), "rows_per_shard": cfg.rows_per_shard,
+                               "dtype": cfg.storage_dtype, "model": str(cfg.model), "kind": kind,
+                               "batch_size": cfg.batch_size, "title": cfg.title,
+                               "max_length": cfg.max_length, "precision": cfg.precision,
+                               "use_gpu": res.use_gpu},
+        batch_size=cfg.block_rows,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=max(1, res.num_workers)),
+        num_cpus=res.cpus_per_worker,
+        num_gpus=res.gpus_per_worker if res.use_gpu else 0,
+    )
+
+    shards = sorted({s.shard for s in todo})
+    remaining = {s: expected(s) for s in shards}
+    merge = ray.remote(num_cpus=0.25, max_retries=2)(_merge_shard)
+    merges = []
+    progress = Progress(logger, f"encode {kind}", total=sum(remaining.values()))
+    # Only (shard, row count) pairs reach the driver; a shard is merged as soon as it is whole.
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for shard, n in zip(batch["shard"].tolist(), batch["rows"].tolist()):
+            remaining[shard] -= n
+            progress.update(n)
+            if remaining[shard] == 0:
+                merges.append(merge.remote(str(out), shard, shard * cfg.rows_per_shard, expected(shard)))
+            elif remaining[shard] < 0:
+                raise DensekitError(f"shard {shard} received more rows than it holds")
+    progress.done()
+    ray.get(merges)
+    short = {s: n for s, n in remaining.items() if n}
+    if short:
+        raise DensekitError(f"encode: shards {sorted(short)} are missing rows: {short}")
+    shutil.rmtree(out / PIECES, ignore_errors=True)
+
+
+def _part_ok(out: Path, shard: int, rows: int) -> bool:
+    p = out / PART.format(shard)
+    if not p.exists():
+        return False
+    try:
+        return pq.ParquetFile(p).metadata.num_rows == rows
+    except (pa.ArrowInvalid, OSError):
+        return False
+
+
+def _read_json(path: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _arrow_dtype(cfg) -> pa.DataType:
+    return pa.float16() if cfg.storage_dtype == "float16" else pa.float32()
+
+
+def _model_dim(model: str) -> int:
+    from densekit.models import load_model
+
+    return int(load_model(model, kind="bi_encoder").dim)
+
+
+def encode_texts(model_dir: str | Path, texts: list[str], kind: str = "passages",
+                 titles: list[str] | None = None, batch_size: int = 128) -> np.ndarray:
+    """In-process encoding (no Ray): `[N, D]` float32. For small inputs, tests and benchmarks."""
+    enc = TextEncoder(str(model_dir), kind, batch_size=batch_size)
+    return enc.encode(list(texts), titles)
