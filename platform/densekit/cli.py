@@ -78,6 +78,11 @@ STEPS: dict[str, Step] = {
         "densekit.pipelines.mine:mine",
         "MineConfig",
     ),
+    "score": Step(
+        "teacher scores for training groups (cross-encoder, ColBERT, bi-encoder; ensemble mean)",
+        "densekit.pipelines.score:score",
+        "ScoreConfig",
+    ),
     "evaluate": Step(
         "MRR@k, nDCG@k, Recall@k, MAP of a run (pytrec_eval); paired significance tests vs a baseline",
         "densekit.pipelines.evaluate:evaluate",

@@ -347,6 +347,8 @@ class SearchConfig:
             )
         if self.k < 1 or self.batch_size < 1:
             raise ConfigError("k and batch_size must be >= 1")
+        if not self.tag or any(c.isspace() for c in self.tag):
+            raise ConfigError(f"tag {self.tag!r} must be non-empty without whitespace (TREC run files)")
 
 
 @dataclass

@@ -246,7 +246,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # Rebuilt from cfg.model, not from a checkpoint: after a resume it is still the stage's start.
         frozen = copy.deepcopy(student).eval().requires_grad_(False)
     if cfg.train_query_encoder_only:
-        _freeze_passage_tower(student)
+        student = _freeze_passage_tower(student)
     joint = teacher if objective.teacher_trainable else None
     module = TrainModule(student, joint, objective)
     # HF poolers are never used (densekit pools hidden states itself): freeze them, or DDP waits
@@ -472,14 +472,14 @@ def _amp_dtype(amp: str, device):
     return torch.float16
 
 
-def _freeze_passage_tower(model) -> None:
-    """Only the query encoder trains (ADORE): a shared tower is first split into two copies."""
+def _freeze_passage_tower(model):
+    """Only the query encoder trains (ADORE, query-encoder distillation). A shared tower is split
+    into two copies first; the passage copy keeps the loaded weights, i.e. stays the encoder the
+    fixed document index was built with, and is saved beside the query tower."""
     if model.spec.shared:
-        raise ConfigError(
-            "train_query_encoder_only needs separate query and passage towers: "
-            "set model.spec.shared=false (the passage tower then keeps the loaded weights)"
-        )
+        model = model._untie(model.spec.replace(shared=False))
     model.passage_tower.requires_grad_(False)
+    return model
 
 
 class TrainModule(nn.Module):

@@ -275,6 +275,7 @@ def encode(cfg) -> None:
                 cfg.input, kind, total, out, num_shards, len(done), num_shards - len(done))
     if todo:
         init_ray(cfg.resources)
+        check_fits(max(1, cfg.resources.num_workers), cfg.resources)
         _run_pipeline(cfg, out, kind, key, with_title, todo, expected)
     if total == 0:  # keep the schema: one empty shard
         dim = _model_dim(cfg.model)
@@ -342,6 +343,22 @@ def _run_pipeline(cfg, out: Path, kind: str, key: str, with_title: bool, todo: l
     if short:
         raise DensekitError(f"encode: shards {sorted(short)} are missing rows: {short}")
     shutil.rmtree(out / PIECES, ignore_errors=True)
+
+
+def check_fits(actors: int, resources) -> None:
+    """Warn when `actors` actors of `resources` cannot all be placed on the cluster as it is now
+    (Ray Data would wait for them; an autoscaling cluster may still add the nodes)."""
+    import ray
+
+    total = ray.cluster_resources()
+    what = "GPU" if resources.use_gpu else "CPU"
+    need = actors * (resources.gpus_per_worker if resources.use_gpu else resources.cpus_per_worker)
+    if need > total.get(what, 0) + 1e-9:
+        logger.warning(
+            "%d actors need %g %s but the Ray cluster has %g: the pipeline waits until that many "
+            "are available (lower resources.num_workers or resources.%s_per_worker)",
+            actors, need, what, total.get(what, 0), what.lower() + "s",
+        )
 
 
 def _part_ok(out: Path, shard: int, rows: int) -> bool:

@@ -22,11 +22,13 @@ import pyarrow as pa
 from densekit.artifacts import (
     TableWriter,
     atomic_path,
+    iter_table,
     prepare_output,
     read_manifest,
     write_manifest,
 )
 from densekit.data import records as R
+from densekit.data.io import trec_run_lines, write_lines
 from densekit.errors import ConfigError, DensekitError
 from densekit.logs import Progress
 from densekit.pipelines.embeddings import iter_embeddings, read_embeddings_manifest
@@ -314,10 +316,6 @@ def check_models(index_dir: str | Path, index_manifest: dict, queries_dir: str |
                     index_manifest.get("model"), query_manifest.get("model"))
 
 
-def _trec_lines(qid: str, pids: np.ndarray, scores: np.ndarray, tag: str) -> list[str]:
-    return [f"{qid} Q0 {p} {r} {s:.9g} {tag}" for r, (p, s) in enumerate(zip(pids, scores), 1)]
-
-
 def search(cfg) -> None:
     """Write the run table (qid, pid, rank, score) and run.trec into `cfg.output`.
 
@@ -349,9 +347,7 @@ def search(cfg) -> None:
         cfg.index, cfg.resources.num_workers, mmap=cfg.mmap, nprobe=cfg.nprobe,
         ef_search=cfg.ef_search, cpus_per_actor=cfg.resources.cpus_per_worker,
         max_restarts=cfg.max_restarts,
-    ) as searcher, TableWriter(out, R.RUN_SCHEMA, rows_per_part=5_000_000) as writer, atomic_path(
-        out / TREC_FILE
-    ) as trec_tmp, open(trec_tmp, "w", encoding="utf-8") as trec:
+    ) as searcher, TableWriter(out, R.RUN_SCHEMA, rows_per_part=5_000_000) as writer:
         in_flight: deque = deque()
 
         def drain_one() -> None:
@@ -359,7 +355,6 @@ def search(cfg) -> None:
             qids, pending = in_flight.popleft()
             scores, pids = searcher.gather(pending)
             cols: dict[str, list] = {R.QID: [], R.PID: [], R.RANK: [], R.SCORE: []}
-            lines: list[str] = []
             for qid, row_pids, row_scores in zip(qids, pids, scores):
                 keep = np.array([p is not None for p in row_pids], dtype=bool)
                 row_pids, row_scores = row_pids[keep], row_scores[keep]
@@ -367,9 +362,7 @@ def search(cfg) -> None:
                 cols[R.PID] += list(row_pids)
                 cols[R.RANK] += list(range(1, len(row_pids) + 1))
                 cols[R.SCORE] += row_scores.tolist()
-                lines += _trec_lines(qid, row_pids, row_scores, cfg.tag)
             writer.write(cols)
-            trec.write("\n".join(lines) + ("\n" if lines else ""))
             n_queries += len(qids)
             n_rows += len(cols[R.QID])
             progress.update(len(qids))
@@ -381,6 +374,8 @@ def search(cfg) -> None:
         while in_flight:
             drain_one()
     progress.done()
+    with atomic_path(out / TREC_FILE) as tmp:
+        write_lines(tmp, trec_run_lines(iter_table(out), cfg.tag))
     write_manifest(out, "search", {
         "index": str(cfg.index),
         "queries": str(qdir),
