@@ -51,6 +51,12 @@ def test_sharded_flat_equals_one_flat_index(flat_index):
         np.testing.assert_array_equal(rows, ref_rows)
         np.testing.assert_allclose(scores, ref_scores, rtol=1e-6, atol=1e-6)
         np.testing.assert_array_equal(vectors, x[rows])  # reconstructed from the Flat shards
+        # In-process (num_actors=0, what a training worker uses): the same answer.
+        with ShardedSearcher(out, num_actors=0) as local:
+            l_scores, l_pids, l_vectors = local.search(q, 50, return_vectors=True)
+        np.testing.assert_array_equal(l_pids, pids)
+        np.testing.assert_array_equal(l_scores, scores)
+        np.testing.assert_array_equal(l_vectors, vectors)
         # More than the whole index: every vector once, then empty slots.
         scores, pids = searcher.search(q[:3], N + 4)
         assert sorted(int(p[1:]) for p in pids[0, :N]) == list(range(N))

@@ -304,6 +304,7 @@ def _run_pipeline(cfg, out: Path, kind: str, key: str, with_title: bool, todo: l
 
     res = cfg.resources
     items = [dataclasses.asdict(s) for s in todo]
+    rows = sum(s.stop - s.start for s in todo)
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 10_000)))
     # The read stage asks for the actors' CPU share so Ray Data fuses it into the actors (no extra
     # hop); unfused (GPU actors) it still fits beside them on a node.
@@ -318,7 +319,8 @@ def _run_pipeline(cfg, out: Path, kind: str, key: str, with_title: bool, todo: l
                                "use_gpu": res.use_gpu},
         batch_size=cfg.block_rows,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=max(1, res.num_workers)),
+        # No more actors than batches (a few hundred queries need one actor, not the whole pool).
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(res.num_workers, -(-rows // cfg.block_rows)))),
         num_cpus=res.cpus_per_worker,
         num_gpus=res.gpus_per_worker if res.use_gpu else 0,
     )
