@@ -97,7 +97,13 @@ def test_encode_every_pid_once_and_resume(tmp_path, ray_session, tiny_model_dir,
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     (out / "part-00002.parquet").unlink()
     (out / "manifest.json").unlink()
-    encode(cfg)
+    # Another pool shape (resources do not change what is computed): one actor holding every CPU
+    # of the cluster, which also checks that the read stage is fused into the actors (an unfused
+    # read task would wait forever for a CPU).
+    import dataclasses
+
+    encode(dataclasses.replace(cfg, resources=dataclasses.replace(cfg.resources, num_workers=1,
+                                                                  cpus_per_worker=2.0)))
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     assert [mtimes[k] == after[k] for k in sorted(mtimes)] == [True, True, False, True, True]
     assert read_table(out).column(R.ID).to_pylist() == pids

@@ -306,10 +306,11 @@ def _run_pipeline(cfg, out: Path, kind: str, key: str, with_title: bool, todo: l
     items = [dataclasses.asdict(s) for s in todo]
     rows = sum(s.stop - s.start for s in todo)
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 10_000)))
-    # The read stage asks for the actors' CPU share so Ray Data fuses it into the actors (no extra
-    # hop); unfused (GPU actors) it still fits beside them on a node.
+    # The read stage asks for exactly the actors' resources so Ray Data fuses it into them: no
+    # extra hop, and no read task waiting for a CPU that the actors hold (a deadlock otherwise).
+    actor_res = {"num_cpus": res.cpus_per_worker, "num_gpus": res.gpus_per_worker if res.use_gpu else 0}
     ds = ds.map_batches(_read_slices, batch_size=1, fn_kwargs={"key": key, "with_title": with_title},
-                        batch_format="numpy", num_cpus=min(res.cpus_per_worker, 1.0))
+                        batch_format="numpy", **actor_res)
     ds = ds.map_batches(
         _EncodeAndWrite,
         fn_constructor_kwargs={"out": str(out), "rows_per_shard": cfg.rows_per_shard,
@@ -321,13 +322,14 @@ def _run_pipeline(cfg, out: Path, kind: str, key: str, with_title: bool, todo: l
         batch_format="numpy",
         # No more actors than batches (a few hundred queries need one actor, not the whole pool).
         compute=ray.data.ActorPoolStrategy(size=max(1, min(res.num_workers, -(-rows // cfg.block_rows)))),
-        num_cpus=res.cpus_per_worker,
-        num_gpus=res.gpus_per_worker if res.use_gpu else 0,
+        **actor_res,
     )
 
     shards = sorted({s.shard for s in todo})
     remaining = {s: expected(s) for s in shards}
-    merge = ray.remote(num_cpus=0.25, max_retries=2)(_merge_shard)
+    # Merging is short and I/O-bound: it must not wait for a CPU the model actors hold until the
+    # end (num_cpus=0), or no shard would be finished, hence resumable, before the whole run is.
+    merge = ray.remote(num_cpus=0, max_retries=2)(_merge_shard)
     merges = []
     progress = Progress(logger, f"encode {kind}", total=sum(remaining.values()))
     # Only (shard, row count) pairs reach the driver; a shard is merged as soon as it is whole.
