@@ -172,6 +172,12 @@ def _plan(input_dir: str | Path, rows_per_shard: int) -> tuple[list[dict], list[
     return files, slices, row
 
 
+def _chunks(s: _Slice, n: int) -> list[_Slice]:
+    """`s` cut into slices of at most n rows (same file, row group and shard)."""
+    return [dataclasses.replace(s, start=a, stop=min(a + n, s.stop), first=s.first + (a - s.start))
+            for a in range(s.start, s.stop, n)]
+
+
 def _read_slices(batch: dict[str, np.ndarray], key: str, with_title: bool) -> pa.Table:
     """Ray Data task: the rows of each slice, as (__row, id, text[, title])."""
     tables = []
@@ -303,8 +309,18 @@ def _run_pipeline(cfg, out: Path, kind: str, key: str, with_title: bool, todo: l
     import ray
 
     res = cfg.resources
-    items = [dataclasses.asdict(s) for s in todo]
     rows = sum(s.stop - s.start for s in todo)
+    actors = max(1, res.num_workers)
+    # Work units: Parquet row group ∩ shard. Too few of them (a small corpus in one row group)
+    # would leave actors idle: then cut them into chunks so every actor gets ~4 batches. A chunk
+    # re-reads its row group, which is cheap next to encoding it.
+    batch_rows = cfg.block_rows
+    if len(todo) < 4 * actors:
+        # ... but never below one forward batch: a few queries need one actor, not the pool.
+        floor = min(cfg.batch_size, cfg.block_rows)
+        batch_rows = max(floor, min(cfg.block_rows, -(-rows // (4 * actors))))
+        todo = [c for s in todo for c in _chunks(s, batch_rows)]
+    items = [dataclasses.asdict(s) for s in todo]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 10_000)))
     # The read stage asks for exactly the actors' resources so Ray Data fuses it into them: no
     # extra hop, and no read task waiting for a CPU that the actors hold (a deadlock otherwise).
@@ -318,10 +334,10 @@ def _run_pipeline(cfg, out: Path, kind: str, key: str, with_title: bool, todo: l
                                "batch_size": cfg.batch_size, "title": cfg.title,
                                "max_length": cfg.max_length, "precision": cfg.precision,
                                "use_gpu": res.use_gpu},
-        batch_size=cfg.block_rows,
+        batch_size=batch_rows,
         batch_format="numpy",
-        # No more actors than batches (a few hundred queries need one actor, not the whole pool).
-        compute=ray.data.ActorPoolStrategy(size=max(1, min(res.num_workers, -(-rows // cfg.block_rows)))),
+        # No more actors than batches.
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, -(-rows // batch_rows)))),
         **actor_res,
     )
 
