@@ -288,7 +288,7 @@ def encode(cfg) -> None:
         with atomic_path(out / PART.format(0)) as tmp:
             pq.write_table(pa.Table.from_batches([], schema=R.embeddings_schema(dim, _arrow_dtype(cfg))), tmp)
     dim = pq.ParquetFile(out / PART.format(0)).schema_arrow.field(R.EMBEDDING).type.list_size
-    (out / PLAN).unlink()
+    # plan.json stays (listed in the manifest): it says which input and model the shards hold.
     write_manifest(out, "encode", {
         "dim": dim,
         "metric": "ip",  # dot, or cosine on normalised vectors: both are inner products

@@ -336,16 +336,25 @@ def search(cfg) -> None:
         cfg: a SearchConfig. With `queries` + `model`, the queries are first encoded (by the encode
             step's Ray Data pipeline) into `<output>/query_embeddings`.
     """
+    from densekit.pipelines.embeddings import model_fingerprint
+
     out = Path(cfg.output)
     index_manifest = read_manifest(cfg.index)
+    # Check the model before any work (encoding 500k training queries, then refusing, would hurt).
+    if cfg.query_embeddings is not None:
+        qdir = Path(cfg.query_embeddings)
+        check_models(cfg.index, index_manifest, qdir, read_embeddings_manifest(qdir), cfg.asymmetric)
+    else:
+        qdir = out / QUERY_EMBEDDINGS
+        if index_manifest.get("model_fingerprint") != model_fingerprint(cfg.model) and not cfg.asymmetric:
+            check_models(cfg.index, index_manifest, cfg.model, {
+                "dim": index_manifest["dim"], "model": cfg.model,
+                "model_fingerprint": model_fingerprint(cfg.model)}, asymmetric=False)
     if not prepare_output(out, cfg, overwrite=cfg.overwrite, keep_partial=True):
         return
     for stale in list(out.glob("*.parquet")) + [out / TREC_FILE]:
         stale.unlink(missing_ok=True)  # a previous, interrupted run's parts
-    if cfg.query_embeddings is not None:
-        qdir = Path(cfg.query_embeddings)
-    else:
-        qdir = out / QUERY_EMBEDDINGS
+    if cfg.query_embeddings is None:
         _encode_queries(cfg, qdir)
     qman = read_embeddings_manifest(qdir)
     check_models(cfg.index, index_manifest, qdir, qman, cfg.asymmetric)
