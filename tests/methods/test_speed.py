@@ -16,15 +16,13 @@ from densekit.pipelines.speed import speed
 pytestmark = pytest.mark.ray
 
 
-def test_speed_compares_models(tmp_path, tiny_model_dir, ray_session):
+def test_speed_compares_models(tmp_path, tiny_model_dir, tiny_texts, ray_session):
     from densekit.models.tiny import build_tiny_model
-
-    from conftest import TINY_TEXTS
 
     deep = build_tiny_model(tmp_path / "deep", [], layers=4, hidden=32, tokenizer_from=tiny_model_dir)
     queries = tmp_path / "queries"
     with TableWriter(queries, QUERIES_SCHEMA) as w:
-        w.write({"qid": [f"q{i}" for i in range(40)], "text": [TINY_TEXTS[i % 8] for i in range(40)]})
+        w.write({"qid": [f"q{i}" for i in range(40)], "text": [tiny_texts[i % 8] for i in range(40)]})
     write_manifest(queries, "test")
     out = tmp_path / "speed"
     cfg = load_config(SpeedConfig, None, [f"models=[{deep},{tiny_model_dir}]", f"input={queries}", f"output={out}",
