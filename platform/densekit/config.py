@@ -348,6 +348,8 @@ class SearchConfig:
             )
         if self.k < 1 or self.batch_size < 1:
             raise ConfigError("k and batch_size must be >= 1")
+        if not self.tag or any(c.isspace() for c in self.tag):
+            raise ConfigError(f"tag {self.tag!r} must be non-empty without whitespace (TREC run files)")
 
 
 @dataclass
@@ -820,3 +822,96 @@ def _check_sampler(key: str, name: str, args: Any) -> list:
     if name == "randint" and not all(isinstance(a, int) for a in args):
         raise ConfigError(f"{where}, got {args!r}")
     return args
+
+
+# --- methods: build, select, speed -----------------------------------------------------------------
+
+BUILD_ARCHS = ("bert", "distilbert", "roberta")
+
+
+@dataclass
+class BuildConfig:
+    """Build a small randomly initialised encoder offline: a config, its weights and a tokenizer."""
+
+    output: str = opt(MISSING, "model directory (save_pretrained: config, weights, tokenizer)")
+    arch: str = opt("bert", f"architecture: one of {', '.join(BUILD_ARCHS)}")
+    layers: int = opt(2, "transformer layers")
+    hidden: int = opt(32, "hidden size")
+    heads: int = opt(2, "attention heads (must divide hidden)")
+    intermediate: Optional[int] = opt(None, "feed-forward size (default 4 x hidden)")
+    max_positions: int = opt(128, "longest sequence in tokens")
+    vocab_size: int = opt(8000, "WordPiece vocabulary size (the trained vocabulary may be smaller)")
+    texts: List[str] = opt(  # noqa: UP006
+        [], "tables whose text (and title) columns train the tokenizer, e.g. [corpus, queries]"
+    )
+    max_texts: Optional[int] = opt(None, "read at most this many rows of each table for the tokenizer")
+    tokenizer_from: Optional[str] = opt(
+        None, "copy this model directory's tokenizer instead of training one (teacher and student share it)"
+    )
+    seed: int = opt(0, "seed of the random weights")
+    overwrite: bool = opt(False, "replace a complete output made with another config")
+
+    def validate(self) -> None:
+        if self.arch not in BUILD_ARCHS:
+            raise ConfigError(_unknown_name("arch", self.arch, BUILD_ARCHS))
+        if bool(self.texts) == (self.tokenizer_from is not None):
+            raise ConfigError("build: give either texts=[tables] (train a tokenizer) or tokenizer_from=<model dir>")
+        sizes = ("layers", "hidden", "heads", "max_positions", "vocab_size")
+        bad = [k for k in sizes if getattr(self, k) < 1]
+        if bad or (self.intermediate is not None and self.intermediate < 1):
+            raise ConfigError(f"build: {', '.join(bad or ['intermediate'])} must be >= 1")
+        if self.hidden % self.heads:
+            raise ConfigError(f"build: hidden={self.hidden} must divide by heads={self.heads}")
+
+
+@dataclass
+class SelectConfig:
+    """PROD's data-progressive selection: keep the queries the teacher ranks right and the student
+    ranks just below the top, as training groups with the hardest negatives first."""
+
+    run: str = opt(MISSING, "the student's run over the training queries (densekit search)")
+    groups: str = opt(
+        MISSING,
+        "the student's candidates with teacher scores: `mine` of the same run (strategy=top) then `score`",
+    )
+    qrels: str = opt(MISSING, "training qrels (positives: relevance >= positive_level)")
+    output: str = opt(MISSING, "training groups of the kept queries (teacher scores kept)")
+    student_min_rank: int = opt(2, "keep a query if the student ranks its first positive at this rank or lower")
+    student_max_rank: int = opt(15, "... and at this rank or higher (PROD: 2..15)")
+    teacher_max_rank: int = opt(1, "... and the teacher's reranking puts a positive within this rank (PROD: 1)")
+    num_negatives: int = opt(15, "negatives kept per query: the group's first n, in retrieval order (hardest first)")
+    positive_level: int = opt(1, "qrels with relevance >= this are positives")
+    rows_per_part: int = opt(100_000, "groups per Parquet part")
+    overwrite: bool = opt(False, "replace a complete output made with another config")
+
+    def validate(self) -> None:
+        if not 1 <= self.student_min_rank <= self.student_max_rank:
+            raise ConfigError(
+                f"select: need 1 <= student_min_rank <= student_max_rank, got {self.student_min_rank}..{self.student_max_rank}"
+            )
+        if self.teacher_max_rank < 1 or self.num_negatives < 1 or self.positive_level < 1:
+            raise ConfigError("select: teacher_max_rank, num_negatives and positive_level must be >= 1")
+
+
+@dataclass
+class SpeedConfig:
+    """Encoding throughput of several models on the same texts, measured in turn on one Ray worker."""
+
+    models: List[str] = opt([], "model directories; the first is the reference (e.g. the teacher)")  # noqa: UP006
+    input: str = opt(MISSING, "queries table (qid, text) or corpus table (pid, text, title)")
+    output: str = opt(MISSING, "folder: speed.json (texts/s per model, speed-up against the first) + manifest")
+    kind: Literal["auto", "queries", "passages"] = opt(
+        "auto", "which tower encodes; auto: queries if the input has a qid column"
+    )
+    batch_size: int = opt(64, "texts per forward pass (the query-distillation paper measures at 64)")
+    max_texts: int = opt(2048, "encode the first N texts of the input")
+    repeats: int = opt(3, "timed passes per model, interleaved across models; the fastest counts")
+    threads: Optional[int] = opt(None, "torch CPU threads (default: the worker's CPUs)")
+    resources: ResourcesConfig = opt(ResourcesConfig, "the one worker: cpus_per_worker, use_gpu")
+    overwrite: bool = opt(False, "replace a complete output made with another config")
+
+    def validate(self) -> None:
+        if not self.models:
+            raise ConfigError("speed: models is empty: give the reference model first, then the others")
+        if self.batch_size < 1 or self.max_texts < 1 or self.repeats < 1:
+            raise ConfigError("speed: batch_size, max_texts and repeats must be >= 1")

@@ -22,11 +22,13 @@ import pyarrow as pa
 from densekit.artifacts import (
     TableWriter,
     atomic_path,
+    iter_table,
     prepare_output,
     read_manifest,
     write_manifest,
 )
 from densekit.data import records as R
+from densekit.data.io import trec_run_lines, write_lines
 from densekit.errors import ConfigError, DensekitError
 from densekit.logs import Progress
 from densekit.pipelines.embeddings import iter_embeddings, read_embeddings_manifest
@@ -141,11 +143,13 @@ class ShardedSearcher:
             scores, pids, vectors = searcher.search(q, k=200, return_vectors=True)  # + [B, k, D]
 
     Scores are "higher is better" (inner products; negated distances for L2 indexes). Where fewer
-    than k documents exist, scores are -inf and pids None.
+    than k documents exist, scores are -inf and pids None. With `num_actors=0` the shards are
+    loaded and searched in this process (no Ray): for small indexes, or inside a Ray Train worker
+    that must not start actors of its own.
 
     Args:
         index_dir: a complete `densekit index` output.
-        num_actors: actors to spread the shards over (at most one per shard).
+        num_actors: actors to spread the shards over (at most one per shard); 0 = in-process.
         mmap: memory-map shard files where the index type allows.
         nprobe: IVF lists visited per query; ef_search: HNSW efSearch (None = FAISS defaults).
         cpus_per_actor: CPUs (and FAISS threads) per actor.
@@ -166,10 +170,6 @@ class ShardedSearcher:
         max_restarts: int = 2,
         resources: Any | None = None,
     ):
-        import ray
-
-        from densekit.raycluster import init_ray
-
         self.index_dir = Path(index_dir)
         self.manifest = read_manifest(self.index_dir)
         for key in ("factory", "dim", "metric", "shards"):
@@ -181,6 +181,17 @@ class ShardedSearcher:
         for i, s in enumerate(self.manifest["shards"]):
             shards.append({"shard": i, "dir": s["dir"], "offset": offset, "ntotal": s["ntotal"]})
             offset += s["ntotal"]
+        self.local: _ShardGroup | None = None
+        self.actors: list = []
+        if num_actors == 0:
+            self.groups = [shards]
+            self.local = _ShardGroup(str(self.index_dir), shards, self.manifest["factory"], self.metric,
+                                     mmap, nprobe, ef_search, int(max(1, cpus_per_actor)))
+            return
+        import ray
+
+        from densekit.raycluster import init_ray
+
         init_ray(resources)
         n = max(1, min(num_actors, len(shards)))
         # Balance by size: the largest shards first, each to the least-loaded actor.
@@ -210,11 +221,13 @@ class ShardedSearcher:
 
     def submit(self, queries: np.ndarray, k: int, return_vectors: bool = False) -> _Pending:
         """Start a search on every actor; `gather` its result (lets callers overlap batches)."""
-        import ray
-
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"queries must be [B, {self.dim}], got {list(queries.shape)}")
+        if self.local is not None:  # in-process: the "refs" are the answers themselves
+            return _Pending([self.local.search(queries, k, return_vectors)], k, len(queries))
+        import ray
+
         ref = ray.put(queries)
         return _Pending([a.search.remote(ref, k, return_vectors) for a in self.actors], k, len(queries))
 
@@ -222,7 +235,7 @@ class ShardedSearcher:
         """The merged result of `submit`: (scores [B, k], pids [B, k] object) [+ vectors [B, k, D]]."""
         import faiss
 
-        parts = self._get(pending.refs)
+        parts = pending.refs if self.local is not None else self._get(pending.refs)
         for g, part in zip(self.groups, parts):
             if part["shards"] != [s["shard"] for s in g]:
                 raise SearchActorError(
@@ -273,11 +286,13 @@ class ShardedSearcher:
             raise SearchActorError(f"a search actor of {self.index_dir} failed: {e}") from e
 
     def close(self) -> None:
-        import ray
+        if getattr(self, "actors", []):
+            import ray
 
-        for a in getattr(self, "actors", []):
-            ray.kill(a, no_restart=True)
+            for a in self.actors:
+                ray.kill(a, no_restart=True)
         self.actors = []
+        self.local = None
 
     def __enter__(self) -> ShardedSearcher:
         return self
@@ -314,10 +329,6 @@ def check_models(index_dir: str | Path, index_manifest: dict, queries_dir: str |
                     index_manifest.get("model"), query_manifest.get("model"))
 
 
-def _trec_lines(qid: str, pids: np.ndarray, scores: np.ndarray, tag: str) -> list[str]:
-    return [f"{qid} Q0 {p} {r} {s:.9g} {tag}" for r, (p, s) in enumerate(zip(pids, scores), 1)]
-
-
 def search(cfg) -> None:
     """Write the run table (qid, pid, rank, score) and run.trec into `cfg.output`.
 
@@ -325,16 +336,25 @@ def search(cfg) -> None:
         cfg: a SearchConfig. With `queries` + `model`, the queries are first encoded (by the encode
             step's Ray Data pipeline) into `<output>/query_embeddings`.
     """
+    from densekit.pipelines.embeddings import model_fingerprint
+
     out = Path(cfg.output)
     index_manifest = read_manifest(cfg.index)
+    # Check the model before any work (encoding 500k training queries, then refusing, would hurt).
+    if cfg.query_embeddings is not None:
+        qdir = Path(cfg.query_embeddings)
+        check_models(cfg.index, index_manifest, qdir, read_embeddings_manifest(qdir), cfg.asymmetric)
+    else:
+        qdir = out / QUERY_EMBEDDINGS
+        if index_manifest.get("model_fingerprint") != model_fingerprint(cfg.model) and not cfg.asymmetric:
+            check_models(cfg.index, index_manifest, cfg.model, {
+                "dim": index_manifest["dim"], "model": cfg.model,
+                "model_fingerprint": model_fingerprint(cfg.model)}, asymmetric=False)
     if not prepare_output(out, cfg, overwrite=cfg.overwrite, keep_partial=True):
         return
     for stale in list(out.glob("*.parquet")) + [out / TREC_FILE]:
         stale.unlink(missing_ok=True)  # a previous, interrupted run's parts
-    if cfg.query_embeddings is not None:
-        qdir = Path(cfg.query_embeddings)
-    else:
-        qdir = out / QUERY_EMBEDDINGS
+    if cfg.query_embeddings is None:
         _encode_queries(cfg, qdir)
     qman = read_embeddings_manifest(qdir)
     check_models(cfg.index, index_manifest, qdir, qman, cfg.asymmetric)
@@ -349,9 +369,7 @@ def search(cfg) -> None:
         cfg.index, cfg.resources.num_workers, mmap=cfg.mmap, nprobe=cfg.nprobe,
         ef_search=cfg.ef_search, cpus_per_actor=cfg.resources.cpus_per_worker,
         max_restarts=cfg.max_restarts,
-    ) as searcher, TableWriter(out, R.RUN_SCHEMA, rows_per_part=5_000_000) as writer, atomic_path(
-        out / TREC_FILE
-    ) as trec_tmp, open(trec_tmp, "w", encoding="utf-8") as trec:
+    ) as searcher, TableWriter(out, R.RUN_SCHEMA, rows_per_part=5_000_000) as writer:
         in_flight: deque = deque()
 
         def drain_one() -> None:
@@ -359,7 +377,6 @@ def search(cfg) -> None:
             qids, pending = in_flight.popleft()
             scores, pids = searcher.gather(pending)
             cols: dict[str, list] = {R.QID: [], R.PID: [], R.RANK: [], R.SCORE: []}
-            lines: list[str] = []
             for qid, row_pids, row_scores in zip(qids, pids, scores):
                 keep = np.array([p is not None for p in row_pids], dtype=bool)
                 row_pids, row_scores = row_pids[keep], row_scores[keep]
@@ -367,9 +384,7 @@ def search(cfg) -> None:
                 cols[R.PID] += list(row_pids)
                 cols[R.RANK] += list(range(1, len(row_pids) + 1))
                 cols[R.SCORE] += row_scores.tolist()
-                lines += _trec_lines(qid, row_pids, row_scores, cfg.tag)
             writer.write(cols)
-            trec.write("\n".join(lines) + ("\n" if lines else ""))
             n_queries += len(qids)
             n_rows += len(cols[R.QID])
             progress.update(len(qids))
@@ -381,6 +396,8 @@ def search(cfg) -> None:
         while in_flight:
             drain_one()
     progress.done()
+    with atomic_path(out / TREC_FILE) as tmp:
+        write_lines(tmp, trec_run_lines(iter_table(out), cfg.tag))
     write_manifest(out, "search", {
         "index": str(cfg.index),
         "queries": str(qdir),

@@ -1,0 +1,230 @@
+"""`densekit score`: teacher scores for training groups, as a Ray Data pipeline of teacher actors.
+
+Each teacher is one stage with its own actor pool (the model loaded once per actor): a
+cross-encoder scores `[CLS] q [SEP] d [SEP]`, a ColBERT the MaxSim of q and d, a bi-encoder q·d.
+With several teachers the score is their mean (an ensemble, as Margin-MSE's T2). The scores go
+into the `score` field of every passage of the groups; optionally also the Margin-MSE teacher TSV.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from densekit.artifacts import (
+    TableWriter,
+    atomic_path,
+    iter_table,
+    prepare_output,
+    read_manifest,
+    table_parts,
+    table_rows,
+    write_manifest,
+)
+from densekit.data import records as R
+from densekit.logs import Progress
+from densekit.pipelines.embeddings import model_fingerprint
+from densekit.pipelines.encode import autocast_dtype, check_fits
+
+logger = logging.getLogger(__name__)
+
+GROUPS_PER_CALL = 64  # groups handed to a teacher actor at once (sorted by length inside)
+
+
+class TeacherScorer:
+    """Callable class for map_batches: appends `column` = one list of scores per group.
+
+    Scores follow the group's passage order: positives first, then negatives. Usable without Ray:
+    `TeacherScorer(model_dir).score(queries, passages)`.
+
+    Args:
+        model: teacher directory; kind: "auto" (as saved) or the kind it must be.
+        max_length: override the teacher's max passage length.
+        batch_size: query-passage pairs per forward pass.
+        precision: autocast on CUDA ("auto" = fp16); use_gpu: CUDA when available.
+        column: the output column name.
+    """
+
+    def __init__(self, model: str, kind: str = "auto", max_length: int | None = None,
+                 batch_size: int = 64, precision: str = "auto", use_gpu: bool = False,
+                 column: str = "teacher_scores"):
+        import torch
+
+        from densekit.models import load_model
+
+        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self.model = load_model(model, kind=None if kind == "auto" else kind, device=self.device,
+                                overrides={"max_passage_length": max_length} if max_length else None)
+        self.kind = self.model.kind
+        self.batch_size, self.column = batch_size, column
+        self.amp = autocast_dtype(self.device, precision)
+
+    def _ctx(self):
+        import torch
+
+        return torch.autocast("cuda", dtype=self.amp or torch.float16, enabled=self.amp is not None)
+
+    def score(self, queries: list[str], passages: list[list[dict]]) -> list[np.ndarray]:
+        """Scores of each query's passages: `queries[i]` against every dict (text, title) of
+        `passages[i]`. Returns one float32 array per query."""
+        import torch
+
+        qidx = np.array([i for i, ps in enumerate(passages) for _ in ps], dtype=np.int64)
+        texts = [p[R.TEXT] or "" for ps in passages for p in ps]
+        titles = [p.get(R.TITLE) or "" for ps in passages for p in ps]
+        flat = np.zeros(len(texts), np.float32)
+        # Longest pairs first: each forward pass pads to a similar length.
+        order = np.argsort([-(len(t) + len(queries[q])) for t, q in zip(texts, qidx)], kind="stable")
+        with torch.inference_mode(), self._ctx():
+            q_state = self._encode_queries(queries) if self.kind != "cross_encoder" else None
+            for s in range(0, len(order), self.batch_size):
+                idx = order[s : s + self.batch_size]
+                flat[idx] = self._score_pairs(queries, q_state, qidx[idx], [texts[i] for i in idx],
+                                              [titles[i] for i in idx])
+        bounds = np.cumsum([0] + [len(ps) for ps in passages])
+        return [flat[bounds[i] : bounds[i + 1]] for i in range(len(passages))]
+
+    def _encode_queries(self, queries: list[str]):
+        m = self.model
+        enc = {k: v.to(self.device) for k, v in m.tokenize_queries(queries).items()}
+        return m.encode_queries(**enc)  # bi-encoder: [B, D]; ColBERT: ([B, Lq, D], [B, Lq])
+
+    def _score_pairs(self, queries, q_state, qi: np.ndarray, texts: list[str], titles: list[str]) -> np.ndarray:
+        import torch
+
+        m = self.model
+        if self.kind == "cross_encoder":
+            enc = m.tokenize_pairs([queries[i] for i in qi], texts, titles)
+            enc = {k: v.to(self.device) for k, v in enc.items()}
+            return m.score_pairs(**enc).float().cpu().numpy()
+        enc = {k: v.to(self.device) for k, v in m.tokenize_passages(texts, titles).items()}
+        sel = torch.as_tensor(qi, device=self.device)
+        if self.kind == "bi_encoder":
+            p = m.encode_passages(**enc)  # [n, D]
+            return (q_state[sel] * p).sum(-1).float().cpu().numpy()
+        from densekit.models.colbert import maxsim_group
+
+        q, q_mask = q_state
+        d, d_mask = m.encode_passages(**enc)  # [n, Ld, D], [n, Ld]
+        # Each pair is a group of one: [n, Lq, D] against [n, 1, Ld, D] -> [n, 1].
+        return maxsim_group(q[sel], q_mask[sel], d[:, None], d_mask[:, None])[:, 0].float().cpu().numpy()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        queries = batch.column(R.QUERY).to_pylist()
+        pos, neg = batch.column(R.POSITIVES).to_pylist(), batch.column(R.NEGATIVES).to_pylist()
+        scores = self.score(queries, [(p or []) + (n or []) for p, n in zip(pos, neg)])
+        return batch.append_column(self.column, pa.array([s.tolist() for s in scores],
+                                                         pa.list_(pa.float32())))
+
+
+def _with_scores(lists: pa.ListArray, scores: pa.Array) -> pa.ListArray:
+    """A list<struct> column with its structs' `score` field replaced by `scores` (flat)."""
+    flat = lists.flatten()
+    fields = [flat.field(f.name) if f.name != R.SCORE else scores.cast(f.type) for f in flat.type]
+    structs = pa.StructArray.from_arrays(fields, fields=list(flat.type))
+    return pa.ListArray.from_arrays(lists.offsets, structs, type=lists.type)
+
+
+def combine_scores(batch: pa.Table, columns: list[str]) -> pa.Table:
+    """Mean of the teachers' score columns, written into the groups' passages; teacher columns
+    dropped. Ray Data task (batch_format="pyarrow")."""
+    per_teacher = [np.concatenate([np.asarray(x, np.float32) for x in batch.column(c).to_pylist()])
+                   if batch.num_rows else np.zeros(0, np.float32) for c in columns]
+    mean = np.mean(per_teacher, axis=0).astype(np.float32) if per_teacher else None
+    pos = batch.column(R.POSITIVES).combine_chunks()
+    neg = batch.column(R.NEGATIVES).combine_chunks()
+    n_pos = pc.list_value_length(pos).fill_null(0).to_numpy(zero_copy_only=False)
+    n_neg = pc.list_value_length(neg).fill_null(0).to_numpy(zero_copy_only=False)
+    # Per group, the flat scores are [positives..., negatives...]: split them back.
+    starts = np.concatenate([[0], np.cumsum(n_pos + n_neg)])[:-1]
+    pos_idx = np.concatenate([np.arange(s, s + k) for s, k in zip(starts, n_pos)] or [np.zeros(0, int)])
+    neg_idx = np.concatenate([np.arange(s + p, s + p + k) for s, p, k in zip(starts, n_pos, n_neg)]
+                             or [np.zeros(0, int)])
+    out = batch.drop_columns(columns)
+    out = out.set_column(out.schema.get_field_index(R.POSITIVES), R.POSITIVES,
+                         _with_scores(pos, pa.array(mean[pos_idx.astype(int)])))
+    out = out.set_column(out.schema.get_field_index(R.NEGATIVES), R.NEGATIVES,
+                         _with_scores(neg, pa.array(mean[neg_idx.astype(int)])))
+    return out
+
+
+def _read_row_groups(batch: dict[str, np.ndarray]) -> pa.Table:
+    """Ray Data task: the groups in the listed Parquet row groups."""
+    return pa.concat_tables([pq.ParquetFile(str(p)).read_row_group(int(g))
+                             for p, g in zip(batch["path"], batch["row_group"])])
+
+
+def score(cfg) -> None:
+    """Score every passage of the groups in `cfg.groups` with the teachers; write `cfg.output`.
+
+    Args:
+        cfg: a ScoreConfig.
+    """
+    import ray
+
+    from densekit.raycluster import init_ray
+
+    read_manifest(cfg.groups)
+    out = Path(cfg.output)
+    if not prepare_output(out, cfg, overwrite=cfg.overwrite):
+        return
+    init_ray(cfg.resources)
+    res = cfg.resources
+    n_actors = max(1, res.num_workers)
+    check_fits(n_actors * len(cfg.teachers), res)
+    teachers = [{"model": t.model, "kind": t.kind, "model_fingerprint": model_fingerprint(t.model)}
+                for t in cfg.teachers]
+    columns = [f"__teacher_{i}" for i in range(len(cfg.teachers))]
+    total = table_rows(cfg.groups)
+
+    ctx = ray.data.DataContext.get_current()
+    keep_order = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True  # output groups in input order
+    try:
+        # One read task per Parquet row group, asking for exactly the teacher actors' resources
+        # so Ray Data fuses it into the first teacher's actors (read_parquet's own listing task
+        # wants a whole CPU, which a cluster busy with teacher actors may never free).
+        actor_res = {"num_cpus": res.cpus_per_worker,
+                     "num_gpus": res.gpus_per_worker if res.use_gpu else 0}
+        items = [{"path": str(p), "row_group": g} for p in table_parts(cfg.groups)
+                 for g in range(pq.ParquetFile(p).metadata.num_row_groups)]
+        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        ds = ds.map_batches(_read_row_groups, batch_size=1, batch_format="numpy", **actor_res)
+        for t, column in zip(cfg.teachers, columns):
+            ds = ds.map_batches(
+                TeacherScorer,
+                fn_constructor_kwargs={"model": t.model, "kind": t.kind, "max_length": t.max_length,
+                                       "batch_size": cfg.batch_size, "precision": cfg.precision,
+                                       "use_gpu": res.use_gpu, "column": column},
+                batch_size=GROUPS_PER_CALL,
+                batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=n_actors),
+                **actor_res,
+            )
+        ds = ds.map_batches(combine_scores, fn_kwargs={"columns": columns}, batch_format="pyarrow",
+                            batch_size=None, num_cpus=min(0.25, res.cpus_per_worker))
+        progress = Progress(logger, "score", total=total, unit="groups")
+        pairs = 0
+        with TableWriter(out, R.GROUPS_SCHEMA, rows_per_part=100_000) as writer:
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                writer.write(batch.select(R.GROUPS_SCHEMA.names))
+                pairs += int(pc.sum(pc.list_value_length(batch.column(R.POSITIVES))).as_py() or 0)
+                pairs += int(pc.sum(pc.list_value_length(batch.column(R.NEGATIVES))).as_py() or 0)
+                progress.update(batch.num_rows)
+        progress.done()
+    finally:
+        ctx.execution_options.preserve_order = keep_order
+    write_manifest(out, "score", {"teachers": teachers, "ensemble": "mean" if len(teachers) > 1 else None,
+                                  "pairs": pairs, "groups": str(cfg.groups)})
+    logger.info("score: %d groups, %d query-passage pairs -> %s", total, pairs, out)
+    if cfg.margin_mse_tsv:
+        from densekit.data.io import margin_mse_lines, write_lines
+
+        with atomic_path(cfg.margin_mse_tsv) as tmp:
+            n = write_lines(tmp, margin_mse_lines(iter_table(out), out))
+        logger.info("score: %d Margin-MSE teacher lines -> %s", n, cfg.margin_mse_tsv)
