@@ -93,12 +93,11 @@ STEPS: dict[str, Step] = {
         "densekit.train:train",
         "TrainConfig",
     ),
-<<<<<<< HEAD
     "tune": Step(
         "search a train config with Ray Tune (one train run per trial, ASHA); write the best config and model",
         "densekit.tune:tune",
         "TuneConfig",
-=======
+    ),
     # --- methods -----------------------------------------------------------------------------
     "build": Step(
         "build a small randomly initialised encoder offline (tokenizer trained on tables or copied)",
@@ -114,7 +113,6 @@ STEPS: dict[str, Step] = {
         "encoding throughput of several models on the same texts, and the speed-up against the first",
         "densekit.pipelines.speed:speed",
         "SpeedConfig",
->>>>>>> main
     ),
     "run": Step(
         "run a multi-stage method (configs/methods/*.yaml), skipping finished stages",
