@@ -1,4 +1,4 @@
-"""`ray job submit` entry point for `densekit build` (a small encoder built offline). Config: configs/build/*.yaml"""
+"""`ray job submit` entry point for `densekit build`. Config: configs/build/*.yaml"""
 
 import sys
 

@@ -77,7 +77,7 @@ def test_quickstart_end_to_end_small(tmp_path, capsys, ray_session):
     # The students are smaller than the teacher and were trained on the teacher's hard negatives.
     assert report["rows"][1]["params"] < report["rows"][0]["params"]
     assert str(out / "report.md") in printed
-    status = json.loads((out / "method.json").read_text())
+    status = json.loads((out / "method-quickstart.json").read_text())
     assert all("seconds" in s for s in status["stages"].values())
     # The index the students are evaluated on is sharded.
     manifest = json.loads((out / "index_student_distilled" / "manifest.json").read_text())
@@ -88,4 +88,4 @@ def test_quickstart_end_to_end_small(tmp_path, capsys, ray_session):
         assert img.format == "PNG"
     # A second run skips every stage and prints the same table.
     assert main(["quickstart", *small]) == 0
-    assert all(s.get("skipped") for s in json.loads((out / "method.json").read_text())["stages"].values())
+    assert all(s.get("skipped") for s in json.loads((out / "method-quickstart.json").read_text())["stages"].values())

@@ -125,8 +125,8 @@ def test_method_run_report_has_the_evaluated_numbers(tmp_path, inputs, models):
     assert _numbers(md, "teacher")[7] == "1.0x"
     ratio = rows["student"]["speed"]["queries_per_s"] / rows["teacher"]["speed"]["queries_per_s"]
     assert _numbers(md, "student")[7] == f"{ratio:.1f}x"
-    # Stages with their times, as method.json recorded them.
-    status = json.loads((out / "method.json").read_text())
+    # Stages with their times, as method-demo.json recorded them.
+    status = json.loads((out / "method-demo.json").read_text())
     for i, name in enumerate(["eval_teacher", "eval_student"], 1):
         seconds = status["stages"][name]["seconds"]
         assert f"| {i} | {name} | evaluate | {seconds:.0f} s | done |" in md
@@ -145,9 +145,9 @@ def test_rerun_keeps_stage_times_and_moved_run_still_reports(tmp_path, inputs, m
     m = _method(tmp_path, inputs, out)
     assert run([str(m), "report=false"]) == 0
     assert not (out / "report.md").exists()
-    first = json.loads((out / "method.json").read_text())["stages"]
+    first = json.loads((out / "method-demo.json").read_text())["stages"]
     assert run([str(m), "report=false"]) == 0  # every stage skipped: times kept
-    second = json.loads((out / "method.json").read_text())["stages"]
+    second = json.loads((out / "method-demo.json").read_text())["stages"]
     for name in first:
         assert second[name]["seconds"] == first[name]["seconds"] and second[name]["skipped"]
     # The run folder moved: the recorded paths inside it are found again.

@@ -258,20 +258,40 @@ def _training(name: str, out: Path) -> dict | None:
 def collect(run_dir: str | Path) -> Report:
     """Read what a method run, train output or tune output holds (no models loaded)."""
     d = Path(run_dir)
-    if (d / "method.json").is_file():
+    if any(d.glob("method-*.json")):
         return _collect_method(d)
     if (d / "trials.jsonl").is_file():
         return _collect_tune(d)
     if (d / "summary.json").is_file() and (d / "model").is_dir():
         return _collect_train(d)
     raise ConfigError(
-        f"{d}: not a method run (method.json), a train output (summary.json + model/) "
+        f"{d}: not a method run (method-<name>.json), a train output (summary.json + model/) "
         "or a tune output (trials.jsonl)"
     )
 
 
+def _method_status(d: Path) -> dict:
+    """The stages of every method run in folder `d` (method-<name>.json each), oldest first: methods
+    that share a run folder share their common stages, so one report compares all their models."""
+    files = sorted(d.glob("method-*.json"), key=lambda p: p.stat().st_mtime)
+    merged: dict = {"method": [], "stages": {}, "order": [], "output": None}
+    for f in files:
+        status = _read_json(f)
+        merged["method"].append(status.get("method", f.stem[len("method-"):]))
+        merged["output"] = merged["output"] or status.get("output")
+        for name in status.get("order") or list(status.get("stages", {})):
+            st = status["stages"][name]
+            if name not in merged["stages"]:
+                merged["order"].append(name)
+                merged["stages"][name] = st
+            elif merged["stages"][name].get("pending") and not st.get("pending"):
+                merged["stages"][name] = st
+    merged["method"] = ", ".join(merged["method"])
+    return merged
+
+
 def _collect_method(d: Path) -> Report:
-    status = _read_json(d / "method.json")
+    status = _method_status(d)
     stages: dict = status.get("stages", {})
     recorded = status.get("output")
     if recorded is None and stages:
