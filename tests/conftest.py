@@ -71,6 +71,12 @@ TINY_TEXTS = [
 
 
 @pytest.fixture(scope="session")
+def tiny_texts():
+    """TINY_TEXTS (test modules cannot import conftest under importlib mode)."""
+    return list(TINY_TEXTS)
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A 2-layer, 32-wide BERT with a tokenizer trained on TINY_TEXTS (save_pretrained directory).
 

@@ -51,7 +51,7 @@ def test_runs_stages_then_skips_them(tmp_path, caplog):
     assert run([str(m)]) == 0
     out = tmp_path / "run"
     assert (out / "qrels").read_text().splitlines() == ["q0 0 d1 1", "q1 0 d2 1"]
-    status = json.loads((out / "method.json").read_text())
+    status = json.loads((out / "method-demo.json").read_text())
     assert list(status["stages"]) == ["data", "qrels"]
     caplog.clear()
     caplog.set_level("INFO")

@@ -93,9 +93,44 @@ STEPS: dict[str, Step] = {
         "densekit.train:train",
         "TrainConfig",
     ),
+    "tune": Step(
+        "search a train config with Ray Tune (one train run per trial, ASHA); write the best config and model",
+        "densekit.tune:tune",
+        "TuneConfig",
+    ),
+    # --- methods -----------------------------------------------------------------------------
+    "build": Step(
+        "build a small randomly initialised encoder offline (tokenizer trained on tables or copied)",
+        "densekit.pipelines.build:build",
+        "BuildConfig",
+    ),
+    "select": Step(
+        "PROD's data-progressive selection: queries the teacher ranks right and the student ranks 2-15",
+        "densekit.pipelines.select:select",
+        "SelectConfig",
+    ),
+    "speed": Step(
+        "encoding throughput of several models on the same texts, and the speed-up against the first",
+        "densekit.pipelines.speed:speed",
+        "SpeedConfig",
+    ),
     "run": Step(
         "run a multi-stage method (configs/methods/*.yaml), skipping finished stages",
         "densekit.methods:run",
+    ),
+    "build": Step(
+        "build a small randomly initialised encoder offline (tokenizer trained on tables or copied)",
+        "densekit.pipelines.build:build",
+        "BuildConfig",
+    ),
+    # --- reports and the quickstart --------------------------------------------------------------
+    "report": Step(
+        "report of a run, train or tune folder: quality, query speed, stage times (Markdown + PNG)",
+        "densekit.report:report",
+    ),
+    "quickstart": Step(
+        "train a teacher, distil a student, index and evaluate on a generated task, then report",
+        "densekit.quickstart:quickstart",
     ),
 }
 

@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import difflib
 import itertools
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -715,3 +716,238 @@ class TrainConfig:
             )
         if self.eval.every and not (self.eval.queries and self.eval.qrels and (self.eval.corpus or self.eval.index)):
             raise ConfigError("eval.every is set: give eval.queries, eval.qrels and eval.corpus (or eval.index)")
+
+
+# --- reports (densekit report, and the end of train / tune / run) -----------------------------------
+
+
+@dataclass
+class QuerySpeedConfig:
+    """How query-encoding speed is measured: identically for every model of one report."""
+
+    enabled: bool = opt(True, "time each model's query encoding (false: quality only)")
+    queries: Optional[str] = opt(
+        None, "queries table timed (default: the queries of the first evaluated model)"
+    )
+    num_queries: int = opt(512, "queries timed: the first N of the table (all models get the same)")
+    batch_size: int = opt(64, "queries per forward pass (tokenisation included in the time)")
+    threads: int = opt(1, "torch CPU threads while timing (1: steadiest on a shared machine)")
+    warmup: int = opt(1, "untimed passes over the queries per model first")
+    repeats: int = opt(5, "timed passes per model, interleaved across models; the fastest counts")
+    device: str = opt("cpu", "cpu or cuda (CUDA time includes a synchronize per batch)")
+
+    def validate(self) -> None:
+        if min(self.num_queries, self.batch_size, self.threads, self.repeats) < 1 or self.warmup < 0:
+            raise ConfigError("speed: num_queries, batch_size, threads and repeats must be >= 1, warmup >= 0")
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(_unknown_name("speed.device", self.device, ("cpu", "cuda")))
+
+
+@dataclass
+class ReportConfig:
+    """A report of a method run, a train output or a tune output: report.md, report.json, a PNG."""
+
+    run: str = opt(MISSING, "a method run folder (method-<name>.json), a train output or a tune output")
+    output: Optional[str] = opt(None, "folder for report.md, report.json, quality_vs_speed.png (default: `run`)")
+    title: Optional[str] = opt(None, "report title (default: the method's name or the folder name)")
+    metric: str = opt("ndcg@10", "quality measure on the plot's y axis (a key of the metrics.json files)")
+    speed: QuerySpeedConfig = opt(QuerySpeedConfig, "query-encoding speed measurement")
+
+
+# Search-space samplers of `densekit tune` (densekit.tune maps each to its ray.tune function):
+# name -> what its argument list holds.
+SEARCH_SAMPLERS = {
+    "uniform": "[low, high]",
+    "quniform": "[low, high, q]",
+    "loguniform": "[low, high] (low > 0)",
+    "qloguniform": "[low, high, q] (low > 0)",
+    "randint": "[low, high) integers",
+    "choice": "[value, value, ...]",
+    "grid": "[value, value, ...] (every value, num_trials times each)",
+}
+
+
+@dataclass
+class TuneConfig:
+    """Search a train config with Ray Tune: one `densekit train` run per trial, ASHA early stopping."""
+
+    base: str = opt(MISSING, "the train config (YAML) every trial starts from")
+    overrides: Dict[str, Any] = opt(  # noqa: UP006
+        {}, "train keys set in every trial, e.g. {optim.max_steps: 2000}; on the command line overrides.model.path=..."
+    )
+    space: Dict[str, Any] = opt(  # noqa: UP006
+        {},
+        "dotted train key -> {sampler: args}, e.g. optim.lr: {loguniform: [1.0e-5, 1.0e-3]}; samplers: "
+        + ", ".join(SEARCH_SAMPLERS),
+    )
+    metric: str = opt("ndcg@10", "dev metric of the periodic evaluation to maximise (each trial's eval.metric)")
+    mode: Literal["max"] = opt("max", "max only: every retrieval metric densekit evaluates is higher-is-better")
+    scheduler: Literal["asha", "none"] = opt("asha", "asha: stop poor trials early at evaluation rounds; none: run all")
+    grace_period: int = opt(1, "ASHA: evaluation rounds a trial always runs before it may be stopped")
+    reduction_factor: float = opt(2.0, "ASHA: only the best 1/reduction_factor of trials pass each rung")
+    num_trials: int = opt(8, "trials sampled from the space (grid keys: each grid point num_trials times)")
+    max_concurrent_trials: int = opt(0, "trials at once; 0: as many as the cluster's CPUs (GPUs) hold")
+    max_failures: int = opt(0, "retries of a crashed trial (worker crashes are survived by train's max_failures)")
+    seed: Optional[int] = opt(0, "seed of the sampling (null: a different search each run)")
+    output: str = opt(MISSING, "output folder: best_config.yaml, best/, trials.jsonl, trials/<id>/, search/")
+    overwrite: bool = opt(False, "start over even if the output holds a search of this config")
+
+    def search_space(self) -> dict[str, tuple[str, list]]:
+        """The space as {dotted key: (sampler, args)}; nested mappings are flattened with dots."""
+        out: dict[str, tuple[str, list]] = {}
+
+        def walk(prefix: str, node: dict) -> None:
+            if len(node) == 1 and next(iter(node)) in SEARCH_SAMPLERS:
+                name, args = next(iter(node.items()))
+                out[prefix] = (name, _check_sampler(prefix, name, args))
+                return
+            for k, v in node.items():
+                key = f"{prefix}.{k}" if prefix else str(k)
+                if isinstance(v, dict) and v:
+                    walk(key, v)
+                elif isinstance(v, list) and prefix:  # {loguniformm: [...]}: a misspelt sampler
+                    raise ConfigError(f"space.{prefix}: {_unknown_name('sampler', k, SEARCH_SAMPLERS)}")
+                else:
+                    raise ConfigError(
+                        f"space.{key}: expected {{sampler: args}} with a sampler among "
+                        f"{', '.join(SEARCH_SAMPLERS)}, got {v!r}"
+                    )
+
+        walk("", self.space)
+        return out
+
+    def override_list(self) -> list[str]:
+        """`overrides` as dotted `key=value` strings for load_config (nested mappings flattened)."""
+        out: list[str] = []
+
+        def walk(prefix: str, node: dict) -> None:
+            for k, v in node.items():
+                key = f"{prefix}.{k}" if prefix else str(k)
+                if isinstance(v, dict) and v:
+                    walk(key, v)
+                else:
+                    out.append(f"{key}={json.dumps(v)}")  # JSON is YAML: the value parses back as is
+
+        walk("", self.overrides)
+        return out
+
+    def validate(self) -> None:
+        if not self.space:
+            raise ConfigError("tune: `space` is empty; e.g. space: {optim.lr: {loguniform: [1.0e-5, 1.0e-3]}}")
+        self.search_space()
+        if self.num_trials < 1 or self.grace_period < 1 or self.max_concurrent_trials < 0 or self.max_failures < 0:
+            raise ConfigError("need num_trials >= 1, grace_period >= 1, max_concurrent_trials >= 0, max_failures >= 0")
+        if self.reduction_factor <= 1:
+            raise ConfigError(f"reduction_factor must be > 1, got {self.reduction_factor}")
+
+
+def _check_sampler(key: str, name: str, args: Any) -> list:
+    """The sampler's argument list, checked (bounds ordered, log bounds positive)."""
+    where = f"space.{key}: {name} takes {SEARCH_SAMPLERS[name]}"
+    if not isinstance(args, list) or not args:
+        raise ConfigError(f"{where}, got {args!r}")
+    if name in ("choice", "grid"):
+        return args
+    want = 3 if name.startswith("q") else 2
+    if len(args) != want or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+        raise ConfigError(f"{where}, got {args!r}")
+    if not args[0] < args[1]:
+        raise ConfigError(f"{where} with low < high, got {args!r}")
+    if "log" in name and args[0] <= 0:
+        raise ConfigError(f"{where}, got {args!r}")
+    if name == "randint" and not all(isinstance(a, int) for a in args):
+        raise ConfigError(f"{where}, got {args!r}")
+    return args
+
+
+# --- methods: build, select, speed -----------------------------------------------------------------
+
+BUILD_ARCHS = ("bert", "distilbert", "roberta")
+
+
+@dataclass
+class BuildConfig:
+    """Build a small randomly initialised encoder offline: a config, its weights and a tokenizer."""
+
+    output: str = opt(MISSING, "model directory (save_pretrained: config, weights, tokenizer)")
+    arch: str = opt("bert", f"architecture: one of {', '.join(BUILD_ARCHS)}")
+    layers: int = opt(2, "transformer layers")
+    hidden: int = opt(32, "hidden size")
+    heads: int = opt(2, "attention heads (must divide hidden)")
+    intermediate: Optional[int] = opt(None, "feed-forward size (default 4 x hidden)")
+    max_positions: int = opt(128, "longest sequence in tokens")
+    vocab_size: int = opt(8000, "WordPiece vocabulary size (the trained vocabulary may be smaller)")
+    texts: List[str] = opt(  # noqa: UP006
+        [], "tables whose text (and title) columns train the tokenizer, e.g. [corpus, queries]"
+    )
+    max_texts: Optional[int] = opt(None, "read at most this many rows of each table for the tokenizer")
+    tokenizer_from: Optional[str] = opt(
+        None, "copy this model directory's tokenizer instead of training one (teacher and student share it)"
+    )
+    seed: int = opt(0, "seed of the random weights")
+    overwrite: bool = opt(False, "replace a complete output made with another config")
+
+    def validate(self) -> None:
+        if self.arch not in BUILD_ARCHS:
+            raise ConfigError(_unknown_name("arch", self.arch, BUILD_ARCHS))
+        if bool(self.texts) == (self.tokenizer_from is not None):
+            raise ConfigError("build: give either texts=[tables] (train a tokenizer) or tokenizer_from=<model dir>")
+        sizes = ("layers", "hidden", "heads", "max_positions", "vocab_size")
+        bad = [k for k in sizes if getattr(self, k) < 1]
+        if bad or (self.intermediate is not None and self.intermediate < 1):
+            raise ConfigError(f"build: {', '.join(bad or ['intermediate'])} must be >= 1")
+        if self.hidden % self.heads:
+            raise ConfigError(f"build: hidden={self.hidden} must divide by heads={self.heads}")
+
+
+@dataclass
+class SelectConfig:
+    """PROD's data-progressive selection: keep the queries the teacher ranks right and the student
+    ranks just below the top, as training groups with the hardest negatives first."""
+
+    run: str = opt(MISSING, "the student's run over the training queries (densekit search)")
+    groups: str = opt(
+        MISSING,
+        "the student's candidates with teacher scores: `mine` of the same run (strategy=top) then `score`",
+    )
+    qrels: str = opt(MISSING, "training qrels (positives: relevance >= positive_level)")
+    output: str = opt(MISSING, "training groups of the kept queries (teacher scores kept)")
+    student_min_rank: int = opt(2, "keep a query if the student ranks its first positive at this rank or lower")
+    student_max_rank: int = opt(15, "... and at this rank or higher (PROD: 2..15)")
+    teacher_max_rank: int = opt(1, "... and the teacher's reranking puts a positive within this rank (PROD: 1)")
+    num_negatives: int = opt(15, "negatives kept per query: the group's first n, in retrieval order (hardest first)")
+    positive_level: int = opt(1, "qrels with relevance >= this are positives")
+    rows_per_part: int = opt(100_000, "groups per Parquet part")
+    overwrite: bool = opt(False, "replace a complete output made with another config")
+
+    def validate(self) -> None:
+        if not 1 <= self.student_min_rank <= self.student_max_rank:
+            raise ConfigError(
+                f"select: need 1 <= student_min_rank <= student_max_rank, got {self.student_min_rank}..{self.student_max_rank}"
+            )
+        if self.teacher_max_rank < 1 or self.num_negatives < 1 or self.positive_level < 1:
+            raise ConfigError("select: teacher_max_rank, num_negatives and positive_level must be >= 1")
+
+
+@dataclass
+class SpeedConfig:
+    """Encoding throughput of several models on the same texts, measured in turn on one Ray worker."""
+
+    models: List[str] = opt([], "model directories; the first is the reference (e.g. the teacher)")  # noqa: UP006
+    input: str = opt(MISSING, "queries table (qid, text) or corpus table (pid, text, title)")
+    output: str = opt(MISSING, "folder: speed.json (texts/s per model, speed-up against the first) + manifest")
+    kind: Literal["auto", "queries", "passages"] = opt(
+        "auto", "which tower encodes; auto: queries if the input has a qid column"
+    )
+    batch_size: int = opt(64, "texts per forward pass (the query-distillation paper measures at 64)")
+    max_texts: int = opt(2048, "encode the first N texts of the input")
+    repeats: int = opt(3, "timed passes per model, interleaved across models; the fastest counts")
+    threads: Optional[int] = opt(None, "torch CPU threads (default: the worker's CPUs)")
+    resources: ResourcesConfig = opt(ResourcesConfig, "the one worker: cpus_per_worker, use_gpu")
+    overwrite: bool = opt(False, "replace a complete output made with another config")
+
+    def validate(self) -> None:
+        if not self.models:
+            raise ConfigError("speed: models is empty: give the reference model first, then the others")
+        if self.batch_size < 1 or self.max_texts < 1 or self.repeats < 1:
+            raise ConfigError("speed: batch_size, max_texts and repeats must be >= 1")

@@ -5,8 +5,14 @@ mapping of settings, or both). A stage's output is always `<run output>/<stage n
 written `@name` or `@name/sub/path` refers to the output of an earlier stage. `${vars.x}` refers to
 the method's `vars`, so a small and a full-scale version differ only in their vars and inputs.
 
-The runner resumes: a stage whose output is complete (valid manifest) is skipped, a stage
-interrupted part-way is redone (or resumed, for steps that resume inside, like encode and train).
+`include:` puts the stages of other method files first: the small methods share one generated
+task, one warm-up and one baseline through configs/methods/small_common.yaml, and run in one
+folder, so a stage another method already finished is reused.
+
+The runner resumes: a stage whose output is complete (valid manifest) for the same config is
+skipped, a stage interrupted part-way is redone (or resumed, for steps that resume inside, like
+encode and train); a complete output made by another config is an error, never reused silently.
+`results:` names the evaluate (and speed) stages whose metrics end up in results-<name>.json.
 `--from STAGE` reruns that stage and all after it, `--only STAGE` reruns one stage, `--dry-run`
 validates every stage's config and prints the stages with their inputs and outputs, without data.
 """
@@ -23,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional  # noqa: UP035
+from typing import Any, Dict, List, Optional  # noqa: UP035
 
 from densekit.artifacts import is_complete, write_json_atomic
 from densekit.config import MISSING, ConfigError, load_config, opt
@@ -32,6 +38,10 @@ logger = logging.getLogger(__name__)
 
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 REF = re.compile(r"^@([a-z][a-z0-9_]*)(/.*)?$")
+RESULT_STEPS = ("evaluate", "speed")
+RESULT_FILES = {"evaluate": "metrics.json", "speed": "speed.json"}
+# Deeper checks a --dry-run makes on a fully resolved stage config ("module:function(cfg)").
+DRY_RUN_CHECKS = {"train": "densekit.train:candidate_modes"}
 
 
 @dataclass
@@ -55,10 +65,18 @@ class MethodConfig:
     data: Dict[str, str] = opt({}, "what the full-scale version expects, name -> description")  # noqa: UP006
     gpu_hours: Optional[float] = opt(None, "estimated GPU hours of the full-scale run")
     vars: Dict[str, Any] = opt({}, "values the stages refer to as ${vars.name}")  # noqa: UP006
+    include: List[str] = opt(  # noqa: UP006
+        [], "method files whose stages come first (stages shared by several methods); relative to this file"
+    )
     stages: Dict[str, StageConfig] = opt({}, "the stages, in order")  # noqa: UP006
+    report: bool = opt(True, "write report.md and quality_vs_speed.png into the run folder at the end")
+    report_set: Dict[str, Any] = opt({}, "ReportConfig settings of that report, e.g. {speed: {repeats: 3}}")  # noqa: UP006
+    results: Dict[str, str] = opt(  # noqa: UP006
+        {}, "label -> '@stage' of an evaluate (or speed) stage: collected into results-<name>.json at the end"
+    )
 
     def validate(self) -> None:
-        if not self.stages:
+        if not self.stages and not self.include:
             raise ConfigError(f"method '{self.name}' has no stages")
         for name in self.stages:
             if not STAGE_NAME.match(name):
@@ -66,6 +84,55 @@ class MethodConfig:
                     f"stage name '{name}' must be lower-case letters, digits and _ "
                     "(it becomes a folder name under the run output)"
                 )
+        if self.include:
+            return  # results may name included stages: checked once they are merged (load_method)
+        for label, ref in self.results.items():
+            m = REF.match(ref or "")
+            if not m or m.group(2) or m.group(1) not in self.stages:
+                raise ConfigError(f"results.{label}={ref}: expected '@stage' naming one of the method's stages")
+            if self.stages[m.group(1)].step not in RESULT_STEPS:
+                raise ConfigError(
+                    f"results.{label}={ref}: stage '{m.group(1)}' runs {self.stages[m.group(1)].step}; "
+                    f"results come from {' or '.join(RESULT_STEPS)} stages"
+                )
+
+
+def load_method(method_file: str | Path, overrides: list[str] | None = None, _seen: tuple = ()) -> MethodConfig:
+    """Load a method file with its included files' stages first (in include order).
+
+    Included stages keep their settings; their `config:` paths are relative to their own file; the
+    including file's output folder and results apply, and its vars override the included files'
+    vars of the same name. A stage name defined twice
+    is an error (two methods sharing a stage share its definition through one file).
+    """
+    method_file = Path(method_file)
+    method: MethodConfig = load_config(MethodConfig, method_file, overrides or [])
+    if not method.include:
+        return method
+    stages: dict[str, StageConfig] = {}
+    where: dict[str, Path] = {}
+    for inc in method.include:
+        path = Path(inc) if Path(inc).is_absolute() else method_file.parent / inc
+        if path.resolve() in _seen or path.resolve() == method_file.resolve():
+            raise ConfigError(f"{method_file}: include {inc} includes itself (a cycle)")
+        # The including file's vars override the included file's vars of the same name (a
+        # documents variant = the passage method with other data paths and lengths).
+        base = load_config(MethodConfig, path, [])
+        shared = [f"vars.{k}={_format_value(v)}" for k, v in method.vars.items() if k in base.vars]
+        sub = load_method(path, shared, (*_seen, method_file.resolve()))
+        for name, stage in sub.stages.items():
+            if name in stages:
+                raise ConfigError(f"{path}: stage '{name}' is also defined in {where[name]}")
+            if stage.config and not Path(stage.config).is_absolute():
+                stage.config = str(path.parent / stage.config)
+            stages[name], where[name] = stage, path
+    for name, stage in method.stages.items():
+        if name in stages:
+            raise ConfigError(f"{method_file}: stage '{name}' is also defined in the included {where[name]}")
+        stages[name] = stage
+    method.stages, method.include = stages, []
+    method.validate()
+    return method
 
 
 @dataclass
@@ -76,6 +143,7 @@ class PlannedStage:
     overrides: list[str]
     config_path: Optional[Path]
     inputs: dict[str, str]  # dotted key -> path, for --dry-run and the report
+    missing: list[str] = dataclasses.field(default_factory=list)  # required keys left unset
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -105,7 +173,31 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def plan(method: MethodConfig, method_file: Path) -> list[PlannedStage]:
+def _check_stage(step: str, merged: Any, deep: bool) -> list[str]:
+    """Validate a stage's merged config as the step will (types, `validate()`), without data.
+
+    Returns the required keys still unset (a real run then fails at that stage). With `deep`
+    (--dry-run), also the step's own checks that need no data, e.g. a train stage's losses and
+    candidate modes.
+    """
+    import importlib
+
+    from omegaconf import OmegaConf
+
+    from densekit.config import _missing_keys, _validate_tree
+
+    missing = _missing_keys(merged)
+    if missing:
+        return missing
+    obj = OmegaConf.to_object(merged)
+    _validate_tree(obj)
+    if deep and step in DRY_RUN_CHECKS:
+        module, _, fn = DRY_RUN_CHECKS[step].partition(":")
+        getattr(importlib.import_module(module), fn)(obj)
+    return []
+
+
+def plan(method: MethodConfig, method_file: Path, deep: bool = False) -> list[PlannedStage]:
     """Resolve every stage's config path, settings and references; check them without running."""
     from densekit.cli import STEPS
 
@@ -127,18 +219,24 @@ def plan(method: MethodConfig, method_file: Path) -> list[PlannedStage]:
                 raise ConfigError(
                     f"stage '{name}': '{key}' is set by the runner (<run>/{name}); remove it"
                 )
-            if isinstance(value, str) and (m := REF.match(value)):
-                ref, sub = m.group(1), m.group(2) or ""
-                if ref not in method.stages:
-                    raise ConfigError(f"stage '{name}': {key}={value} names no stage")
-                if ref not in done:
-                    raise ConfigError(f"stage '{name}': {key}={value} refers to a later stage")
-                if ".." in Path(sub).parts:
-                    raise ConfigError(f"stage '{name}': {key}={value} may not contain '..'")
-                value = str(run_dir / ref) + sub
-                inputs[key] = value
-            elif isinstance(value, str) and ("/" in value or value.endswith((".tsv", ".json", ".jsonl"))):
-                inputs[key] = value
+            items = value if isinstance(value, list) else [value]
+            resolved = []
+            for i, item in enumerate(items):
+                ikey = f"{key}[{i}]" if isinstance(value, list) else key
+                if isinstance(item, str) and (m := REF.match(item)):
+                    ref, sub = m.group(1), m.group(2) or ""
+                    if ref not in method.stages:
+                        raise ConfigError(f"stage '{name}': {key}={item} names no stage")
+                    if ref not in done:
+                        raise ConfigError(f"stage '{name}': {key}={item} refers to a later stage")
+                    if ".." in Path(sub).parts:
+                        raise ConfigError(f"stage '{name}': {key}={item} may not contain '..'")
+                    item = str(run_dir / ref) + sub
+                    inputs[ikey] = item
+                elif isinstance(item, str) and ("/" in item or item.endswith((".tsv", ".json", ".jsonl"))):
+                    inputs[ikey] = item
+                resolved.append(item)
+            value = resolved if isinstance(value, list) else resolved[0]
             overrides.append(f"{key}={_format_value(value)}")
         overrides.append(f"output={output}")
         config_path = None
@@ -147,7 +245,11 @@ def plan(method: MethodConfig, method_file: Path) -> list[PlannedStage]:
             if not config_path.is_absolute() and not config_path.exists():
                 config_path = base / config_path
         cls = STEPS[stage.step].config_cls()
-        merged = load_config(cls, config_path, overrides, allow_missing=True)
+        try:
+            merged = load_config(cls, config_path, overrides, allow_missing=True)
+            missing = _check_stage(stage.step, merged, deep=deep)
+        except ConfigError as e:
+            raise ConfigError(f"stage '{name}' ({stage.step}): {e}") from None
         # Any other path the step writes must stay inside the run folder (no '..' tricks).
         for key, value in _flatten(_to_plain(merged)).items():
             if key.split(".")[-1].startswith("output") and isinstance(value, str) and value:
@@ -155,7 +257,7 @@ def plan(method: MethodConfig, method_file: Path) -> list[PlannedStage]:
                     raise ConfigError(
                         f"stage '{name}': {key}={value} writes outside the run folder {run_dir}"
                     )
-        planned.append(PlannedStage(name, stage.step, output, overrides, config_path, inputs))
+        planned.append(PlannedStage(name, stage.step, output, overrides, config_path, inputs, missing))
         done.add(name)
     return planned
 
@@ -182,12 +284,13 @@ def run(argv: list[str]) -> int:
     group.add_argument("--only", dest="only_stage")
     parser.add_argument("--dry-run", action="store_true")
     try:
-        args = parser.parse_args(argv)
+        # Intermixed: `run M.yaml --only S key=value` works as well as `run M.yaml key=value --only S`.
+        args = parser.parse_intermixed_args(argv)
     except SystemExit as e:
         raise ConfigError(f"usage: {run.__doc__.splitlines()[0]}") from e
     method_file = Path(args.method)
-    method: MethodConfig = load_config(MethodConfig, method_file, args.overrides)
-    stages = plan(method, method_file)
+    method = load_method(method_file, args.overrides)
+    stages = plan(method, method_file, deep=args.dry_run)
     names = [s.name for s in stages]
     for flag in (args.from_stage, args.only_stage):
         if flag is not None and flag not in names:
@@ -201,8 +304,23 @@ def run(argv: list[str]) -> int:
 
     run_dir = Path(method.output)
     run_dir.mkdir(parents=True, exist_ok=True)
-    status_path = run_dir / "method.json"
-    status: dict[str, Any] = {"method": method.name, "file": str(method_file), "stages": {}}
+    # One status file per method: several methods may share a run folder (and its common stages).
+    status_path = run_dir / f"method-{method.name}.json"
+    # Every planned stage is listed (the report needs them all, even after --only); a stage
+    # skipped as complete keeps the time it took when it ran.
+    previous = _previous_status(status_path)
+    status: dict[str, Any] = {
+        "method": method.name, "file": str(method_file), "output": str(run_dir), "stages": {},
+        "order": [s.name for s in stages],  # the JSON file sorts keys: this keeps the stage order
+    }  # fmt: skip
+    for stage in stages:
+        before = previous.get(stage.name, {})
+        entry = {"step": stage.step, "output": str(stage.output), "about": method.stages[stage.name].about}
+        if before.get("step") == stage.step and "seconds" in before:
+            entry["seconds"] = before["seconds"]
+        else:
+            entry["pending"] = True
+        status["stages"][stage.name] = entry
     forced: set[str] = set()
     if args.from_stage:
         forced = set(names[names.index(args.from_stage) :])
@@ -212,25 +330,38 @@ def run(argv: list[str]) -> int:
         if args.only_stage and stage.name != args.only_stage:
             continue
         label = f"[{i}/{len(stages)}] {stage.name} ({stage.step})"
-        if stage.name not in forced and _stage_complete(stage.output):
-            logger.info("%s: complete, skipping (%s)", label, stage.output)
-            status["stages"][stage.name] = {"step": stage.step, "output": str(stage.output), "skipped": True}
-            write_json_atomic(status_path, status)
-            continue
-        logger.info("%s: running -> %s", label, stage.output)
         overrides = list(stage.overrides)
         if stage.name in forced:
             overrides.append("overwrite=true")
         cls = STEPS[stage.step].config_cls()
-        cfg = load_config(cls, stage.config_path, overrides)
+        try:
+            cfg = load_config(cls, stage.config_path, overrides)
+        except ConfigError as e:
+            raise ConfigError(f"stage '{stage.name}' ({stage.step}): {e}") from None
+        if stage.name not in forced and _stage_complete(stage, cfg):
+            logger.info("%s: complete, skipping (%s)", label, stage.output)
+            status["stages"][stage.name].pop("pending", None)
+            status["stages"][stage.name]["skipped"] = True
+            write_json_atomic(status_path, status)
+            continue
+        logger.info("%s: running -> %s", label, stage.output)
         start = time.time()
         STEPS[stage.step].function()(cfg)
         seconds = time.time() - start
         logger.info("%s: done in %.0f s", label, seconds)
-        status["stages"][stage.name] = {"step": stage.step, "output": str(stage.output), "seconds": round(seconds, 1)}
+        entry = status["stages"][stage.name]
+        entry.pop("pending", None)
+        entry.pop("skipped", None)
+        entry["seconds"] = round(seconds, 1)
         write_json_atomic(status_path, status)
         _maybe_inject_fault(stage.name)
     logger.info("method %s: all %d stages complete in %s", method.name, len(stages), run_dir)
+    if method.results and not args.only_stage:
+        collect_results(method, stages)
+    if method.report:
+        from densekit.report import report_run
+
+        report_run(run_dir, [f"{k}={_format_value(v)}" for k, v in _flatten(method.report_set).items()])
     return 0
 
 
@@ -248,10 +379,64 @@ def _maybe_inject_fault(stage: str) -> None:
     os._exit(137)
 
 
-def _stage_complete(output: Path) -> bool:
-    """A directory output is complete with a valid manifest; a file output (export) as soon as it
-    exists, since files are only ever renamed into place when fully written."""
-    return output.is_file() or is_complete(output)
+def _previous_status(path: Path) -> dict[str, Any]:
+    """The stages recorded by an earlier run of this method in the same folder (if any)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("stages", {})
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        return {}
+
+
+def _stage_complete(stage: PlannedStage, cfg: Any) -> bool:
+    """Whether a stage's output is complete for this very config.
+
+    A directory output is complete with a valid manifest; a file output (export) as soon as it
+    exists, since files are only ever renamed into place when fully written. A complete directory
+    made by a different config (another method sharing the run folder, an edited method file) is
+    an error, never silently reused.
+    """
+    if stage.output.is_file():
+        return True
+    if not is_complete(stage.output):
+        return False
+    from omegaconf import OmegaConf
+
+    from densekit.artifacts import CONFIG, _diff_keys, _semantic, config_to_dict
+
+    saved = stage.output / CONFIG
+    if not saved.is_file():
+        return True
+    old = OmegaConf.to_container(OmegaConf.load(saved))
+    changed = _diff_keys(_semantic(old), _semantic(config_to_dict(cfg)))  # type: ignore[arg-type]
+    if changed:
+        raise ConfigError(
+            f"stage '{stage.name}': {stage.output} is complete but was made with another config "
+            f"(differs in: {', '.join(changed[:8])}). Rerun it on purpose with --from {stage.name} "
+            "(or --only), or give the method another output folder"
+        )
+    return True
+
+
+def collect_results(method: MethodConfig, stages: list[PlannedStage]) -> dict:
+    """Gather the result stages' metrics.json / speed.json into <output>/results-<name>.json and
+    log them as a table."""
+    import json
+
+    by_name = {s.name: s for s in stages}
+    results: dict[str, Any] = {}
+    for label, ref in method.results.items():
+        stage = by_name[ref[1:]]
+        path = stage.output / RESULT_FILES[stage.step]
+        results[label] = {"stage": stage.name, "step": stage.step, **json.loads(path.read_text())}
+    out = {"method": method.name, "scale": method.scale, "results": results}
+    write_json_atomic(Path(method.output) / f"results-{method.name}.json", out)
+    for label, r in results.items():
+        if r["step"] == "evaluate":
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in r["metrics"].items() if k in ("ndcg@10", "mrr@10", "recall@100"))
+        else:
+            shown = ", ".join(f"{Path(m['model']).parent.name}: {m['texts_per_s']:.0f}/s ({m['speedup']:.2f}x)" for m in r["models"])
+        logger.info("method %s: %-22s %s", method.name, label, shown)
+    return out
 
 
 def _print_plan(method: MethodConfig, stages: list[PlannedStage]) -> None:
@@ -266,4 +451,8 @@ def _print_plan(method: MethodConfig, stages: list[PlannedStage]) -> None:
         for key, value in s.inputs.items():
             lines.append(f"      in  {key} = {value}")
         lines.append(f"      out {s.output}")
+        if s.missing:
+            lines.append(f"      unset {', '.join(s.missing)} (required: set them before a real run)")
+    for label, ref in method.results.items():
+        lines.append(f"result {label}: {ref}")
     sys.stdout.write("\n".join(lines) + "\n")

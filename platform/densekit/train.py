@@ -101,6 +101,15 @@ def candidate_modes(cfg: TrainConfig, objective=None) -> tuple[str, str | None]:
 
 def train(cfg: TrainConfig) -> None:
     """Train a student as `cfg` says; resume the run in `cfg.output` if one was interrupted."""
+    fit(cfg)
+
+
+def fit(cfg: TrainConfig, callbacks: list | None = None):
+    """The `train` step with extra Ray Train callbacks (`tune` passes its TuneReportCallback).
+
+    Returns:
+        The ray.train.Result, or None when `cfg.output` already holds this finished run.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -111,7 +120,7 @@ def train(cfg: TrainConfig) -> None:
     # Fail on unknown losses, bad params or a loss/model mismatch before any worker starts.
     mode, _ = candidate_modes(cfg)
     if not prepare_output(out, cfg, overwrite=cfg.overwrite, keep_partial=True):
-        return
+        return None
     init_ray(cfg.resources)
     res = cfg.resources
     per_worker = {"CPU": res.cpus_per_worker}
@@ -136,10 +145,14 @@ def train(cfg: TrainConfig) -> None:
                 "env_vars": {k: v for k, v in os.environ.items() if k.startswith("DENSEKIT_")}
             },
             storage_path=str(out),
+            callbacks=list(callbacks or []),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=max(1, cfg.keep_checkpoints),
-                checkpoint_score_attribute="best_score" if cfg.eval.every else None,
+                # Ranked by "is this a new best": the latest new best always outranks the rest (Ray
+                # breaks ties by recency). Ranking by best_score instead let the later checkpoints,
+                # which tie with it, push the one holding best/ out.
+                checkpoint_score_attribute="is_best" if cfg.eval.every else None,
                 checkpoint_score_order="max",
             ),
         ),
@@ -158,6 +171,7 @@ def train(cfg: TrainConfig) -> None:
         cause = root_cause(result.error)
         raise cause if isinstance(cause, DensekitError) else result.error
     _export(cfg, out, result)
+    return result
 
 
 def _check_inputs(cfg: TrainConfig) -> None:
@@ -199,12 +213,14 @@ def _export(cfg: TrainConfig, out: Path, result) -> None:
             _copy_tree(Path(d) / "teacher", out / "teacher")
     best_metrics = None
     if cfg.eval.every and state.get("best_step") is not None:
-        best = max(result.best_checkpoints or [], key=lambda cm: cm[1].get("best_score", -1), default=None)
+        best = next((cm for cm in result.best_checkpoints or [] if cm[1].get("step") == state["best_step"]), None)
         if best is not None:
             with best[0].as_directory() as d:
                 _copy_tree(Path(d) / "best", out / "best") if (Path(d) / "best").is_dir() else _copy_tree(
                     Path(d) / "model", out / "best"
                 )
+        else:
+            logger.warning("%s: the checkpoint of the best step %s is gone: no best/", out, state["best_step"])
         best_metrics = state.get("best_metrics")
     with atomic_path(out / "metrics.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(m) + "\n" for m in state.get("history", [])))
@@ -382,6 +398,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             **{f"loss/{k}": v / max(1, n_since) for k, v in zip(names, sums[1:])},
             "lr": scheduler.get_last_lr()[0],
             "queries_per_s": n_since * cfg.optim.batch_size / max(1e-9, time.time() - t0),
+            "time": time.time(),  # end of the interval (unix seconds): progress over time, benchmarks
         }
         losses_since, parts_since, n_since = 0.0, {}, 0
         is_best = False
@@ -396,8 +413,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 is_best = True
         state["history"].append(metrics)
         metrics["best_score"] = state["best_score"] if state["best_score"] is not None else -1.0
+        metrics["is_best"] = float(is_best)  # the checkpoint ranking (CheckpointConfig)
         if rank == 0:
-            logger.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+            logger.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float) and k != "time"))
         _report(metrics, state, inner, optimizer, scheduler, scaler, rank, is_best)
         t0 = time.time()
 

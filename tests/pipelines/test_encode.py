@@ -97,7 +97,13 @@ def test_encode_every_pid_once_and_resume(tmp_path, ray_session, tiny_model_dir,
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     (out / "part-00002.parquet").unlink()
     (out / "manifest.json").unlink()
-    encode(cfg)
+    # Another pool shape (resources do not change what is computed): one actor holding every CPU
+    # of the cluster, which also checks that the read stage is fused into the actors (an unfused
+    # read task would wait forever for a CPU).
+    import dataclasses
+
+    encode(dataclasses.replace(cfg, resources=dataclasses.replace(cfg.resources, num_workers=1,
+                                                                  cpus_per_worker=2.0)))
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     assert [mtimes[k] == after[k] for k in sorted(mtimes)] == [True, True, False, True, True]
     assert read_table(out).column(R.ID).to_pylist() == pids
@@ -173,3 +179,19 @@ def test_two_node_encode_index_search(tmp_path, tiny_model_dir, corpus, write_ta
     tied[:, :-1] |= gaps < 1e-4
     assert (got_rows[~tied] == ref_rows[~tied]).all()
     np.testing.assert_allclose(np.array(run[R.SCORE]).reshape(25, 10), ref_scores, rtol=1e-4, atol=1e-4)
+
+
+def test_plan_assigns_every_row_to_one_shard(tmp_path, write_table):
+    from densekit.pipelines.encode import _chunks, _plan
+
+    n = 1000
+    path = write_table(tmp_path / "c", R.CORPUS_SCHEMA, {R.PID: [f"p{i}" for i in range(n)],
+                                                         R.TEXT: ["t"] * n, R.TITLE: [""] * n},
+                       rows_per_part=333)
+    files, slices, total = _plan(path, rows_per_shard=128)
+    assert total == n and [f["rows"] for f in files] == [333, 333, 333, 1]
+    for chunked in (slices, [c for s in slices for c in _chunks(s, 50)]):
+        rows = np.concatenate([np.arange(s.first, s.first + s.stop - s.start) for s in chunked])
+        assert sorted(rows.tolist()) == list(range(n))  # every input row exactly once
+        assert all(s.first // 128 == (s.first + s.stop - s.start - 1) // 128 == s.shard for s in chunked)
+        assert max(s.stop - s.start for s in chunked) <= (50 if chunked is not slices else 128)

@@ -95,3 +95,15 @@ def test_factory_errors():
         load_config(IndexConfig, overrides=["embeddings=e", "output=o", "factory='IFV100,Flat'"])
     with pytest.raises(ConfigError, match="FAISS cannot build it"):
         new_index("IVF16,PQ7", 32, "ip")  # 7 sub-quantizers do not divide 32 dims
+
+
+def test_float16_storage_round_trip():
+    from densekit.data import records as R
+    from densekit.pipelines.embeddings import embeddings_batch, to_matrix
+
+    x = np.random.default_rng(0).normal(size=(5, 8)).astype("float32")
+    batch = embeddings_batch(["a", "b", "c", "d", "e"], x, "float16")
+    assert batch.schema.field(R.EMBEDDING).type.value_type == "halffloat"
+    back = to_matrix(batch.column(1))
+    assert back.dtype == np.float32 and back.shape == (5, 8)
+    np.testing.assert_array_equal(back, x.astype(np.float16).astype(np.float32))

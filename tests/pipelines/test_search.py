@@ -51,6 +51,12 @@ def test_sharded_flat_equals_one_flat_index(flat_index):
         np.testing.assert_array_equal(rows, ref_rows)
         np.testing.assert_allclose(scores, ref_scores, rtol=1e-6, atol=1e-6)
         np.testing.assert_array_equal(vectors, x[rows])  # reconstructed from the Flat shards
+        # In-process (num_actors=0, what a training worker uses): the same answer.
+        with ShardedSearcher(out, num_actors=0) as local:
+            l_scores, l_pids, l_vectors = local.search(q, 50, return_vectors=True)
+        np.testing.assert_array_equal(l_pids, pids)
+        np.testing.assert_array_equal(l_scores, scores)
+        np.testing.assert_array_equal(l_vectors, vectors)
         # More than the whole index: every vector once, then empty slots.
         scores, pids = searcher.search(q[:3], N + 4)
         assert sorted(int(p[1:]) for p in pids[0, :N]) == list(range(N))
@@ -58,7 +64,8 @@ def test_sharded_flat_equals_one_flat_index(flat_index):
 
 
 @pytest.mark.ray
-def test_search_step_run_table_trec_and_model_check(tmp_path, flat_index, write_embeddings):
+def test_search_step_run_table_trec_and_model_check(tmp_path, flat_index, write_embeddings, write_table,
+                                                    tiny_model_dir):
     out, x = flat_index
     q = np.random.default_rng(2).normal(size=(30, DIM)).astype("float32")
     ref_scores, ref_rows = _reference(x, q, 20)
@@ -90,6 +97,14 @@ def test_search_step_run_table_trec_and_model_check(tmp_path, flat_index, write_
         f"index={out}", f"query_embeddings={other}", f"output={tmp_path / 'run_b'}", "k=5",
         "asymmetric=true"]))
     assert read_manifest(tmp_path / "run_b")["asymmetric"] is True
+
+    # queries + model: a model mismatch is refused before any query is encoded.
+    qtable = write_table(tmp_path / "queries", R.QUERIES_SCHEMA, {R.QID: qids, R.TEXT: ["q"] * 30})
+    cfg_m = load_config(SearchConfig, overrides=[
+        f"index={out}", f"queries={qtable}", f"model={tiny_model_dir}", f"output={tmp_path / 'run_m'}"])
+    with pytest.raises(ConfigError, match="asymmetric=true"):
+        search(cfg_m)
+    assert not (tmp_path / "run_m").exists()
 
 
 @pytest.mark.ray

@@ -174,6 +174,12 @@ def _plan(input_dir: str | Path, rows_per_shard: int) -> tuple[list[dict], list[
     return files, slices, row
 
 
+def _chunks(s: _Slice, n: int) -> list[_Slice]:
+    """`s` cut into slices of at most n rows (same file, row group and shard)."""
+    return [dataclasses.replace(s, start=a, stop=min(a + n, s.stop), first=s.first + (a - s.start))
+            for a in range(s.start, s.stop, n)]
+
+
 def _read_slices(batch: dict[str, np.ndarray], key: str, with_title: bool) -> pa.Table:
     """Ray Data task: the rows of each slice, as (__row, id, text[, title])."""
     tables = []
@@ -298,7 +304,7 @@ def _encode(cfg, out: Path, kind: str, key: str, with_title: bool, spec, fingerp
         with atomic_path(out / PART.format(0)) as tmp:
             pq.write_table(pa.Table.from_batches([], schema=R.embeddings_schema(dim, _arrow_dtype(cfg))), tmp)
     dim = pq.ParquetFile(out / PART.format(0)).schema_arrow.field(R.EMBEDDING).type.list_size
-    (out / PLAN).unlink()
+    # plan.json stays (listed in the manifest): it says which input and model the shards hold.
     write_manifest(out, "encode", {
         "dim": dim,
         "metric": "ip",  # dot, or cosine on normalised vectors: both are inner products
@@ -332,12 +338,24 @@ def _stream(cfg, out: Path, kind: str, key: str, with_title: bool, todo: list[_S
     import ray
 
     res = cfg.resources
+    rows = sum(s.stop - s.start for s in todo)
+    actors = max(1, res.num_workers)
+    # Work units: Parquet row group ∩ shard. Too few of them (a small corpus in one row group)
+    # would leave actors idle: then cut them into chunks so every actor gets ~4 batches. A chunk
+    # re-reads its row group, which is cheap next to encoding it.
+    batch_rows = cfg.block_rows
+    if len(todo) < 4 * actors:
+        # ... but never below one forward batch: a few queries need one actor, not the pool.
+        floor = min(cfg.batch_size, cfg.block_rows)
+        batch_rows = max(floor, min(cfg.block_rows, -(-rows // (4 * actors))))
+        todo = [c for s in todo for c in _chunks(s, batch_rows)]
     items = [dataclasses.asdict(s) for s in todo]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 10_000)))
-    # The read stage asks for the actors' CPU share so Ray Data fuses it into the actors (no extra
-    # hop); unfused (GPU actors) it still fits beside them on a node.
+    # The read stage asks for exactly the actors' resources so Ray Data fuses it into them: no
+    # extra hop, and no read task waiting for a CPU that the actors hold (a deadlock otherwise).
+    actor_res = {"num_cpus": res.cpus_per_worker, "num_gpus": res.gpus_per_worker if res.use_gpu else 0}
     ds = ds.map_batches(_read_slices, batch_size=1, fn_kwargs={"key": key, "with_title": with_title},
-                        batch_format="numpy", num_cpus=min(res.cpus_per_worker, 1.0))
+                        batch_format="numpy", **actor_res)
     ds = ds.map_batches(
         _EncodeAndWrite,
         fn_constructor_kwargs={"out": str(out), "rows_per_shard": cfg.rows_per_shard,
@@ -345,16 +363,18 @@ def _stream(cfg, out: Path, kind: str, key: str, with_title: bool, todo: list[_S
                                "batch_size": cfg.batch_size, "title": cfg.title,
                                "max_length": cfg.max_length, "precision": cfg.precision,
                                "use_gpu": res.use_gpu},
-        batch_size=cfg.block_rows,
+        batch_size=batch_rows,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=max(1, res.num_workers)),
-        num_cpus=res.cpus_per_worker,
-        num_gpus=res.gpus_per_worker if res.use_gpu else 0,
+        # No more actors than batches.
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, -(-rows // batch_rows)))),
+        **actor_res,
     )
 
     shards = sorted({s.shard for s in todo})
     remaining = {s: expected(s) for s in shards}
-    merge = ray.remote(num_cpus=0.25, max_retries=2)(_merge_shard)
+    # Merging is short and I/O-bound: it must not wait for a CPU the model actors hold until the
+    # end (num_cpus=0), or no shard would be finished, hence resumable, before the whole run is.
+    merge = ray.remote(num_cpus=0, max_retries=2)(_merge_shard)
     merges = []
     progress = Progress(logger, f"encode {kind}", total=sum(remaining.values()))
     # Only (shard, row count) pairs reach the driver; a shard is merged as soon as it is whole.

@@ -211,14 +211,15 @@ def _score(cfg, out: Path, teachers: list[dict]) -> None:
     ctx.execution_options.preserve_order = True  # output groups in input order
     ctx.raise_original_map_exception = True  # an actor's InputError reaches the driver as itself
     try:
-        # One read task per Parquet row group, asking for the first teacher's CPU share so Ray
-        # Data fuses it into those actors (read_parquet's own listing task wants a whole CPU,
-        # which a cluster busy with teacher actors may never free).
+        # One read task per Parquet row group, asking for exactly the teacher actors' resources
+        # so Ray Data fuses it into the first teacher's actors (read_parquet's own listing task
+        # wants a whole CPU, which a cluster busy with teacher actors may never free).
+        actor_res = {"num_cpus": res.cpus_per_worker,
+                     "num_gpus": res.gpus_per_worker if res.use_gpu else 0}
         items = [{"path": str(p), "row_group": g} for p in table_parts(cfg.groups)
                  for g in range(pq.ParquetFile(p).metadata.num_row_groups)]
         ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-        ds = ds.map_batches(_read_row_groups, batch_size=1, batch_format="numpy",
-                            num_cpus=min(res.cpus_per_worker, 1.0))
+        ds = ds.map_batches(_read_row_groups, batch_size=1, batch_format="numpy", **actor_res)
         for t, column in zip(cfg.teachers, columns):
             ds = ds.map_batches(
                 TeacherScorer,
@@ -228,8 +229,7 @@ def _score(cfg, out: Path, teachers: list[dict]) -> None:
                 batch_size=GROUPS_PER_CALL,
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=n_actors),
-                num_cpus=res.cpus_per_worker,
-                num_gpus=res.gpus_per_worker if res.use_gpu else 0,
+                **actor_res,
             )
         ds = ds.map_batches(combine_scores, fn_kwargs={"columns": columns}, batch_format="pyarrow",
                             batch_size=None, num_cpus=min(0.25, res.cpus_per_worker))

@@ -143,11 +143,13 @@ class ShardedSearcher:
             scores, pids, vectors = searcher.search(q, k=200, return_vectors=True)  # + [B, k, D]
 
     Scores are "higher is better" (inner products; negated distances for L2 indexes). Where fewer
-    than k documents exist, scores are -inf and pids None.
+    than k documents exist, scores are -inf and pids None. With `num_actors=0` the shards are
+    loaded and searched in this process (no Ray): for small indexes, or inside a Ray Train worker
+    that must not start actors of its own.
 
     Args:
         index_dir: a complete `densekit index` output.
-        num_actors: actors to spread the shards over (at most one per shard).
+        num_actors: actors to spread the shards over (at most one per shard); 0 = in-process.
         mmap: memory-map shard files where the index type allows.
         nprobe: IVF lists visited per query; ef_search: HNSW efSearch (None = FAISS defaults).
         cpus_per_actor: CPUs (and FAISS threads) per actor.
@@ -168,10 +170,6 @@ class ShardedSearcher:
         max_restarts: int = 2,
         resources: Any | None = None,
     ):
-        import ray
-
-        from densekit.raycluster import init_ray
-
         self.index_dir = Path(index_dir)
         self.manifest = read_manifest(self.index_dir)
         for key in ("factory", "dim", "metric", "shards"):
@@ -183,6 +181,17 @@ class ShardedSearcher:
         for i, s in enumerate(self.manifest["shards"]):
             shards.append({"shard": i, "dir": s["dir"], "offset": offset, "ntotal": s["ntotal"]})
             offset += s["ntotal"]
+        self.local: _ShardGroup | None = None
+        self.actors: list = []
+        if num_actors == 0:
+            self.groups = [shards]
+            self.local = _ShardGroup(str(self.index_dir), shards, self.manifest["factory"], self.metric,
+                                     mmap, nprobe, ef_search, int(max(1, cpus_per_actor)))
+            return
+        import ray
+
+        from densekit.raycluster import init_ray
+
         init_ray(resources)
         n = max(1, min(num_actors, len(shards)))
         # Balance by size: the largest shards first, each to the least-loaded actor.
@@ -212,11 +221,13 @@ class ShardedSearcher:
 
     def submit(self, queries: np.ndarray, k: int, return_vectors: bool = False) -> _Pending:
         """Start a search on every actor; `gather` its result (lets callers overlap batches)."""
-        import ray
-
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"queries must be [B, {self.dim}], got {list(queries.shape)}")
+        if self.local is not None:  # in-process: the "refs" are the answers themselves
+            return _Pending([self.local.search(queries, k, return_vectors)], k, len(queries))
+        import ray
+
         ref = ray.put(queries)
         return _Pending([a.search.remote(ref, k, return_vectors) for a in self.actors], k, len(queries))
 
@@ -224,7 +235,7 @@ class ShardedSearcher:
         """The merged result of `submit`: (scores [B, k], pids [B, k] object) [+ vectors [B, k, D]]."""
         import faiss
 
-        parts = self._get(pending.refs)
+        parts = pending.refs if self.local is not None else self._get(pending.refs)
         for g, part in zip(self.groups, parts):
             if part["shards"] != [s["shard"] for s in g]:
                 raise SearchActorError(
@@ -275,11 +286,13 @@ class ShardedSearcher:
             raise SearchActorError(f"a search actor of {self.index_dir} failed: {e}") from e
 
     def close(self) -> None:
-        import ray
+        if getattr(self, "actors", []):
+            import ray
 
-        for a in getattr(self, "actors", []):
-            ray.kill(a, no_restart=True)
+            for a in self.actors:
+                ray.kill(a, no_restart=True)
         self.actors = []
+        self.local = None
 
     def __enter__(self) -> ShardedSearcher:
         return self
@@ -326,18 +339,16 @@ def search(cfg) -> None:
     out = Path(cfg.output)
     index_manifest = read_manifest(cfg.index)
     if cfg.query_embeddings is not None:
-        qman = read_embeddings_manifest(cfg.query_embeddings)
-        check_models(cfg.index, index_manifest, cfg.query_embeddings, qman, cfg.asymmetric)
+        qdir = Path(cfg.query_embeddings)
+        check_models(cfg.index, index_manifest, qdir, read_embeddings_manifest(qdir), cfg.asymmetric)
     else:
-        _check_query_model(cfg, index_manifest)
+        qdir = out / QUERY_EMBEDDINGS
+        _check_query_model(cfg, index_manifest)  # before any query is encoded
     if not prepare_output(out, cfg, overwrite=cfg.overwrite, keep_partial=True):
         return
     for stale in list(out.glob("*.parquet")) + [out / TREC_FILE]:
         stale.unlink(missing_ok=True)  # a previous, interrupted run's parts
-    if cfg.query_embeddings is not None:
-        qdir = Path(cfg.query_embeddings)
-    else:
-        qdir = out / QUERY_EMBEDDINGS
+    if cfg.query_embeddings is None:
         _encode_queries(cfg, qdir)
     qman = read_embeddings_manifest(qdir)
     check_models(cfg.index, index_manifest, qdir, qman, cfg.asymmetric)

@@ -1,0 +1,212 @@
+"""`densekit tune`: search keys checked before any trial; a 2-trial search (interrupted, then
+resumed) whose best config `densekit train` accepts and whose best model really scores best."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from densekit.config import TrainConfig, TuneConfig, load_config
+from densekit.errors import ConfigError
+
+
+def write_base(path: Path, task, student) -> Path:
+    """A small train config on the memorisable task (absolute paths), evaluated every 8 steps."""
+    base = {
+        "model": {"path": str(student), "pooling": "mean", "dropout": 0.0},
+        "data": {"train": str(task["groups"]), "group_size": 2},
+        "losses": {"contrastive": {"weight": 1.0, "params": {"temperature": 0.1}}},
+        "optim": {"lr": 1.0e-3, "batch_size": 8, "max_steps": 24, "warmup_steps": 2},
+        "eval": {
+            "every": 8,
+            "queries": str(task["queries"]),
+            "qrels": str(task["qrels"]),
+            "corpus": str(task["corpus"]),
+        },
+        "resources": {"num_workers": 1, "cpus_per_worker": 1},
+        "output": "???",
+    }
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+def tune_config(base: Path, out: Path, *extra: str) -> TuneConfig:
+    return load_config(
+        TuneConfig,
+        None,
+        [
+            f"base={base}",
+            f"output={out}",
+            # Grid: exactly one trial per learning rate, run in this order; the temperature is sampled.
+            "space={optim.lr: {grid: [5.0e-3, 1.0e-5, 2.0e-3]}, losses.contrastive.params.temperature: {uniform: [0.05, 0.1]}}",
+            "num_trials=1",
+            "metric=ndcg@10",
+            "grace_period=2",  # ASHA's one rung: step 16 (2 evaluation rounds of 8 steps)
+            "max_concurrent_trials=1",
+            *extra,
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ("{optim.lrr: {loguniform: [1.0e-5, 1.0e-3]}}", "Did you mean 'lr'"),
+        ("{losses.contrastive.params.temprature: {choice: [1, 2]}}", "Did you mean 'temperature'"),
+        (
+            "{optim.warmup_steps: {choice: [1, oops]}}",
+            "space.optim.warmup_steps (choice, value 'oops')",
+        ),
+        ("{model.student_layers: {choice: [[0, 1], [0, x]]}}", "model.student_layers"),
+        ("{eval.metric: {choice: [mrr@10]}}", "set per trial"),
+    ],
+)
+def test_search_keys_are_checked_before_any_trial(
+    tmp_path, train_task, student_dir, space, message
+):
+    from densekit.tune import tune
+
+    base = write_base(tmp_path / "base.yaml", train_task, student_dir)
+    out = tmp_path / "search"
+    cfg = tune_config(base, out, f"space={space}")
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        tune(cfg)
+    assert not out.exists(), "nothing may be written before the search space is valid"
+
+
+def test_base_needs_periodic_evaluation(tmp_path, train_task, student_dir):
+    from densekit.tune import tune
+
+    base = write_base(tmp_path / "base.yaml", train_task, student_dir)
+    with pytest.raises(ConfigError, match="eval.every"):
+        tune(tune_config(base, tmp_path / "search", "overrides.eval.every=0"))
+
+
+def test_grace_period_must_fit_in_the_run(tmp_path, train_task, student_dir):
+    from densekit.tune import tune
+
+    base = write_base(tmp_path / "base.yaml", train_task, student_dir)
+    out = tmp_path / "search"
+    with pytest.raises(
+        ConfigError, match="grace_period=4 evaluation rounds of 8 steps exceed max_steps=24"
+    ):
+        tune(tune_config(base, out, "grace_period=4"))
+    assert not out.exists()
+
+
+def test_space_syntax_is_checked_when_loading():
+    with pytest.raises(ConfigError, match="Did you mean 'loguniform'"):
+        load_config(
+            TuneConfig, None, ["base=b.yaml", "output=o", "space={optim.lr: {logunifrom: [1, 2]}}"]
+        )
+    with pytest.raises(ConfigError, match=r"low < high"):
+        load_config(
+            TuneConfig, None, ["base=b.yaml", "output=o", "space={optim.lr: {uniform: [2, 1]}}"]
+        )
+    both = load_config(
+        TuneConfig,
+        None,
+        [
+            "base=b.yaml",
+            "output=o",
+            "space={a: {choice: [1]}}",
+            "overrides={optim.lr: 1.0e-4}",
+            "overrides.model.path=/m x",
+        ],
+    )  # a YAML mapping and command-line keys merge
+    assert both.override_list() == ["optim.lr=0.0001", 'model.path="/m x"']
+    nested = load_config(
+        TuneConfig, None, ["base=b.yaml", "output=o", "space={optim: {lr: {choice: [1, 2]}}}"]
+    )
+    assert nested.search_space() == {"optim.lr": ("choice", [1, 2])}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_search_resumes_and_returns_the_best_config(
+    tmp_path, train_task, student_dir, ray_session, monkeypatch
+):
+    from ray.tune import Callback
+
+    from densekit.artifacts import read_manifest
+    from densekit.models import load_model
+    from densekit.train import train
+    from densekit.train_step import evaluate_model
+    from densekit.tune import search, tune
+
+    marker = tmp_path / "interrupted"
+
+    class InterruptAfterFirstTrial(Callback):
+        """Stands for a killed driver: the search stops once two trials have ended. Once only:
+        Tune keeps its callbacks in the state it restores."""
+
+        def on_step_begin(self, iteration, trials, **info):
+            # Raised here, the error leaves Tuner.fit (Tune swallows errors in trial hooks).
+            if not marker.exists() and sum(t.status == "TERMINATED" for t in trials) >= 2:
+                marker.touch()
+                raise RuntimeError("interrupted by the test")
+
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")  # Tune saves its state at every step
+    base = write_base(tmp_path / "base.yaml", train_task, student_dir)
+    out = tmp_path / "search"
+    cfg = tune_config(base, out)
+    with pytest.raises(Exception, match="interrupted by the test"):
+        search(cfg, callbacks=[InterruptAfterFirstTrial()])
+    assert not (out / "manifest.json").exists()
+    trials = sorted((out / "trials").iterdir())
+    assert len(trials) == 2 and (trials[0] / "manifest.json").exists(), "trial 1 finished"
+    assert not (trials[1] / "manifest.json").exists(), "ASHA stopped trial 2 before its export"
+    first_manifest = (trials[0] / "manifest.json").read_text()
+
+    tune(cfg)  # resumes: only the third trial runs
+    manifest = read_manifest(out)
+    assert (trials[0] / "manifest.json").read_text() == first_manifest, "a finished trial was rerun"
+    rows = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert [r["params"]["optim.lr"] for r in rows] == [5.0e-3, 1.0e-5, 2.0e-3]
+    for r in rows:
+        assert 0.05 <= r["params"]["losses.contrastive.params.temperature"] <= 0.1
+        assert r["best"] == max(h["ndcg@10"] for h in r["history"])
+    # lr 1e-5 barely moves the weights: at the rung (step 16) it is behind trial 1, and ASHA stops it.
+    assert [r["status"] for r in rows] == ["finished", "stopped", "finished"], rows
+    assert [r["steps"] for r in rows] == [24, 16, 24]
+    assert rows[1]["history"][-1]["ndcg@10"] < next(
+        h["ndcg@10"] for h in rows[0]["history"] if h["step"] == 16
+    )
+    best = max(rows, key=lambda r: r["best"])
+    assert manifest["best_trial"] == best["trial_id"] and manifest["best"] == best["best"]
+    assert manifest["trials"] == {"finished": 2, "stopped": 1, "error": 0}
+
+    # best_config.yaml is a complete train config with the best trial's values.
+    best_cfg = load_config(TrainConfig, out / "best_config.yaml")
+    assert best_cfg.optim.lr == best["params"]["optim.lr"]
+    assert (
+        best_cfg.losses["contrastive"].params["temperature"]
+        == best["params"]["losses.contrastive.params.temperature"]
+    )
+    assert best_cfg.eval.metric == "ndcg@10" and Path(best_cfg.output) == out / "retrain"
+
+    # best/ really is the model that scored best: evaluated again here, independently of Tune.
+    model = load_model(out / "best")
+    model.eval()
+    assert evaluate_model(model, best_cfg.eval, "cpu")["ndcg@10"] == pytest.approx(
+        best["best"], abs=1e-6
+    )
+
+    # A finished search is not rerun.
+    before = (out / "trials.jsonl").stat().st_mtime_ns
+    tune(cfg)
+    assert (out / "trials.jsonl").stat().st_mtime_ns == before
+
+    # `densekit train` accepts the best config (a couple of steps here).
+    retrain = tmp_path / "retrain"
+    train(
+        load_config(
+            TrainConfig,
+            out / "best_config.yaml",
+            ["optim.max_steps=2", "eval.every=0", f"output={retrain}"],
+        )
+    )
+    assert read_manifest(retrain)["steps"] == 2
