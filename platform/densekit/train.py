@@ -135,7 +135,7 @@ def fit(cfg: TrainConfig, callbacks: list | None = None):
         )
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": config_to_dict(cfg), "output": str(out), "searcher": searcher},
+        train_loop_config={"cfg": config_to_dict(cfg), "output": str(out), "searcher": searcher, "cwd": os.getcwd()},
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=per_worker
         ),
@@ -247,7 +247,8 @@ def _copy_tree(src: Path, dst: Path) -> None:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker. `config` = {"cfg": resolved TrainConfig dict, "output", "searcher"}."""
+    """Runs on every Ray Train worker. `config` = {"cfg": resolved TrainConfig dict, "output",
+    "searcher", "cwd": the driver's working directory}."""
     import numpy as np
     import ray.train
     import ray.train.torch
@@ -258,6 +259,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from densekit.logs import setup_logging
 
     setup_logging()
+    # Ray Train runs workers in a directory of its own: relative paths in the config mean the folder
+    # `densekit train` was started from (when this node has it; on a cluster use shared absolute paths).
+    if Path(config.get("cwd", "")).is_dir():
+        os.chdir(config["cwd"])
     cfg: TrainConfig = _config_from_dict(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
