@@ -45,7 +45,9 @@ def history(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_train_learns_and_exports(tmp_path, train_task, student_dir, ray_session):
+def test_train_learns_and_exports(tmp_path, train_task, student_dir, ray_session, monkeypatch):
+    import os
+
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel
 
@@ -53,8 +55,12 @@ def test_train_learns_and_exports(tmp_path, train_task, student_dir, ray_session
     from densekit.models import load_model
     from densekit.train_step import evaluate_model
 
+    # Relative paths, as a user's command line has them: Ray Train's workers run in a directory of
+    # their own and must still find them (they once failed with "model directory not found").
+    monkeypatch.chdir(tmp_path)
+    rel = {k: os.path.relpath(v, tmp_path) for k, v in train_task.items()}
     out = tmp_path / "run"
-    cfg = config(train_task, student_dir, out)
+    cfg = config(rel, os.path.relpath(student_dir, tmp_path), "run")
     before = evaluate_model(load_model(student_dir, overrides={"pooling": "mean"}), cfg.eval, "cpu")
     train(cfg)
     read_manifest(out)
