@@ -705,6 +705,7 @@ class TrainConfig:
     resources: ResourcesConfig = opt(ResourcesConfig, "workers")
     output: str = opt(MISSING, "output folder: model/ (final), best/, checkpoints/, metrics.jsonl")
     overwrite: bool = opt(False, "start over even if the output holds a run of this config")
+    report: bool = opt(False, "at the end, write report.md, report.json and quality_vs_speed.png (densekit report)")
 
     def validate(self) -> None:
         if not self.losses:
@@ -791,6 +792,7 @@ class TuneConfig:
     seed: Optional[int] = opt(0, "seed of the sampling (null: a different search each run)")
     output: str = opt(MISSING, "output folder: best_config.yaml, best/, trials.jsonl, trials/<id>/, search/")
     overwrite: bool = opt(False, "start over even if the output holds a search of this config")
+    report: bool = opt(False, "at the end, write report.md, report.json and quality_vs_speed.png (densekit report)")
 
     def search_space(self) -> dict[str, tuple[str, list]]:
         """The space as {dotted key: (sampler, args)}; nested mappings are flattened with dots."""

@@ -102,6 +102,10 @@ def candidate_modes(cfg: TrainConfig, objective=None) -> tuple[str, str | None]:
 def train(cfg: TrainConfig) -> None:
     """Train a student as `cfg` says; resume the run in `cfg.output` if one was interrupted."""
     fit(cfg)
+    if cfg.report:
+        from densekit.report import report_run
+
+        report_run(cfg.output)
 
 
 def fit(cfg: TrainConfig, callbacks: list | None = None):

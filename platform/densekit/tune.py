@@ -203,6 +203,10 @@ def _history(out: Path) -> list[dict]:
 def tune(cfg: TuneConfig) -> None:
     """Run the search `cfg` describes (or resume it); write the best config and model."""
     search(cfg)
+    if cfg.report:
+        from densekit.report import report_run
+
+        report_run(cfg.output)
 
 
 def search(cfg: TuneConfig, callbacks: list | None = None) -> None:

@@ -60,7 +60,7 @@ def test_train_learns_and_exports(tmp_path, train_task, student_dir, ray_session
     monkeypatch.chdir(tmp_path)
     rel = {k: os.path.relpath(v, tmp_path) for k, v in train_task.items()}
     out = tmp_path / "run"
-    cfg = config(rel, os.path.relpath(student_dir, tmp_path), "run")
+    cfg = config(rel, os.path.relpath(student_dir, tmp_path), "run", "report=true")
     before = evaluate_model(load_model(student_dir, overrides={"pooling": "mean"}), cfg.eval, "cpu")
     train(cfg)
     read_manifest(out)
@@ -68,6 +68,10 @@ def test_train_learns_and_exports(tmp_path, train_task, student_dir, ray_session
     assert [m["step"] for m in h] == [12, 24]
     assert h[-1]["ndcg@10"] > before["ndcg@10"] + 0.2, (before, h)
     assert (out / "best" / "densekit_model.json").exists()
+    # report=true: the report of the run (its best model's dev metrics and query speed).
+    report = json.loads((out / "report.json").read_text())
+    assert report["rows"] and report["rows"][0]["speed"]["queries_per_s"] > 0
+    assert (out / "report.md").is_file() and (out / "quality_vs_speed.png").is_file()
     AutoModel.from_pretrained(str(out / "model"))
     st = SentenceTransformer(str(out / "model"), device="cpu")
     ours = load_model(out / "model")

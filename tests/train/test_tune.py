@@ -152,7 +152,7 @@ def test_search_resumes_and_returns_the_best_config(
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")  # Tune saves its state at every step
     base = write_base(tmp_path / "base.yaml", train_task, student_dir)
     out = tmp_path / "search"
-    cfg = tune_config(base, out)
+    cfg = tune_config(base, out, "report=true")
     with pytest.raises(Exception, match="interrupted by the test"):
         search(cfg, callbacks=[InterruptAfterFirstTrial()])
     assert not (out / "manifest.json").exists()
@@ -163,6 +163,7 @@ def test_search_resumes_and_returns_the_best_config(
 
     tune(cfg)  # resumes: only the third trial runs
     manifest = read_manifest(out)
+    assert len(json.loads((out / "report.json").read_text())["rows"]) >= 1  # report=true
     assert (trials[0] / "manifest.json").read_text() == first_manifest, "a finished trial was rerun"
     rows = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     assert [r["params"]["optim.lr"] for r in rows] == [5.0e-3, 1.0e-5, 2.0e-3]
