@@ -416,6 +416,12 @@ def test_qrels_with_unknown_ids(world, tmp_path, no_ray, tally):
                                          r".*expected a known id"):
         import_data(load_config(ImportConfig, overrides=[*lookups, f"path={qrels}", f"output={tmp_path / 'a'}"]))
     tally.bad_input("qrels with an unknown pid (import)")
+    qrels.write_text("q0 0 p0 1\nq7 0 p1 1\n")
+    with pytest.raises(InputError, match=rf"{re.escape(str(qrels))}:2: qid 'q7' is not in the queries table "
+                                         r".*expected a known id"):
+        import_data(load_config(ImportConfig, overrides=[*lookups, f"path={qrels}", f"output={tmp_path / 'q'}"]))
+    tally.bad_input("qrels with an unknown qid (import)")
+    assert not is_complete(tmp_path / "q")
     qrels.write_text("q0 0 p0 1\nq1 0 p999 1\nq7 0 p1 1\n")
     import_data(load_config(ImportConfig, overrides=[*lookups, f"path={qrels}", f"output={tmp_path / 'b'}",
                                                      "on_error=skip"]))
@@ -443,11 +449,19 @@ def test_empty_corpus(world, tmp_path, no_ray, tally):
                                                          f"output={tmp_path / 'c'}"]))
     tally.bad_input("empty corpus file (import)")
     assert not (tmp_path / "c").exists()
-    # An empty table (another tool, or every row skipped upstream): index refuses to build nothing.
-    emb = embeddings(tmp_path / "emb", [np.zeros((0, 32), np.float32)])
-    with pytest.raises(InputError, match=rf"{re.escape(str(emb))}: holds no vectors; expected at least one"):
+    # An empty corpus table (another tool, or every row skipped upstream): encode keeps the schema
+    # in one empty shard (without starting Ray); index refuses to build nothing and says why.
+    corpus = table(tmp_path / "corpus", R.CORPUS_SCHEMA, {R.PID: [], R.TEXT: [], R.TITLE: []})
+    emb = tmp_path / "emb"
+    STEPS["encode"].function()(load_config(EncodeConfig, overrides=[f"model={world['model']}", f"input={corpus}",
+                                                                    f"output={emb}"]))
+    assert (read_manifest(emb)["count"], read_manifest(emb)["dim"]) == (0, 32)
+    tally.bad_input("empty corpus table (encode)")
+    with pytest.raises(InputError, match=rf"{re.escape(str(emb))}: holds no vectors; expected at least one "
+                                         r"\(was the corpus empty\?\)"):
         STEPS["index"].function()(load_config(IndexConfig, overrides=[f"embeddings={emb}", f"output={tmp_path / 'ix'}"]))
     tally.bad_input("empty embeddings table (index)")
+    assert not is_complete(tmp_path / "ix")
 
 
 def test_invalid_utf8_and_control_characters(world, tmp_path, tally):

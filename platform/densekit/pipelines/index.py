@@ -248,12 +248,16 @@ def _index(cfg, emb: dict, dim: int, metric: str, probe: Any, out: Path, sources
         for i in todo
     }
     progress = Progress(logger, "index shards", total=len(todo), unit="shards")
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        shard = pending.pop(done[0])
-        ray.get(done[0])  # re-raises a builder's error (after its retries) with its traceback
-        progress.update(1)
-        logger.debug("shard %d built", shard)
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            shard = pending.pop(done[0])
+            ray.get(done[0])  # re-raises a builder's error (after its retries) with its traceback
+            progress.update(1)
+            logger.debug("shard %d built", shard)
+    except BaseException:
+        _cancel(list(pending))
+        raise
     progress.done()
 
     shards = []
@@ -267,6 +271,19 @@ def _index(cfg, emb: dict, dim: int, metric: str, probe: Any, out: Path, sources
     write_manifest(out, "index", {**extra, "num_shards": len(shards), "ntotal": ntotal,
                                   "shards": shards}, checksums=False)
     logger.info("index %s: %d vectors in %d shards", out, ntotal, len(shards))
+
+
+def _cancel(refs: list, timeout: float = 60) -> None:
+    """Stop the builders still queued or running after one failed, and wait until they have: none
+    may go on writing into the output once the step has reported its failure (nor race a rerun).
+    A cancelled builder's atomic_path removes its temporary shard directory."""
+    import ray
+
+    if not refs:
+        return
+    for ref in refs:
+        ray.cancel(ref)
+    ray.wait(refs, num_returns=len(refs), timeout=timeout)
 
 
 def _shard_done(out: Path, shard: int, extra: dict) -> bool:
