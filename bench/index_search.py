@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray starts its workers at nice 15 (RayConfig worker_niceness); the baselines here run in this
+# process at nice 0. On a loaded machine that alone would tilt the ratios: same priority for both.
+os.environ.setdefault("RAY_worker_niceness", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 import numpy as np  # noqa: E402
