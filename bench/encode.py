@@ -177,7 +177,7 @@ def main() -> None:
     print(f"model {model}; {args.docs} / {big} documents; batch {args.batch_size}, max_length "
           f"{args.max_length}, {args.threads} threads; machine: {os.cpu_count()} CPUs", flush=True)
 
-    ray.init(num_cpus=args.threads, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", num_cpus=args.threads, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         d1 = densekit_encode(model, small_dir, scratch / "emb_1x", args)

@@ -110,7 +110,7 @@ def main() -> None:
     _, single_rows = single.search(q, args.k)
     single_qps = args.queries / (time.perf_counter() - t0)
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         # densekit: one Ray task per shard (1 thread each), the trained index shared.
         cfg = load_config(IndexConfig, overrides=[f"embeddings={emb}", f"output={scratch / 'index'}",
