@@ -24,6 +24,9 @@ from pathlib import Path
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Ray starts its workers at nice 15 (RayConfig worker_niceness); the baselines here run in this
+# process at nice 0. On a loaded machine that alone would tilt the ratios: same priority for both.
+os.environ.setdefault("RAY_worker_niceness", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 import numpy as np  # noqa: E402
@@ -174,7 +177,7 @@ def main() -> None:
     print(f"model {model}; {args.docs} / {big} documents; batch {args.batch_size}, max_length "
           f"{args.max_length}, {args.threads} threads; machine: {os.cpu_count()} CPUs", flush=True)
 
-    ray.init(num_cpus=args.threads, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", num_cpus=args.threads, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         d1 = densekit_encode(model, small_dir, scratch / "emb_1x", args)

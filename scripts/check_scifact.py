@@ -24,6 +24,9 @@ from pathlib import Path
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# A Ray of our own: without an address, densekit attaches to any `ray start` cluster on this
+# machine (another user's). Under `ray job submit`, RAY_ADDRESS is already set and kept.
+os.environ.setdefault("RAY_ADDRESS", "local")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 REFERENCE, TOLERANCE = 0.645, 0.005

@@ -348,7 +348,8 @@ def _stream(cfg, out: Path, kind: str, key: str, with_title: bool, todo: list[_S
         # ... but never below one forward batch: a few queries need one actor, not the pool.
         floor = min(cfg.batch_size, cfg.block_rows)
         batch_rows = max(floor, min(cfg.block_rows, -(-rows // (4 * actors))))
-        todo = [c for s in todo for c in _chunks(s, batch_rows)]
+    # Every work unit holds at most batch_rows rows and is one actor call (see batch_size=None below).
+    todo = [c for s in todo for c in _chunks(s, batch_rows)]
     items = [dataclasses.asdict(s) for s in todo]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 10_000)))
     # The read stage asks for exactly the actors' resources so Ray Data fuses it into them: no
@@ -363,7 +364,10 @@ def _stream(cfg, out: Path, kind: str, key: str, with_title: bool, todo: list[_S
                                "batch_size": cfg.batch_size, "title": cfg.title,
                                "max_length": cfg.max_length, "precision": cfg.precision,
                                "use_gpu": res.use_gpu},
-        batch_size=batch_rows,
+        # None: one read slice (<= batch_rows rows) per call. A row count here would also be the
+        # fused read stage's input bundle size, counted in slice descriptors (one row each): all
+        # slices would then go to ONE task, i.e. one actor, the others idle.
+        batch_size=None,
         batch_format="numpy",
         # No more actors than batches.
         compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, -(-rows // batch_rows)))),
