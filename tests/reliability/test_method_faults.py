@@ -69,7 +69,7 @@ def write_method(root: Path, output: Path) -> Path:
 
 def densekit_run(method: Path, cwd: Path, env_extra: dict[str, str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", **env_extra}
-    env.pop("RAY_ADDRESS", None)  # each run starts its own local Ray, as a user's command would
+    env["RAY_ADDRESS"] = "local"  # a fresh local Ray per run, never a cluster another `ray start` left
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "platform"), env.get("PYTHONPATH", "")])
     return subprocess.run(
         [sys.executable, "-m", "densekit.cli", "run", str(method)],
@@ -87,7 +87,12 @@ def test_killed_between_stages_resumes_with_the_same_outputs(tmp_path, tally):
     faulty = tmp_path / "bad" / "run"
     marker = tmp_path / "fault.marker"
 
-    ref = densekit_run(write_method(tmp_path, reference), tmp_path, {})
+    # The reference run gets the same fault variables (train forwards DENSEKIT_* to its workers'
+    # runtime env), with its marker already present, so it is never killed.
+    spent = tmp_path / "spent.marker"
+    spent.write_text("the reference run is not killed\n")
+    ref = densekit_run(write_method(tmp_path, reference), tmp_path,
+                       {"DENSEKIT_FAULT_AFTER_STAGE": KILL_AFTER, "DENSEKIT_FAULT_MARKER": str(spent)})
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     method = write_method(tmp_path, faulty)
