@@ -73,7 +73,7 @@ def densekit_run(method: Path, cwd: Path, env_extra: dict[str, str]) -> subproce
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "platform"), env.get("PYTHONPATH", "")])
     return subprocess.run(
         [sys.executable, "-m", "densekit.cli", "run", str(method)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=1200,
     )
 
 
