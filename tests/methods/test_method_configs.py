@@ -72,3 +72,11 @@ def test_small_methods_own_stage_names_do_not_collide():
                 continue
             assert stage not in seen, f"stage {stage} in both {seen.get(stage)} and {name}"
             seen[stage] = name
+
+
+def test_references_inside_a_list_of_mappings_are_resolved(tmp_path, capsys):
+    # score's teachers: [{model: "@stage/model"}] (margin_mse, prod): the runner resolves it.
+    out = tmp_path / "run"
+    assert run([str(ROOT / "configs" / "methods" / "margin_mse.yaml"), f"output={out}", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert f"in  teachers[0].model = {out / 'mmse_ce'}/model" in text
