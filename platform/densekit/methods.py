@@ -221,8 +221,10 @@ def plan(method: MethodConfig, method_file: Path, deep: bool = False) -> list[Pl
                 )
             items = value if isinstance(value, list) else [value]
             resolved = []
-            for i, item in enumerate(items):
-                ikey = f"{key}[{i}]" if isinstance(value, list) else key
+
+            def resolve(item: Any, ikey: str) -> Any:
+                if isinstance(item, dict):  # a list of mappings, e.g. score's teachers: [{model: "@ce/model"}]
+                    return {k: resolve(v, f"{ikey}.{k}") for k, v in item.items()}
                 if isinstance(item, str) and (m := REF.match(item)):
                     ref, sub = m.group(1), m.group(2) or ""
                     if ref not in method.stages:
@@ -235,7 +237,10 @@ def plan(method: MethodConfig, method_file: Path, deep: bool = False) -> list[Pl
                     inputs[ikey] = item
                 elif isinstance(item, str) and ("/" in item or item.endswith((".tsv", ".json", ".jsonl"))):
                     inputs[ikey] = item
-                resolved.append(item)
+                return item
+
+            for i, item in enumerate(items):
+                resolved.append(resolve(item, f"{key}[{i}]" if isinstance(value, list) else key))
             value = resolved if isinstance(value, list) else resolved[0]
             overrides.append(f"{key}={_format_value(value)}")
         overrides.append(f"output={output}")

@@ -1,0 +1,82 @@
+"""Every method file under configs/methods loads and validates without its data (`densekit run
+--dry-run`): the stages, their inputs and outputs are printed, nothing is written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from densekit.methods import load_method, run
+
+ROOT = Path(__file__).resolve().parents[2]
+METHOD_FILES = sorted((ROOT / "configs" / "methods").glob("*.yaml"))
+SMALL = ("margin_mse", "query_align", "prod", "lead", "star_adore")
+
+
+def test_the_five_small_methods_and_their_full_versions_exist():
+    names = {p.stem for p in METHOD_FILES}
+    assert set(SMALL) <= names
+    for m in SMALL:
+        assert f"{m}_msmarco" in names, f"no full-scale config for {m}"
+
+
+@pytest.mark.parametrize("path", METHOD_FILES, ids=lambda p: p.stem)
+def test_dry_run_without_data(path, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative data and run folders resolve to an empty directory
+    out = tmp_path / "run"
+    assert run([str(path), f"output={out}", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    method = load_method(path, [f"output={out}"])
+    # Every stage is listed with its output under the run folder, in order.
+    listed = re.findall(r"^\s*\d+\. (\w+): (\w+)", text, flags=re.M)
+    assert listed == [(name, stage.step) for name, stage in method.stages.items()]
+    for name in method.stages:
+        assert f"out {out / name}\n" in text
+    assert "unset" not in text, f"{path.name}: a stage leaves a required value unset"
+    for label, ref in method.results.items():
+        assert f"result {label}: {ref}" in text
+    assert method.data or method.scale == "small", f"{path.name}: a full-scale file says what data it expects"
+    if method.scale == "full" and method.results:
+        # The full-scale methods (not the shared data file) also say what they cost.
+        assert method.gpu_hours and method.gpu_hours > 0
+        assert "estimated GPU hours" in text and "expects " in text
+    assert not out.exists(), "--dry-run wrote into the run folder"
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_small_methods_share_the_common_stages_and_compare_with_the_baseline(name):
+    path = ROOT / "configs" / "methods" / f"{name}.yaml"
+    common = load_method(ROOT / "configs" / "methods" / "small_common.yaml")
+    method = load_method(path)
+    assert method.scale == "small" and method.output == common.output
+    # The common stages come first, with the very same settings (so a shared run folder reuses them).
+    assert list(method.stages)[: len(common.stages)] == list(common.stages)
+    for stage in common.stages:
+        assert method.stages[stage].set == common.stages[stage].set, stage
+    assert method.results["baseline"] == "@baseline_eval"
+    students = [label for label in method.results if label.endswith("_student")]
+    assert students, f"{name}: results name no student"
+    # The method's own stages are new (a name shared with another method would collide in the folder).
+    own = [s for s in method.stages if s not in common.stages]
+    assert own and all(s not in common.stages for s in own)
+
+
+def test_small_methods_own_stage_names_do_not_collide():
+    common = set(load_method(ROOT / "configs" / "methods" / "small_common.yaml").stages)
+    seen: dict[str, str] = {}
+    for name in SMALL:
+        for stage in load_method(ROOT / "configs" / "methods" / f"{name}.yaml").stages:
+            if stage in common:
+                continue
+            assert stage not in seen, f"stage {stage} in both {seen.get(stage)} and {name}"
+            seen[stage] = name
+
+
+def test_references_inside_a_list_of_mappings_are_resolved(tmp_path, capsys):
+    # score's teachers: [{model: "@stage/model"}] (margin_mse, prod): the runner resolves it.
+    out = tmp_path / "run"
+    assert run([str(ROOT / "configs" / "methods" / "margin_mse.yaml"), f"output={out}", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert f"in  teachers[0].model = {out / 'mmse_ce'}/model" in text
