@@ -382,14 +382,22 @@ def _stream(cfg, out: Path, kind: str, key: str, with_title: bool, todo: list[_S
     merges = []
     progress = Progress(logger, f"encode {kind}", total=sum(remaining.values()))
     # Only (shard, row count) pairs reach the driver; a shard is merged as soon as it is whole.
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for shard, n in zip(batch["shard"].tolist(), batch["rows"].tolist()):
-            remaining[shard] -= n
-            progress.update(n)
-            if remaining[shard] == 0:
-                merges.append(merge.remote(str(out), shard, shard * cfg.rows_per_shard, expected(shard)))
-            elif remaining[shard] < 0:
-                raise DensekitError(f"shard {shard} received more rows than it holds")
+    batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    try:
+        for batch in batches:
+            for shard, n in zip(batch["shard"].tolist(), batch["rows"].tolist()):
+                remaining[shard] -= n
+                progress.update(n)
+                if remaining[shard] == 0:
+                    merges.append(merge.remote(str(out), shard, shard * cfg.rows_per_shard, expected(shard)))
+                elif remaining[shard] < 0:
+                    raise DensekitError(f"shard {shard} received more rows than it holds")
+    finally:
+        # On an error, stop Ray Data's executor and its model actors now: a traceback kept alive
+        # (a caller that catches the error and goes on) held their CPUs, and the next step hung.
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
     progress.done()
     ray.get(merges)
     short = {s: n for s, n in remaining.items() if n}
