@@ -75,3 +75,20 @@ def test_step_help_lists_fields(name, capsys):
 
         for f in dataclasses.fields(cls):
             assert f.name in out, f"`densekit {name} --help` does not list {f.name}"
+
+
+def test_job_wrappers_run_as_scripts_without_shadowing_the_stdlib(tmp_path):
+    # `python jobs/<step>.py` puts jobs/ first on sys.path, and jobs/select.py is also the name of a
+    # standard-library module that socket, asyncio and pyarrow import. The CI job-submit test died
+    # on exactly that; run a wrapper the same way, outside Ray.
+    shadowing = sorted(p.stem for p in (ROOT / "jobs").glob("*.py") if p.stem in sys.stdlib_module_names)
+    assert shadowing, "no wrapper shadows a stdlib module any more: this test then checks nothing"
+    out = tmp_path / "task"
+    r = subprocess.run(
+        [sys.executable, "jobs/generate.py", "configs/generate/tiny.yaml", f"output={out}",
+         "num_docs=30", "num_train_queries=5", "num_dev_queries=5", "seed=1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "platform")},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (out / "manifest.json").is_file()
