@@ -40,3 +40,46 @@ def test_shared_tokenizer(tmp_path):
     a = build_tiny_model(tmp_path / "a", TEXTS, layers=4)
     b = build_tiny_model(tmp_path / "b", [], layers=1, tokenizer_from=a)
     assert AutoTokenizer.from_pretrained(str(a)).get_vocab() == AutoTokenizer.from_pretrained(str(b)).get_vocab()
+
+
+def _texts(seed: int = 0) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(300)] + ["alpha", "beta", "gamma", "delta", "alphabet"]
+    return [" ".join(rng.choice(words) for _ in range(8)) for _ in range(200)]
+
+
+def test_tokenizer_is_the_same_on_every_build():
+    # The `tokenizers` WordPiece trainer gave a different vocabulary on about half the trainings of
+    # these texts ('delt' + '##a' one time, 'del' + '##ta' the next): a rerun of a method then
+    # started from a different model. Ten builds must agree on every token and id.
+    from densekit.models.tiny import train_tokenizer
+
+    texts = _texts()
+    first = train_tokenizer(texts, vocab_size=4000).get_vocab()
+    for _ in range(10):
+        assert train_tokenizer(texts, vocab_size=4000).get_vocab() == first
+
+
+def test_tokenizer_keeps_frequent_words_and_spells_the_rest():
+    from collections import Counter
+
+    from densekit.models.tiny import train_tokenizer
+
+    texts = _texts() + ["alphabet " * 40]
+    counts = Counter(w for t in texts for w in t.split())
+    chars = sorted(set("".join(counts)))
+    room = 2 * len(chars)  # vocab_size below leaves this many entries for whole words
+    tok = train_tokenizer(texts, vocab_size=5 + 4 * len(chars))
+    vocab = tok.get_vocab()
+    assert {c for c in chars} | {f"##{c}" for c in chars} <= set(vocab)
+    want = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:room]]
+    got = [t for t in vocab if t not in chars and not t.startswith(("##", "["))]
+    assert sorted(got) == sorted(want) and "alphabet" in got
+    rare = next(w for w in counts if w not in vocab)
+    assert tok.tokenize("ALPHABET") == ["alphabet"]
+    pieces = tok.tokenize(rare)  # spelled from the vocabulary: no unknown piece, nothing lost
+    assert len(pieces) > 1 and "[UNK]" not in pieces
+    assert "".join(x.removeprefix("##") for x in pieces) == rare
+    assert tok.tokenize("q") == ["[UNK]"]  # a character the texts never had

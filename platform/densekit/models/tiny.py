@@ -25,23 +25,54 @@ def train_tokenizer(
     arch: Literal["bert", "distilbert", "roberta"] = "bert",
     model_max_length: int = 512,
 ):
-    """Train a lower-casing WordPiece tokenizer on `texts`; return a transformers fast tokenizer.
+    """Build a lower-casing WordPiece tokenizer from `texts`; return a transformers fast tokenizer.
+
+    The vocabulary is deterministic: the special tokens, every character seen (alone and as a
+    `##` continuation, so any word of these texts can be spelled), then whole words by falling
+    count (ties alphabetical) up to `vocab_size`. The `tokenizers` WordPiece trainer is not used:
+    it breaks ties between equally frequent merges in hash-map order, so two trainings on the same
+    texts give different vocabularies, differently initialised models, and a rerun of a method
+    that does not reproduce its outputs.
 
     BERT and DistilBERT use the BERT special tokens; RoBERTa-style models get RoBERTa's special
     tokens on the same WordPiece model (what matters in tests is the loading path, not BPE).
     """
+    from collections import Counter
+
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
-    from tokenizers.trainers import WordPieceTrainer
 
     specials = SPECIAL_ROBERTA if arch == "roberta" else SPECIAL_BERT
     unk = "<unk>" if arch == "roberta" else "[UNK]"
-    tok = Tokenizer(WordPiece(unk_token=unk))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for text in texts:
+        words.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    char_counts: Counter[str] = Counter()
+    for w, n in words.items():
+        for c in w:
+            char_counts[c] += n
+    # Characters by falling count; at most half the vocabulary (each takes two entries), the rarest
+    # beyond that become unknown.
+    ranked = sorted(char_counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    room = max(0, (vocab_size - len(specials)) // 4)
+    if len(ranked) > room:
+        logger.warning("tokenizer: %d distinct characters, keeping the %d most frequent (vocab_size=%d)",
+                       len(ranked), room, vocab_size)
+    chars = sorted(c for c, _ in ranked[:room])
+    vocab = list(specials) + chars + [f"##{c}" for c in chars]
+    seen = set(vocab)
+    for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= vocab_size:
+            break
+        if w not in seen:
+            vocab.append(w)
+            seen.add(w)
+    tok = Tokenizer(WordPiece(vocab={t: i for i, t in enumerate(vocab)}, unk_token=unk))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.WordPiece()
-    trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=1)
-    tok.train_from_iterator(texts, trainer=trainer)
     if arch == "roberta":
         bos, eos = "<s>", "</s>"
     else:
