@@ -288,6 +288,16 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def config_changes(directory: str | Path, cfg: Any) -> list[str]:
+    """The dotted keys whose value differs between `cfg` and the config saved in `directory`,
+    leaving out NON_SEMANTIC_KEYS (every key when no config was saved there)."""
+    from omegaconf import OmegaConf
+
+    saved = Path(directory) / CONFIG
+    old = OmegaConf.to_container(OmegaConf.load(saved)) if saved.is_file() else {}
+    return _diff_keys(_semantic(old), _semantic(config_to_dict(cfg)))  # type: ignore[arg-type]
+
+
 def prepare_output(
     directory: str | Path,
     cfg: Any,
@@ -301,14 +311,9 @@ def prepare_output(
     error unless `overwrite`. An incomplete one is wiped, unless `keep_partial` (steps that resume
     part-way, like encode, keep their finished shards).
     """
-    from omegaconf import OmegaConf
-
     directory = Path(directory)
-    new = config_to_dict(cfg)
     if is_complete(directory) and not overwrite:
-        old_path = directory / CONFIG
-        old = OmegaConf.to_container(OmegaConf.load(old_path)) if old_path.exists() else {}
-        changed = _diff_keys(_semantic(old), _semantic(new))  # type: ignore[arg-type]
+        changed = config_changes(directory, cfg)
         if not changed:
             logger.info("%s is complete for this config: nothing to do", directory)
             return False
@@ -322,17 +327,14 @@ def prepare_output(
             shutil.rmtree(directory)
         else:
             (directory / MANIFEST).unlink(missing_ok=True)
-            old_path = directory / CONFIG
-            if old_path.exists():
-                old = OmegaConf.to_container(OmegaConf.load(old_path))
-                changed = _diff_keys(_semantic(old), _semantic(new))  # type: ignore[arg-type]
-                if changed:
-                    logger.info(
-                        "%s holds partial output of another config (differs in: %s): clearing it",
-                        directory,
-                        ", ".join(changed[:8]),
-                    )
-                    shutil.rmtree(directory)
+            changed = config_changes(directory, cfg)
+            if changed:
+                logger.info(
+                    "%s holds partial output of another config (differs in: %s): clearing it",
+                    directory,
+                    ", ".join(changed[:8]),
+                )
+                shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
     write_text_atomic(directory / CONFIG, config_to_yaml(cfg))
     return True

@@ -404,15 +404,11 @@ def _stage_complete(stage: PlannedStage, cfg: Any) -> bool:
         return True
     if not is_complete(stage.output):
         return False
-    from omegaconf import OmegaConf
+    from densekit.artifacts import CONFIG, config_changes
 
-    from densekit.artifacts import CONFIG, _diff_keys, _semantic, config_to_dict
-
-    saved = stage.output / CONFIG
-    if not saved.is_file():
+    if not (stage.output / CONFIG).is_file():
         return True
-    old = OmegaConf.to_container(OmegaConf.load(saved))
-    changed = _diff_keys(_semantic(old), _semantic(config_to_dict(cfg)))  # type: ignore[arg-type]
+    changed = config_changes(stage.output, cfg)
     if changed:
         raise ConfigError(
             f"stage '{stage.name}': {stage.output} is complete but was made with another config "

@@ -51,15 +51,11 @@ def quickstart(argv: list[str]) -> int:
     report = out / "report.json"
     if not report.is_file():  # report=false
         return rc
-    from densekit.report import PLOT_PNG, REPORT_MD, Report, Row, Speed, quality_table
+    from densekit.report import PLOT_PNG, REPORT_MD, Report, quality_table
 
-    data = json.loads(report.read_text(encoding="utf-8"))
-    rows = []
-    for r in data["rows"]:
-        speed = Speed(**r["speed"]) if r.get("speed") else None
-        rows.append(Row(**{**r, "speed": speed}))
-    table = quality_table(Report(data["kind"], data["run_dir"], data["title"], rows))
-    total = sum(s.get("seconds") or 0 for s in data["stages"])
+    rep = Report.load(report)
+    table = quality_table(rep)
+    total = sum(s.get("seconds") or 0 for s in rep.stages)
     # The command's result, like --dry-run's plan: printed, not logged.
     sys.stdout.write(
         f"\n{table}\n\nReport: {out / REPORT_MD} (plot: {out / PLOT_PNG}); stages took {total:.0f} s.\n"

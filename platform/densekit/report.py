@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,14 @@ class Report:
     stages: list[dict] = field(default_factory=list)  # name, step, seconds, status, about
     trainings: list[dict] = field(default_factory=list)  # name, steps, best_step, loss, dev metrics
     notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Report:
+        """Read back a report.json that report_run wrote."""
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        rows = [Row(**{**r, "speed": Speed(**r["speed"]) if r.get("speed") else None}) for r in data["rows"]]
+        names = {f.name for f in fields(cls)} - {"rows"}
+        return cls(rows=rows, **{k: v for k, v in data.items() if k in names})
 
 
 def _read_yaml(path: Path) -> dict:
