@@ -55,6 +55,7 @@ def test_recipe_ships_in_the_wheel(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.ray
 def test_quickstart_end_to_end_small(tmp_path, capsys, ray_session):
     out = tmp_path / "qs"

@@ -19,7 +19,7 @@ import pytest
 
 from densekit.methods import run
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.long]
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS_DIR = ROOT / "configs" / "methods"

@@ -199,6 +199,7 @@ def _no_complete_look(out: Path, message: str) -> None:
     assert not temporaries(out), f"temporary files left behind: {temporaries(out)}"
 
 
+@pytest.mark.long
 def test_encode_on_a_full_disk_fails_clearly_and_the_rerun_completes(disk, reference, corpus, tiny_model_dir,
                                                                      tmp_path, tally):
     from densekit.pipelines.encode import encode

@@ -122,6 +122,7 @@ def _table(directory: Path, schema: pa.Schema, columns: dict, rows_per_part: int
     return directory
 
 
+@pytest.mark.long
 def test_encode_survives_losing_a_worker_node(two_workers, tmp_path, tiny_model_dir, tally):
     from densekit.pipelines.encode import encode, encode_texts
 
@@ -151,6 +152,7 @@ def test_encode_survives_losing_a_worker_node(two_workers, tmp_path, tiny_model_
     np.testing.assert_allclose(np.array(table.column(R.EMBEDDING).to_pylist()), ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.long
 def test_score_survives_losing_a_worker_node(two_workers, tmp_path, tiny_model_dir, tally):
     import torch
 

@@ -24,7 +24,7 @@ from densekit.artifacts import TableWriter, read_manifest, write_manifest
 from densekit.config import TrainConfig, load_config
 from densekit.data import records as R
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.long]
 
 WORDS = [f"w{i}" for i in range(64)]
 STATE_FILE = "trainer_state.json"

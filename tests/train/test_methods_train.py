@@ -77,7 +77,14 @@ def _fill(override: str, paths: dict) -> str:
     return override
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+# PROD's CE -> DE with LwF (an online cross-encoder teacher, a frozen reference model, three losses)
+# exercises the most of the train step and runs by default; the other four are `long` (~25 s each).
+DEFAULT_RUN = "prod_lwf"
+
+
+@pytest.mark.parametrize(
+    "method", [m if m == DEFAULT_RUN else pytest.param(m, marks=pytest.mark.long) for m in METHODS]
+)
 def test_method_trains_a_few_steps(method, tmp_path, train_task, scored_groups, student_dir, ray_session):
     from densekit.models import load_model
 
