@@ -30,7 +30,7 @@ from densekit.config import EncodeConfig, IndexConfig, SearchConfig, load_config
 from densekit.data import records as R
 from densekit.errors import IncompleteOutputError, WriteError
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.long]
 
 WORDS = ("dense retrieval trains small query and passage encoders a cross encoder teacher scores each "
          "pair hard negatives are mined from faiss index of the corpus margin mse distils").split()
@@ -199,7 +199,6 @@ def _no_complete_look(out: Path, message: str) -> None:
     assert not temporaries(out), f"temporary files left behind: {temporaries(out)}"
 
 
-@pytest.mark.long
 def test_encode_on_a_full_disk_fails_clearly_and_the_rerun_completes(disk, reference, corpus, tiny_model_dir,
                                                                      tmp_path, tally):
     from densekit.pipelines.encode import encode

@@ -25,7 +25,7 @@ from densekit.artifacts import TableWriter, is_complete, read_manifest, read_tab
 from densekit.config import EncodeConfig, IndexConfig, ScoreConfig, SearchConfig, load_config
 from densekit.data import records as R
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.long]
 
 WORDS = ("dense retrieval trains small query and passage encoders a cross encoder teacher scores each "
          "pair hard negatives are mined from faiss index of the corpus margin mse distils").split()
@@ -122,7 +122,6 @@ def _table(directory: Path, schema: pa.Schema, columns: dict, rows_per_part: int
     return directory
 
 
-@pytest.mark.long
 def test_encode_survives_losing_a_worker_node(two_workers, tmp_path, tiny_model_dir, tally):
     from densekit.pipelines.encode import encode, encode_texts
 
@@ -152,7 +151,6 @@ def test_encode_survives_losing_a_worker_node(two_workers, tmp_path, tiny_model_
     np.testing.assert_allclose(np.array(table.column(R.EMBEDDING).to_pylist()), ref, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.long
 def test_score_survives_losing_a_worker_node(two_workers, tmp_path, tiny_model_dir, tally):
     import torch
 

@@ -13,7 +13,7 @@ from densekit.config import TrainConfig, load_config
 from densekit.data.records import QRELS_SCHEMA
 from densekit.train import STATE_FILE, train
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.long]
 
 
 def weights(path):

@@ -133,7 +133,6 @@ def test_search_resumes_and_returns_the_best_config(
 
     from densekit.artifacts import read_manifest
     from densekit.models import load_model
-    from densekit.train import train
     from densekit.train_step import evaluate_model
     from densekit.tune import search, tune
 
@@ -200,14 +199,3 @@ def test_search_resumes_and_returns_the_best_config(
     before = (out / "trials.jsonl").stat().st_mtime_ns
     tune(cfg)
     assert (out / "trials.jsonl").stat().st_mtime_ns == before
-
-    # `densekit train` accepts the best config (a couple of steps here).
-    retrain = tmp_path / "retrain"
-    train(
-        load_config(
-            TrainConfig,
-            out / "best_config.yaml",
-            ["optim.max_steps=2", "eval.every=0", f"output={retrain}"],
-        )
-    )
-    assert read_manifest(retrain)["steps"] == 2
