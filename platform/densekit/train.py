@@ -108,6 +108,20 @@ def train(cfg: TrainConfig) -> None:
         report_run(cfg.output)
 
 
+def _warn_if_no_node_fits(per_worker: dict[str, float]) -> None:
+    """Ray Train waits without a word for a worker no node can hold (on an autoscaling cluster one
+    may come); say so, with what the nodes have."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if nodes and not any(all(n.get(k, 0) >= v for k, v in per_worker.items()) for n in nodes):
+        logger.warning(
+            "train: a worker needs %s but no node has that much (largest: %s); Ray waits until a node "
+            "that fits joins. Lower resources.cpus_per_worker (or the recipe's vars.train_cpus)",
+            per_worker, max(({k: n.get(k, 0) for k in per_worker} for n in nodes), key=lambda r: r.get("CPU", 0)),
+        )
+
+
 def fit(cfg: TrainConfig, callbacks: list | None = None):
     """The `train` step with extra Ray Train callbacks (`tune` passes its TuneReportCallback).
 
@@ -128,6 +142,7 @@ def fit(cfg: TrainConfig, callbacks: list | None = None):
     init_ray(cfg.resources)
     res = cfg.resources
     per_worker = {"CPU": res.cpus_per_worker}
+    _warn_if_no_node_fits(per_worker)
     if res.use_gpu:
         per_worker["GPU"] = res.gpus_per_worker
     searcher = None

@@ -147,3 +147,14 @@ def test_killed_worker_resumes_from_last_checkpoint(tmp_path, train_task, studen
     w1, w2 = final_weights(clean), final_weights(faulty)
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], atol=1e-6, rtol=1e-5)
+
+
+def test_a_worker_no_node_can_hold_is_named(ray_session, caplog):
+    # Ray Train waits silently for such a worker (the quickstart asks for 2 CPUs per train worker).
+    from densekit.train import _warn_if_no_node_fits
+
+    caplog.set_level("WARNING", logger="densekit.train")
+    _warn_if_no_node_fits({"CPU": 1.0})
+    assert not caplog.records
+    _warn_if_no_node_fits({"CPU": 64.0})
+    assert "no node has that much" in caplog.text and "cpus_per_worker" in caplog.text
