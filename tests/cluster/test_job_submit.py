@@ -258,6 +258,9 @@ def _under_runtime_env(path: str, head: RayHead) -> bool:
 
 def test_generate_runs_as_a_job_and_writes_its_outputs(ray_head, tmp_path):
     out = tmp_path / "shared" / "task"  # absolute: like an NFS path every node sees
+    # The job writes only to `out`: nothing appears or changes in the checkout (which may already
+    # hold runs/quickstart: the README's set-up command runs the quickstart there).
+    before = _files(ROOT / "shared", ROOT / "runs")
     sid, r = ray_head.submit(
         "python",
         "jobs/generate.py",
@@ -289,7 +292,12 @@ def test_generate_runs_as_a_job_and_writes_its_outputs(ray_head, tmp_path):
     for split in ("train", "dev"):
         qrels = read_table(out / "qrels" / split).to_pydict()
         assert set(qrels["pid"]) <= corpus and set(qrels["qid"]) <= queries
-    assert not (ROOT / "shared").exists() and not (ROOT / "runs").exists()
+    assert _files(ROOT / "shared", ROOT / "runs") == before
+
+
+def _files(*roots: Path) -> dict[str, int]:
+    """Every file under `roots` with its modification time (ns)."""
+    return {str(f): f.stat().st_mtime_ns for r in roots if r.exists() for f in r.rglob("*") if f.is_file()}
 
 
 def test_only_the_runtime_env_provides_densekit(ray_head):
