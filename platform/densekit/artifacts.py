@@ -327,7 +327,7 @@ def prepare_output(
             shutil.rmtree(directory)
         else:
             (directory / MANIFEST).unlink(missing_ok=True)
-            changed = config_changes(directory, cfg)
+            changed = config_changes(directory, cfg) if (directory / CONFIG).exists() else []
             if changed:
                 logger.info(
                     "%s holds partial output of another config (differs in: %s): clearing it",
