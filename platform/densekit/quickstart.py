@@ -8,7 +8,6 @@ sharded indexes, evaluates all three, and writes the report into the run folder.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from importlib import resources
