@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,7 +89,7 @@ def test_job_wrappers_run_as_scripts_without_shadowing_the_stdlib(tmp_path):
         [sys.executable, "jobs/generate.py", "configs/generate/tiny.yaml", f"output={out}",
          "num_docs=30", "num_train_queries=5", "num_dev_queries=5", "seed=1"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "platform")},
+        env={**os.environ, "PYTHONPATH": str(ROOT / "platform")},
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert (out / "manifest.json").is_file()
