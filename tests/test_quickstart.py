@@ -24,10 +24,15 @@ MODELS = ["teacher", "student_distilled", "student_plain"]
 def test_quickstart_validates(capsys, tmp_path):
     assert main(["quickstart", "--dry-run", f"output={tmp_path / 'qs'}"]) == 0
     plan = capsys.readouterr().out
-    for stage in ["task", "teacher", "groups_hard", "groups_scored", "student_distilled", "student_plain",
+    for stage in ["task", "teacher", "groups_hard", "student_distilled", "student_plain",
                   "eval_teacher", "eval_student_distilled", "eval_student_plain"]:
         assert f". {stage}: " in plan
-    assert "groups_scored: score" in plan and "index_teacher: index" in plan
+    assert "index_teacher: index" in plan
+    # The distilled student trains with the trained teacher online; the plain one without a teacher.
+    distilled = plan.split("student_distilled: train")[1].split("student_plain: train")[0]
+    plain = plan.split("student_plain: train")[1].split("\n1")[0]
+    assert f"teacher.path = {tmp_path / 'qs' / 'teacher' / 'model'}" in distilled
+    assert "teacher.path" not in plain and "data.train = " + str(tmp_path / "qs" / "groups_hard") in plain
     assert not (tmp_path / "qs").exists()
     # Overrides reach the method, and a bad one fails before any work.
     assert main(["quickstart", "--dry-run", "vars.teacher_steps=3"]) == 0

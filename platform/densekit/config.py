@@ -153,8 +153,8 @@ class GenerateConfig:
     output: str = opt(MISSING, "output folder (corpus/, queries/, qrels/train/, qrels/dev/)")
     seed: int = opt(0, "random seed: the same seed and sizes give the same files")
     num_docs: int = opt(2000, "documents in the corpus")
-    num_train_queries: int = opt(8000, "training queries (each with one relevant document)")
-    num_dev_queries: int = opt(300, "dev queries (each with one relevant document)")
+    num_train_queries: int = opt(8000, "training queries (each about one subject, see doc_variants)")
+    num_dev_queries: int = opt(300, "dev queries (each about one subject, all its documents judged)")
     num_topics: int = opt(40, "topics; documents of one topic share topic words (hard negatives)")
     num_concepts: int = opt(
         4000, "concepts, split among topics; each has a document word and a query synonym"
@@ -170,11 +170,20 @@ class GenerateConfig:
     synonym_rate: float = opt(
         0.95, "chance that a query names a concept by its synonym, a word documents never use"
     )
+    doc_variants: int = opt(
+        1, "documents written about each subject (same topic and concepts, different words); "
+        "a query about a subject is relevant to all of them. num_docs must be a multiple"
+    )
+    train_judged: int = opt(
+        0, "relevant documents judged per training query (0: all), always the same variants of a subject. "
+        "Fewer than doc_variants leaves the others never judged, like MS MARCO's sparse labels; dev queries judge all"
+    )
     overwrite: bool = opt(False, "replace a complete output made with another config")
 
     def validate(self) -> None:
         sizes = ("num_docs", "num_train_queries", "num_dev_queries", "num_topics", "num_concepts",
-                 "concepts_per_doc", "concepts_per_query", "topic_words", "noise_words", "doc_length", "query_length")
+                 "concepts_per_doc", "concepts_per_query", "topic_words", "noise_words", "doc_length", "query_length",
+                 "doc_variants")
         bad = [k for k in sizes if getattr(self, k) < 1]
         if bad:
             raise ConfigError(f"generate: {', '.join(bad)} must be >= 1")
@@ -185,6 +194,10 @@ class GenerateConfig:
         if not 0 <= self.synonym_rate <= 1 or min(self.concept_share, self.topic_share) < 0 \
                 or self.concept_share + self.topic_share > 1:
             raise ConfigError("generate: synonym_rate in [0, 1]; concept_share, topic_share >= 0 with sum <= 1")
+        if self.num_docs % self.doc_variants:
+            raise ConfigError(f"generate: num_docs={self.num_docs} must be a multiple of doc_variants={self.doc_variants}")
+        if self.train_judged < 0:
+            raise ConfigError(f"generate: train_judged={self.train_judged} must be >= 0 (0: all relevant documents)")
 
 
 # --- models and losses (shared by train, score, encode) ---------------------------------------------

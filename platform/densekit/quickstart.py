@@ -1,9 +1,10 @@
 """`densekit quickstart`: the quickstart method shipped inside the package (recipes/quickstart.yaml),
 run by the same runner as any method, then its table printed.
 
-It generates a retrieval task, trains a teacher, mines hard negatives with it, scores them with it,
-distils a smaller student (and trains the same student without the teacher, for comparison), builds
-sharded indexes, evaluates all three, and writes the report into the run folder.
+It generates a retrieval task with sparse training labels, trains a teacher, mines hard negatives
+with it, distils a smaller student from the teacher's scores of each batch (and trains the same
+student without the teacher, for comparison), builds sharded indexes, evaluates all three, and
+writes the report into the run folder.
 """
 
 from __future__ import annotations

@@ -136,3 +136,47 @@ def test_default_config_writes_the_documented_sizes(tmp_path):
         "corpus": d.num_docs, "queries": d.num_train_queries + d.num_dev_queries,
         "qrels/train": d.num_train_queries, "qrels/dev": d.num_dev_queries,
     }
+
+
+def jaccard(a: str, b: str) -> float:
+    x, y = set(a.split()), set(b.split())
+    return len(x & y) / len(x | y)
+
+
+def test_doc_variants_are_all_relevant_and_train_labels_can_be_sparse():
+    """doc_variants=3: each subject is written three times; dev queries judge all three, train
+    queries with train_judged=1 only one, always the same one (the others are never judged)."""
+    kw = {**SMALL, "num_docs": 390, "doc_variants": 3}
+    full = build_task(GenerateConfig(output="unused", **kw))
+    sparse = build_task(GenerateConfig(output="unused", **kw, train_judged=1))
+    per_query = lambda pairs: Counter(Counter(q for q, _ in pairs).values())  # noqa: E731
+    assert per_query(full.qrels["train"]) == {3: SMALL["num_train_queries"]}
+    assert per_query(full.qrels["dev"]) == per_query(sparse.qrels["dev"]) == {3: SMALL["num_dev_queries"]}
+    assert per_query(sparse.qrels["train"]) == {1: SMALL["num_train_queries"]}
+    # train_judged draws nothing: documents, queries and dev judgments are the same.
+    assert full.doc_texts == sparse.doc_texts and full.query_texts == sparse.query_texts
+    assert full.qrels["dev"] == sparse.qrels["dev"]
+    # The judged one is each train query's relevant document in the full labels, and one per subject.
+    full_train = set(full.qrels["train"])
+    assert all(pair in full_train for pair in sparse.qrels["train"])
+    judged = {p for _, p in sparse.qrels["train"]}
+    all_relevant = {p for _, p in full.qrels["train"]}
+    assert len(all_relevant) >= 2.5 * len(judged)  # ~3 variants per subject met in training
+    # The variants of a subject share its concept words: far more alike than other documents.
+    text = dict(zip(full.doc_ids, full.doc_texts))
+    groups = {}
+    for q, p in full.qrels["dev"]:
+        groups.setdefault(q, []).append(p)
+    rng = np.random.default_rng(0)
+    same = [jaccard(text[g[0]], text[g[1]]) for g in groups.values()]
+    other = [jaccard(text[a], text[b]) for a, b in rng.choice(full.doc_ids, size=(200, 2))]
+    assert np.mean(same) > 2 * np.mean(other), (np.mean(same), np.mean(other))
+    # Variants get unrelated ids, not three neighbours.
+    index = {p: i for i, p in enumerate(full.doc_ids)}
+    assert np.mean([max(index[p] for p in g) - min(index[p] for p in g) == 2 for g in groups.values()]) < 0.1
+
+
+def test_doc_variants_must_divide_num_docs(tmp_path):
+    with pytest.raises(ConfigError, match="multiple of doc_variants=3"):
+        generate(GenerateConfig(output=str(tmp_path / "t"), **{**SMALL, "doc_variants": 3}))
+    assert not (tmp_path / "t").exists()

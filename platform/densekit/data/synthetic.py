@@ -1,11 +1,15 @@
 """A generated retrieval task (corpus, queries, train/dev qrels) that a retriever must be trained on.
 
-Every document is about a few *concepts* of one *topic*. A concept has two surface words: the
+Every document is about a *subject*: a few *concepts* of one *topic*. A concept has two surface words: the
 document word, and a query synonym that documents never use. Queries name some of their document's
 concepts mostly by synonym, plus a topic word and filler, so exact word overlap finds the topic
 (fifty-odd documents sharing its words: hard negatives) but hardly the document; a model learns
 the synonym map from the training queries and then solves the dev queries, whose concepts it saw
-in training with other documents. Written as the same tables as a BEIR import.
+in training with other documents. With `doc_variants` > 1 each subject is written several times
+(same concepts, other words), all relevant to its queries; `train_judged` then judges only some of
+them for training queries, always the same ones (sparse labels, as in MS MARCO: a hard negative mined
+with a good model is often a relevant document nobody judged) while dev queries judge all. Written as the same tables as a
+BEIR import.
 """
 
 from __future__ import annotations
@@ -74,27 +78,36 @@ def build_task(cfg: GenerateConfig) -> Task:
     concept_topic = np.arange(cfg.num_concepts) % cfg.num_topics
     pools = [np.flatnonzero(concept_topic == t) for t in range(cfg.num_topics)]
 
-    doc_topic = rng.integers(cfg.num_topics, size=cfg.num_docs)
-    doc_concepts = []
-    doc_ids, doc_texts, doc_titles = [], [], []
-    width = len(str(cfg.num_docs - 1))
-    for d in range(cfg.num_docs):
-        t = doc_topic[d]
+    # A subject is a topic and a set of its concepts; each is written as `doc_variants` documents.
+    num_subjects = cfg.num_docs // cfg.doc_variants
+    subject_topic = rng.integers(cfg.num_topics, size=num_subjects)
+    subject_concepts = []
+    subject_docs: list[list[int]] = []
+    doc_texts, doc_titles = [], []
+    for s in range(num_subjects):
+        t = subject_topic[s]
         cs = rng.choice(pools[t], size=min(cfg.concepts_per_doc, len(pools[t])), replace=False)
-        doc_concepts.append(cs)
-        kind = rng.random(cfg.doc_length)
-        pick_c = rng.integers(len(cs), size=cfg.doc_length)
-        pick_t = rng.integers(cfg.topic_words, size=cfg.doc_length)
-        pick_n = rng.choice(cfg.noise_words, size=cfg.doc_length, p=noise_p)
-        toks = [
-            doc_form[cs[pick_c[i]]] if kind[i] < cfg.concept_share
-            else topic_vocab[t, pick_t[i]] if kind[i] < cfg.concept_share + cfg.topic_share
-            else noise[pick_n[i]]
-            for i in range(cfg.doc_length)
-        ]
-        doc_ids.append(f"d{d:0{width}d}")
-        doc_texts.append(" ".join(toks))
-        doc_titles.append(f"{topic_vocab[t, rng.integers(cfg.topic_words)]} {doc_form[cs[0]]}")
+        subject_concepts.append(cs)
+        subject_docs.append([])
+        for _variant in range(cfg.doc_variants):
+            kind = rng.random(cfg.doc_length)
+            pick_c = rng.integers(len(cs), size=cfg.doc_length)
+            pick_t = rng.integers(cfg.topic_words, size=cfg.doc_length)
+            pick_n = rng.choice(cfg.noise_words, size=cfg.doc_length, p=noise_p)
+            toks = [
+                doc_form[cs[pick_c[i]]] if kind[i] < cfg.concept_share
+                else topic_vocab[t, pick_t[i]] if kind[i] < cfg.concept_share + cfg.topic_share
+                else noise[pick_n[i]]
+                for i in range(cfg.doc_length)
+            ]
+            subject_docs[s].append(len(doc_texts))
+            doc_texts.append(" ".join(toks))
+            doc_titles.append(f"{topic_vocab[t, rng.integers(cfg.topic_words)]} {doc_form[cs[0]]}")
+    # Variants of a subject get unrelated ids (with one variant, document d is subject d).
+    perm = rng.permutation(cfg.num_docs) if cfg.doc_variants > 1 else np.arange(cfg.num_docs)
+    width = len(str(cfg.num_docs - 1))
+    doc_ids = [f"d{i:0{width}d}" for i in range(cfg.num_docs)]
+    id_of = [doc_ids[i] for i in np.argsort(perm)]  # generated document -> its id
 
     query_ids, query_texts = [], []
     qrels: dict[str, list[tuple[str, str]]] = {"train": [], "dev": []}
@@ -103,12 +116,12 @@ def build_task(cfg: GenerateConfig) -> Task:
     splits = ["train"] * cfg.num_train_queries + ["dev"] * cfg.num_dev_queries
     for q, split in enumerate(splits):
         for _attempt in range(100):
-            d = int(rng.integers(cfg.num_docs))
-            cs = doc_concepts[d]
+            s = int(rng.integers(num_subjects))
+            cs = subject_concepts[s]
             k = min(cfg.concepts_per_query, len(cs))
             named = rng.choice(cs, size=k, replace=False)
             toks = [query_form[c] if rng.random() < cfg.synonym_rate else doc_form[c] for c in named]
-            toks.append(topic_vocab[doc_topic[d], rng.integers(cfg.topic_words)])
+            toks.append(topic_vocab[subject_topic[s], rng.integers(cfg.topic_words)])
             while len(toks) < cfg.query_length:
                 toks.append(noise[rng.choice(cfg.noise_words, p=noise_p)])
             rng.shuffle(toks)
@@ -119,8 +132,11 @@ def build_task(cfg: GenerateConfig) -> Task:
         qid = f"q{q:0{width_q}d}"
         query_ids.append(qid)
         query_texts.append(text)
-        qrels[split].append((qid, doc_ids[d]))
-    return Task(doc_ids, doc_texts, doc_titles, query_ids, query_texts, qrels)
+        relevant = subject_docs[s]
+        if split == "train" and cfg.train_judged:
+            relevant = relevant[: cfg.train_judged]  # always the same ones: the others are never judged
+        qrels[split].extend((qid, id_of[d]) for d in relevant)
+    return Task(doc_ids, [doc_texts[g] for g in perm], [doc_titles[g] for g in perm], query_ids, query_texts, qrels)
 
 
 def generate(cfg: GenerateConfig) -> None:
