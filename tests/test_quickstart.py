@@ -41,6 +41,20 @@ def test_quickstart_validates(capsys, tmp_path):
     assert main(["quickstart", "--dry-run", "outptu=x"]) == 2
 
 
+@pytest.mark.parametrize("name", ["quickstart_students", "quickstart_students_offline"])
+def test_bench_student_files_validate(name, capsys, tmp_path):
+    """The README's comparison of distillation settings reruns from these files on a quickstart run."""
+    base = tmp_path / "qs"
+    assert main(["run", str(ROOT / "bench" / f"{name}.yaml"), "--dry-run", f"output={tmp_path / 'x'}",
+                 f"vars.base={base}"]) == 0
+    plan = capsys.readouterr().out
+    assert f"data.train = {base / 'groups_hard'}" in plan or f"groups = {base / 'groups_hard'}" in plan
+    if name.endswith("offline"):
+        assert "scored: score" in plan and f"data.train = {tmp_path / 'x' / 'scored'}" in plan
+    else:
+        assert f"teacher.path = {base / 'teacher' / 'model'}" in plan
+
+
 def test_recipe_ships_in_the_wheel(tmp_path):
     """An installed densekit (not only this checkout) has the recipe: build a wheel and look."""
     src = tmp_path / "src"

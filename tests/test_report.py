@@ -140,6 +140,28 @@ def test_method_run_report_has_the_evaluated_numbers(tmp_path, inputs, models):
     assert "![quality against query speed](quality_vs_speed.png)" in md
 
 
+def test_comparison_with_a_baseline_run_is_reported_by_row(tmp_path, inputs):
+    """An evaluate stage with `baseline` (the student against the teacher's run): the report names
+    the baseline by its row and gives the paired differences, which are the metrics' differences."""
+    from densekit.report import Report, comparison_lines
+
+    out = tmp_path / "run"
+    m = _method(tmp_path, inputs, out)
+    m.write_text(m.read_text().replace(
+        f"{{run: {inputs['runs']['student']}, qrels: {inputs['qrels']}}}",
+        f"{{run: {inputs['runs']['student']}, qrels: {inputs['qrels']}, baseline: {inputs['runs']['teacher']}}}"))
+    assert run([str(m), "report_set.speed.enabled=false"]) == 0
+    rep = Report.load(out / "report.json")
+    teacher, student = rep.rows
+    assert teacher.comparison is None and student.comparison["baseline"] == "teacher"
+    for k in ("ndcg@10", "mrr@10", "recall@100"):
+        assert student.comparison["metrics"][k]["diff"] == pytest.approx(EXPECTED["student"][k] - EXPECTED["teacher"][k])
+    [line] = comparison_lines(rep)
+    assert line.startswith("student vs teacher (2 queries, paired): ")
+    assert f"mrr@10 {1 / 6 - 0.75:+.4f} (t-test p=" in line
+    assert f"- {line}" in (out / "report.md").read_text()
+
+
 def test_rerun_keeps_stage_times_and_moved_run_still_reports(tmp_path, inputs, models):
     out = tmp_path / "run"
     m = _method(tmp_path, inputs, out)

@@ -51,14 +51,15 @@ def quickstart(argv: list[str]) -> int:
     report = out / "report.json"
     if not report.is_file():  # report=false
         return rc
-    from densekit.report import PLOT_PNG, REPORT_MD, Report, quality_table
+    from densekit.report import PLOT_PNG, REPORT_MD, Report, comparison_lines, quality_table
 
     rep = Report.load(report)
     table = quality_table(rep)
+    compared = "".join(f"{c}\n" for c in comparison_lines(rep))
     total = sum(s.get("seconds") or 0 for s in rep.stages)
     # The command's result, like --dry-run's plan: printed, not logged.
     sys.stdout.write(
-        f"\n{table}\n\nReport: {out / REPORT_MD} (plot: {out / PLOT_PNG}); stages took {total:.0f} s.\n"
+        f"\n{table}\n\n{compared}Report: {out / REPORT_MD} (plot: {out / PLOT_PNG}); stages took {total:.0f} s.\n"
     )
     return rc
 

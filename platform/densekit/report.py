@@ -144,6 +144,9 @@ class Row:
     hidden: int | None = None
     params: int | None = None
     speed: Speed | None = None
+    # Paired tests against a baseline run (evaluate's `baseline`): {"baseline": label,
+    # "num_queries": n, "metrics": {name: {run, baseline, diff, t_test_p, randomization_p, ...}}}.
+    comparison: dict | None = None
 
 
 @dataclass
@@ -306,6 +309,7 @@ def _collect_method(d: Path) -> Report:
         recorded = str(Path(next(iter(stages.values()))["output"]).parent)
     paths = _Paths(d, recorded)
     rep = Report("method", str(d), status.get("method", d.name))
+    runs: dict[str, Path | None] = {}  # evaluate stage -> the run it evaluated
     order = status.get("order") or list(stages)
     for name in order:
         st = stages[name]
@@ -333,6 +337,9 @@ def _collect_method(d: Path) -> Report:
                   str(index_model) if index_model else None, about)
         if index_model is not None and model is not None and Path(index_model).resolve() != Path(model).resolve():
             row.about = (row.about + "; " if row.about else "") + f"documents indexed by {paths.label(index_model)}"
+        if (out / "comparison.json").is_file():
+            row.comparison = _read_json(out / "comparison.json")
+        runs[name] = paths(_read_yaml(out / "config.yaml").get("run"))
         rep.rows.append(row)
     # Two evaluations of one model (e.g. two query sets): name them by their stages too.
     counts: dict[str, int] = {}
@@ -341,7 +348,30 @@ def _collect_method(d: Path) -> Report:
     for r in rep.rows:
         if counts[r.label] > 1:
             r.label = f"{r.label} [{r.source}]"
+    # A comparison names its baseline by the row evaluated on that run, else by the run's folder.
+    by_run = {str(Path(runs[r.source]).resolve()): r.label for r in rep.rows if runs.get(r.source)}
+    for r in rep.rows:
+        if r.comparison:
+            base = paths(r.comparison.get("baseline"))
+            r.comparison["baseline"] = by_run.get(str(base.resolve()), base.name) if base else "baseline"
     return rep
+
+
+def comparison_lines(rep: Report) -> list[str]:
+    """One line per row compared with a baseline run: each measure's difference and p-values."""
+    lines = []
+    for r in rep.rows:
+        c = r.comparison
+        if not c or not c.get("metrics"):
+            continue
+        parts = [
+            f"{name} {m['diff']:+.4f} (t-test p={m['t_test_p']:.2g}, randomisation p={m['randomization_p']:.2g})"
+            for name, m in c["metrics"].items()
+            if m.get("diff") is not None and m.get("t_test_p") is not None and m.get("randomization_p") is not None
+        ]
+        if parts:
+            lines.append(f"{r.label} vs {c['baseline']} ({c.get('num_queries', '?')} queries, paired): " + "; ".join(parts))
+    return lines
 
 
 def _collect_train(d: Path) -> Report:
@@ -488,6 +518,9 @@ def render_markdown(rep: Report, sc: QuerySpeedConfig, plot: str | None) -> str:
         abouts = [f"- **{r.label}**: {r.about}" for r in rep.rows if r.about]
         if abouts:
             out += ["", *abouts]
+        compared = comparison_lines(rep)
+        if compared:
+            out += ["", "Differences, paired over the same queries:", "", *(f"- {c}" for c in compared)]
         if plot:
             out += ["", f"![quality against query speed]({plot})"]
         out.append("")
