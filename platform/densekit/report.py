@@ -213,10 +213,9 @@ class _Paths:
         return rel[0] + (f" ({'/'.join(extra)})" if extra else "")
 
 
-def _trace(eval_dir: Path, paths: _Paths) -> tuple[Path | None, Path | None, Path | None]:
-    """(query model, queries table, index model) behind an evaluate output, read from the
-    config.yaml each step writes beside its output: evaluate -> search -> (encode) -> index."""
-    run = paths(_read_yaml(eval_dir / "config.yaml").get("run"))
+def _trace(run: Path | None, paths: _Paths) -> tuple[Path | None, Path | None, Path | None]:
+    """(query model, queries table, index model) behind the run an evaluate output evaluated, read
+    from the config.yaml each step writes beside its output: search -> (encode) -> index."""
     if run is None:
         return None, None, None
     search = _read_yaml(run / "config.yaml")
@@ -327,7 +326,8 @@ def _collect_method(d: Path) -> Report:
             rep.notes.append(f"evaluate stage '{name}' has no complete output yet")
             continue
         metrics = _read_json(out / "metrics.json").get("metrics", {})
-        model, queries, index_model = _trace(out, paths)
+        runs[name] = paths(_read_yaml(out / "config.yaml").get("run"))
+        model, queries, index_model = _trace(runs[name], paths)
         label = paths.label(model) if model is not None else name
         about = ""
         if model is not None:
@@ -339,7 +339,6 @@ def _collect_method(d: Path) -> Report:
             row.about = (row.about + "; " if row.about else "") + f"documents indexed by {paths.label(index_model)}"
         if (out / "comparison.json").is_file():
             row.comparison = _read_json(out / "comparison.json")
-        runs[name] = paths(_read_yaml(out / "config.yaml").get("run"))
         rep.rows.append(row)
     # Two evaluations of one model (e.g. two query sets): name them by their stages too.
     counts: dict[str, int] = {}

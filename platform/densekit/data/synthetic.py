@@ -7,9 +7,9 @@ concepts mostly by synonym, plus a topic word and filler, so exact word overlap 
 the synonym map from the training queries and then solves the dev queries, whose concepts it saw
 in training with other documents. With `doc_variants` > 1 each subject is written several times
 (same concepts, other words), all relevant to its queries; `train_judged` then judges only some of
-them for training queries, always the same ones (sparse labels, as in MS MARCO: a hard negative mined
-with a good model is often a relevant document nobody judged) while dev queries judge all. Written as the same tables as a
-BEIR import.
+them for training queries, always the same ones (sparse labels, as in MS MARCO: a hard negative
+mined with a good model is often a relevant document nobody judged) while dev queries judge all.
+Written as the same tables as a BEIR import.
 """
 
 from __future__ import annotations
