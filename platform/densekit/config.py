@@ -713,6 +713,9 @@ class TrainConfig:
     eval: EvalConfig = opt(EvalConfig, "periodic evaluation")
     retrieved: RetrievedConfig = opt(RetrievedConfig, "ADORE's fixed index")
     checkpoint_every: int = opt(0, "checkpoint every N optimizer steps (0: at evaluations and the end)")
+    progress_every_s: float = opt(
+        60.0, "rank 0 logs a progress line (step, local loss, time left) this often between checkpoints; 0: off"
+    )
     keep_checkpoints: int = opt(2, "checkpoints kept (the best by eval.metric and the latest)")
     max_failures: int = opt(2, "worker failures survived by resuming from the last checkpoint")
     resources: ResourcesConfig = opt(ResourcesConfig, "workers")

@@ -377,6 +377,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     eval_every = cfg.eval.every
     ckpt_every = cfg.checkpoint_every or eval_every or cfg.optim.max_steps
     losses_since, parts_since, n_since, t0 = 0.0, {}, 0, time.time()
+    progress = Progress(cfg.progress_every_s, cfg.optim.max_steps, state["step"])
     module.train()
     while state["step"] < cfg.optim.max_steps:
         optimizer.zero_grad(set_to_none=True)
@@ -411,7 +412,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         do_eval = bool(eval_every) and (step % eval_every == 0 or step == cfg.optim.max_steps)
         do_ckpt = step % ckpt_every == 0 or step == cfg.optim.max_steps or do_eval
         if not do_ckpt:
+            if rank == 0 and (line := progress.line(step, losses_since / max(1, n_since))):
+                logger.info("%s", line)
             continue
+        progress.restart()
         # Losses averaged over the ranks too: rank 0's own queries are only its slice of the batch.
         names = sorted(parts_since)
         sums = _all_reduce_mean([losses_since, *(parts_since[k] for k in names)], world, device)
@@ -442,6 +446,49 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             logger.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float) and k != "time"))
         _report(metrics, state, inner, optimizer, scheduler, scaler, rank, is_best)
         t0 = time.time()
+
+
+class Progress:
+    """Rank 0's progress between checkpoints: a checkpoint logs its step line, and a long interval
+    without one (a 500-step cross-encoder with checkpoint_every 0) would say nothing for minutes.
+    `line()` returns a progress line at most every `every_s` seconds, else None.
+
+    The loss is rank 0's own mean since the last checkpoint (no collective: a progress line must
+    not make the workers wait for each other); the checkpoint line has the mean over every rank.
+    """
+
+    def __init__(self, every_s: float, max_steps: int, start_step: int = 0, clock=time.monotonic):
+        self.every_s, self.max_steps, self.clock = every_s, max_steps, clock
+        self.t_start, self.step_start = clock(), start_step
+        self.t_last = self.t_start
+
+    def restart(self) -> None:
+        """A checkpoint line was just logged: the next progress line is due every_s from now."""
+        self.t_last = self.clock()
+
+    def line(self, step: int, local_loss: float) -> str | None:
+        now = self.clock()
+        if self.every_s <= 0 or now - self.t_last < self.every_s:
+            return None
+        self.t_last = now
+        rate = (step - self.step_start) / max(1e-9, now - self.t_start)
+        left = (self.max_steps - step) / rate if rate > 0 else float("inf")
+        return (
+            f"step {step}/{self.max_steps} ({100 * step / self.max_steps:.0f}%): "
+            f"loss {local_loss:.4g} (rank 0, since the last checkpoint), "
+            f"{rate:.3g} steps/s, about {_duration(left)} left"
+        )
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "? s"
+    seconds = int(round(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def _digest(previous: str, qids: list[str]) -> str:
