@@ -17,7 +17,7 @@ from densekit.artifacts import (
     read_table,
     write_manifest,
 )
-from densekit.config import GenerateConfig
+from densekit.config import GenerateConfig, LossConfig, TrainConfig
 from densekit.errors import ConfigError, IncompleteOutputError, InputError
 from densekit.data.records import QUERIES_SCHEMA
 
@@ -101,3 +101,25 @@ def test_prepare_output_skip_resume_conflict(tmp_path):
     assert prepare_output(out, other, keep_partial=True) is True
     assert (out / "shard-0.parquet").exists()
     assert json.loads(json.dumps(1)) == 1
+
+
+def test_logging_and_resources_do_not_make_a_conflict(tmp_path):
+    """A train output saved before `progress_every_s` existed (or with another value, or other
+    workers) is still the same computation: reused, not refused; a loss setting is not."""
+    import yaml
+
+    out = tmp_path / "train"
+    cfg = TrainConfig(output=str(out), losses={"contrastive": LossConfig()})
+    assert prepare_output(out, cfg) is True
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["progress_every_s"]  # as written by the version before the option
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    write_manifest(out, "train")
+    assert prepare_output(out, cfg) is False
+    import dataclasses
+
+    quiet = dataclasses.replace(cfg, progress_every_s=0.0)
+    more = dataclasses.replace(quiet, resources=dataclasses.replace(cfg.resources, num_workers=2))
+    assert prepare_output(out, more) is False
+    with pytest.raises(ConfigError, match="differs in: optim.lr"):
+        prepare_output(out, dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=1.0)))

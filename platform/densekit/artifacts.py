@@ -271,8 +271,9 @@ def config_to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-# Keys that do not change what a step computes: a rerun that differs only in these reuses the output.
-NON_SEMANTIC_KEYS = frozenset({"overwrite", "resources", "output"})
+# Keys that do not change what a step computes: a rerun that differs only in these reuses the output
+# (and a key of this kind added in a newer densekit does not turn older outputs into conflicts).
+NON_SEMANTIC_KEYS = frozenset({"overwrite", "resources", "output", "progress_every_s"})
 
 
 def _semantic(d: dict) -> dict:
