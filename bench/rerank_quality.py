@@ -11,7 +11,7 @@ the models score in this process, one query's candidates per batch.
     # query, reranked by the margin_mse cross-encoder and by PROD's two cross-encoders
     python bench/rerank_quality.py runs/small mmse_ce/model prod_ce/model prod_ce_large/model
 
-Arguments name run-folder stages (or paths): --first-stage (a search output with run.trec,
+Arguments name run-folder stages (or paths): --first-stage (a search output, its run table;
 default teacher_run), --task (a generate or import output with corpus/, queries/ and
 qrels/<--split>/), and the models to compare. Also printed per model: where the judged relevant
 passages inside the top k land on average, and the share of them in the top 3, for the first
@@ -21,7 +21,6 @@ stage and for the reranker (a random order puts them at (k + 1) / 2).
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import statistics
 import sys
@@ -31,18 +30,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
-import pyarrow.parquet as pq  # noqa: E402
-import pytrec_eval  # noqa: E402
 import torch  # noqa: E402
 
+from densekit.artifacts import read_table  # noqa: E402
 from densekit.models import load_model  # noqa: E402
+from densekit.pipelines.evaluate import (  # noqa: E402
+    evaluate_run,
+    load_qrels,
+    load_run,
+    mean_metrics,
+    truncate_run,
+)
 
-
-def table(path: Path) -> list[dict]:
-    parts = sorted(path.glob("*.parquet"))
-    if not parts:
-        sys.exit(f"{path}: no Parquet parts (expected a densekit table folder)")
-    return [row for p in parts for row in pq.read_table(p).to_pylist()]
+METRICS = ["ndcg@10", "mrr@10"]
 
 
 def stage(root: Path, name: str) -> Path:
@@ -54,7 +54,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path, help="a method's run folder")
     ap.add_argument("models", nargs="+", help="model folders (stage names inside run_dir, or paths)")
-    ap.add_argument("--first-stage", default="teacher_run", help="search output whose run.trec is reranked")
+    ap.add_argument("--first-stage", default="teacher_run", help="search output whose run is reranked")
     ap.add_argument("--task", default="task", help="generate/import output: corpus, queries, qrels")
     ap.add_argument("--split", default="dev", help="qrels split: the judged queries that are reranked")
     ap.add_argument("--k", type=int, default=30, help="rerank this many of the first stage's top")
@@ -63,42 +63,31 @@ def main() -> None:
     torch.set_grad_enabled(False)
 
     task = stage(args.run_dir, args.task)
-    corpus = {r["pid"]: (r["text"], r.get("title") or "") for r in table(task / "corpus")}
-    queries = {r["qid"]: r["text"] for r in table(task / "queries")}
-    qrels: dict[str, dict[str, int]] = collections.defaultdict(dict)
-    for r in table(task / "qrels" / args.split):
-        qrels[r["qid"]][r["pid"]] = int(r["relevance"])
-    run_file = stage(args.run_dir, args.first_stage) / "run.trec"
-    first: dict[str, dict[str, float]] = collections.defaultdict(dict)
-    with open(run_file) as f:
-        for n, line in enumerate(f, 1):
-            cols = line.split()
-            if len(cols) != 6:
-                sys.exit(f"{run_file}:{n}: expected 'qid Q0 docid rank score tag', got {line.strip()!r}")
-            qid, _, pid, rank, score, _ = cols
-            if qid in qrels and int(rank) <= args.k:
-                first[qid][pid] = float(score)
+    corpus_table = read_table(task / "corpus", ["pid", "text", "title"]).to_pydict()
+    corpus = dict(zip(corpus_table["pid"], zip(corpus_table["text"], corpus_table["title"])))
+    queries_table = read_table(task / "queries", ["qid", "text"]).to_pydict()
+    queries = dict(zip(queries_table["qid"], queries_table["text"]))
+    qrels = load_qrels(task / "qrels" / args.split)
+    run_dir = stage(args.run_dir, args.first_stage)
+    first = truncate_run({q: d for q, d in load_run(run_dir).items() if q in qrels}, args.k)
     if not first:
-        sys.exit(f"{run_file}: no query of qrels/{args.split} in the run")
+        sys.exit(f"{run_dir}: no query of qrels/{args.split} in the run")
+    judged = {q: qrels[q] for q in first}
 
     def evaluate(run: dict[str, dict[str, float]]) -> tuple[float, float, float, float]:
-        ev = pytrec_eval.RelevanceEvaluator({q: qrels[q] for q in run}, {"ndcg_cut.10", "recip_rank"})
-        res = ev.evaluate(run)
+        means = mean_metrics(evaluate_run(run, judged, METRICS), METRICS)
         ranks = []
         for q, scores in run.items():
             order = sorted(scores, key=lambda d: -scores[d])
-            ranks += [order.index(d) + 1 for d in qrels[q] if qrels[q][d] > 0 and d in scores]
-        mrr10 = statistics.mean(  # MRR@10: trec_eval's recip_rank counts any depth
-            0.0 if v["recip_rank"] < 0.1 else v["recip_rank"] for v in res.values()
-        )
+            ranks += [order.index(d) + 1 for d in judged[q] if judged[q][d] > 0 and d in scores]
         return (
-            statistics.mean(v["ndcg_cut_10"] for v in res.values()),
-            mrr10,
+            means["ndcg@10"],
+            means["mrr@10"],
             statistics.mean(ranks) if ranks else float("nan"),
             sum(r <= 3 for r in ranks) / max(1, len(ranks)),
         )
 
-    print(f"{len(first)} judged queries, top {args.k} of {run_file}")
+    print(f"{len(first)} judged queries, top {args.k} of {run_dir}")
     print(f"{'model':40s} {'nDCG@10':>8s} {'MRR@10':>8s} {'rel. rank':>9s} {'in top 3':>8s}")
     print("{:40s} {:8.4f} {:8.4f} {:9.1f} {:8.2f}".format(args.first_stage + " (first stage)", *evaluate(first)))
     for name in args.models:
