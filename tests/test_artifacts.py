@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pyarrow as pa
 import pytest
+import yaml
 
 from densekit.artifacts import (
     TableWriter,
@@ -106,8 +108,6 @@ def test_prepare_output_skip_resume_conflict(tmp_path):
 def test_logging_and_resources_do_not_make_a_conflict(tmp_path):
     """A train output saved before `progress_every_s` existed (or with another value, or other
     workers) is still the same computation: reused, not refused; a loss setting is not."""
-    import yaml
-
     out = tmp_path / "train"
     cfg = TrainConfig(output=str(out), losses={"contrastive": LossConfig()})
     assert prepare_output(out, cfg) is True
@@ -116,8 +116,6 @@ def test_logging_and_resources_do_not_make_a_conflict(tmp_path):
     (out / "config.yaml").write_text(yaml.safe_dump(saved))
     write_manifest(out, "train")
     assert prepare_output(out, cfg) is False
-    import dataclasses
-
     quiet = dataclasses.replace(cfg, progress_every_s=0.0)
     more = dataclasses.replace(quiet, resources=dataclasses.replace(cfg.resources, num_workers=2))
     assert prepare_output(out, more) is False
