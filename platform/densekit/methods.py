@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 REF = re.compile(r"^@([a-z][a-z0-9_]*)(/.*)?$")
+_STAGE_KEY = re.compile(r"^~?\+{0,2}stages\.([a-z][a-z0-9_]*)[.=]")  # a dotlist override of one stage
 RESULT_STEPS = ("evaluate", "speed")
 RESULT_FILES = {"evaluate": "metrics.json", "speed": "speed.json"}
 # Deeper checks a --dry-run makes on a fully resolved stage config ("module:function(cfg)").
@@ -106,20 +107,37 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
     is an error (two methods sharing a stage share its definition through one file).
     """
     method_file = Path(method_file)
-    method: MethodConfig = load_config(MethodConfig, method_file, overrides or [])
-    if not method.include:
-        return method
+    overrides = list(overrides or [])
+    own = load_config(MethodConfig, method_file, [])
+    if not own.include:
+        return load_config(MethodConfig, method_file, overrides)
+    # An override of a stage an included file defines (`stages.warmup.set.optim.lr=...` on the
+    # command line of a method that includes small_common.yaml) goes to that file's stage.
+    routed: dict[int, list[str]] = {}
+    kept: list[str] = []
+    includes = [Path(inc) if Path(inc).is_absolute() else method_file.parent / inc for inc in own.include]
+    for path in includes:
+        if path.resolve() in _seen or path.resolve() == method_file.resolve():
+            raise ConfigError(f"{method_file}: include {path.name} includes itself (a cycle)")
+    included_names = [set(load_method(p, [], (*_seen, method_file.resolve())).stages) for p in includes]
+    for ov in overrides:
+        m = _STAGE_KEY.match(ov)
+        target = None
+        if m and m.group(1) not in own.stages:
+            target = next((i for i, names in enumerate(included_names) if m.group(1) in names), None)
+        if target is None:
+            kept.append(ov)
+        else:
+            routed.setdefault(target, []).append(ov)
+    method: MethodConfig = load_config(MethodConfig, method_file, kept)
     stages: dict[str, StageConfig] = {}
     where: dict[str, Path] = {}
-    for inc in method.include:
-        path = Path(inc) if Path(inc).is_absolute() else method_file.parent / inc
-        if path.resolve() in _seen or path.resolve() == method_file.resolve():
-            raise ConfigError(f"{method_file}: include {inc} includes itself (a cycle)")
+    for i, path in enumerate(includes):
         # The including file's vars override the included file's vars of the same name (a
         # documents variant = the passage method with other data paths and lengths).
         base = load_config(MethodConfig, path, [])
         shared = [f"vars.{k}={_format_value(v)}" for k, v in method.vars.items() if k in base.vars]
-        sub = load_method(path, shared, (*_seen, method_file.resolve()))
+        sub = load_method(path, shared + routed.get(i, []), (*_seen, method_file.resolve()))
         for name, stage in sub.stages.items():
             if name in stages:
                 raise ConfigError(f"{path}: stage '{name}' is also defined in {where[name]}")

@@ -80,3 +80,21 @@ def test_references_inside_a_list_of_mappings_are_resolved(tmp_path, capsys):
     assert run([str(ROOT / "configs" / "methods" / "margin_mse.yaml"), f"output={out}", "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert f"in  teachers[0].model = {out / 'mmse_ce'}/model" in text
+
+
+def test_command_line_overrides_reach_the_included_stages():
+    # `densekit run margin_mse.yaml stages.warmup.set.optim.lr=...`: warmup is defined in the
+    # included small_common.yaml, and the override must change it there (not start a new stage).
+    path = ROOT / "configs" / "methods" / "margin_mse.yaml"
+    method = load_method(path, ["stages.warmup.set.optim.lr=0.5", "stages.mmse.set.optim.lr=0.25",
+                                "stages.student_init.set.hidden=64", "vars.steps=7"])
+    assert method.stages["warmup"].set["optim"]["lr"] == 0.5
+    assert method.stages["warmup"].step == "train"
+    assert method.stages["student_init"].set["hidden"] == 64
+    assert method.stages["mmse"].set["optim"]["lr"] == 0.25
+    plain = load_method(path)
+    assert plain.stages["warmup"].set["optim"]["lr"] != 0.5
+    assert method.vars["steps"] == 7
+    # A stage no file defines is still refused, with the missing key named.
+    with pytest.raises(Exception, match=r"stages\.nosuch"):
+        load_method(path, ["stages.nosuch.set.x=1"])
