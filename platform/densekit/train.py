@@ -197,6 +197,7 @@ def _check_inputs(cfg: TrainConfig) -> None:
     """Everything the workers would otherwise find out after Ray started (and retried)."""
     from densekit.data.loader import check_training_groups
     from densekit.models import check_model_files
+    from densekit.models.spec import read_spec
 
     for key, mc in (("model", cfg.model), ("teacher", cfg.teacher)):
         if mc is None:
@@ -207,6 +208,10 @@ def _check_inputs(cfg: TrainConfig) -> None:
                 raise ConfigError(f"{key}.{name}={path}: model directory not found")
             if path is not None:
                 check_model_files(path)
+        spec = read_spec(mc.path)
+        if spec is not None and mc.kind is not None and spec.kind != mc.kind:
+            # Found by every worker otherwise, each retried max_failures times.
+            raise ConfigError(f"{key}.path={mc.path}: holds a {spec.kind} model, but {key}.kind={mc.kind}")
     read_manifest(cfg.data.train)
     if cfg.data.group_size > 0:
         check_training_groups(cfg.data.train, need_positive=True, need_scores=cfg.data.teacher_scores)

@@ -158,3 +158,19 @@ def test_a_worker_no_node_can_hold_is_named(ray_session, caplog):
     assert not caplog.records
     _warn_if_no_node_fits({"CPU": 64.0})
     assert "no node has that much" in caplog.text and "cpus_per_worker" in caplog.text
+
+
+def test_a_model_of_another_kind_is_refused_before_ray_starts(tmp_path, train_task, student_dir, monkeypatch):
+    # A saved bi-encoder asked for as a cross-encoder: every Ray worker used to find out, each
+    # retried max_failures times. The driver now refuses it, naming the key; Ray is never started.
+    import ray
+
+    from densekit.errors import ConfigError
+    from densekit.models import load_model
+
+    saved = load_model(student_dir, overrides={"pooling": "mean"}).save(tmp_path / "bi")
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    cfg = config(train_task, saved, tmp_path / "run", "model.kind=cross_encoder")
+    with pytest.raises(ConfigError, match=r"model\.path=.*holds a bi_encoder model, but model\.kind=cross_encoder"):
+        train(cfg)
+    assert not (tmp_path / "run" / "manifest.json").exists()
