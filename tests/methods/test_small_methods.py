@@ -5,8 +5,9 @@ results-<name>.json and the merged report must show both.
 
 The scale is reduced (fewer documents and queries, shorter warm-ups and students) to fit a few
 minutes on a 2-core CPU; the README's table comes from the full small configs
-(`densekit run configs/methods/<method>.yaml`). Only the methods whose student beat the baseline
-clearly at the small scale are asserted here; NOT_TESTED says why each other one is left out.
+(`densekit run configs/methods/<method>.yaml`). Every method runs end to end; the student
+must beat the baseline for the methods of TESTED, and the others are strict expected failures
+(NOT_TESTED says why), so a change that makes one of them win is seen.
 """
 
 from __future__ import annotations
@@ -64,20 +65,39 @@ def run_method(name: str, run_dir: Path) -> dict:
     return json.loads((run_dir / f"results-{name}.json").read_text())
 
 
-@pytest.mark.parametrize("name", TESTED)
-def test_small_method_student_beats_the_baseline(name, run_dir, ray_session, caplog):
+ORDER = ["query_align", "lead", "star_adore", "margin_mse", "prod"]  # the first one makes the common stages
+
+
+def beats(name):
+    """A method of NOT_TESTED is expected to lose: strict, so the day it wins the test says so."""
+    if name in TESTED:
+        return name
+    return pytest.param(name, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=NOT_TESTED[name]))
+
+
+@pytest.mark.parametrize("name", ORDER)
+def test_small_method_runs_end_to_end(name, run_dir, ray_session, caplog):
     caplog.set_level(logging.INFO, logger="densekit.methods")
     results = run_method(name, run_dir)["results"]
     student, baseline = results[STUDENT[name]], results["baseline"]
     assert student["stage"] != baseline["stage"] == "baseline_eval"
-    s, b = student["metrics"]["ndcg@10"], baseline["metrics"]["ndcg@10"]
-    assert s > b, f"{name}: student nDCG@10 {s:.4f} does not beat the baseline's {b:.4f}"
+    for row in (student, baseline):
+        assert 0.0 < row["metrics"]["ndcg@10"] <= 1.0 and "recall@100" in row["metrics"]
     # The report merges every method of the folder: the student's and the baseline's rows.
     report = json.loads((run_dir / "report.json").read_text())
     sources = {row["source"] for row in report["rows"]}
     assert {student["stage"], "baseline_eval"} <= sources
     text = (run_dir / "report.md").read_text()
     assert student["stage"] in text and "baseline" in text
-    if name != TESTED[0]:
+    if name != ORDER[0]:
         # The common stages were made by the first method: this one skipped them.
         assert "baseline (train): complete, skipping" in caplog.text
+
+
+@pytest.mark.parametrize("name", [beats(n) for n in ORDER])
+def test_small_method_student_beats_the_baseline(name, run_dir, ray_session):
+    # Rerunning the finished method is a no-op (every stage complete): read its results.
+    results = run_method(name, run_dir)["results"]
+    s = results[STUDENT[name]]["metrics"]["ndcg@10"]
+    b = results["baseline"]["metrics"]["ndcg@10"]
+    assert s > b, f"{name}: student nDCG@10 {s:.4f} does not beat the baseline's {b:.4f}"
