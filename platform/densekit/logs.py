@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 
@@ -20,6 +21,18 @@ def setup_logging(level: str | int | None = None) -> None:
     # Third-party chatter that drowns the progress lines.
     for name in ("urllib3", "filelock", "fsspec", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def format_duration(seconds: float | None) -> str:
+    """`45 s`, `12 min 03 s`, `3 h 07 min`; `?` when unknown (None, inf, nan)."""
+    if seconds is None or not math.isfinite(seconds):
+        return "? s"
+    seconds = int(round(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 class Progress:
@@ -58,9 +71,9 @@ class Progress:
             eta = (self.total - self.count) / rate if rate > 0 else float("inf")
             return (
                 f"{self.count:,}/{self.total:,} {self.unit} "
-                f"({100 * self.count / self.total:.1f}%, {rate:,.0f}/s, eta {eta:,.0f}s)"
+                f"({100 * self.count / self.total:.1f}%, {rate:,.0f}/s, eta {format_duration(eta)})"
             )
-        return f"{self.count:,} {self.unit} ({rate:,.0f}/s, {elapsed:,.0f}s)"
+        return f"{self.count:,} {self.unit} ({rate:,.0f}/s, {format_duration(elapsed)})"
 
     def done(self) -> None:
         self.logger.info("%s: done, %s", self.what, self._status(time.monotonic()))

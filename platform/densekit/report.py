@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from densekit.artifacts import is_complete, read_table, write_json_atomic, write_text_atomic
-from densekit.config import ReportConfig, QuerySpeedConfig, load_config
+from densekit.config import QuerySpeedConfig, ReportConfig, load_config
 from densekit.errors import ConfigError, InputError
+from densekit.logs import format_duration
 
 logger = logging.getLogger(__name__)
 
@@ -439,8 +440,9 @@ def _timing_queries(rep: Report, sc: QuerySpeedConfig) -> list[str]:
 
 
 def _columns(table: str) -> list[str]:
-    from densekit.artifacts import table_parts
     import pyarrow.parquet as pq
+
+    from densekit.artifacts import table_parts
 
     parts = table_parts(table)
     return pq.read_schema(parts[0]).names if parts else []
@@ -474,13 +476,6 @@ def _fmt_params(n: int | None) -> str:
     if not n:
         return "–"
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.0f}k"
-
-
-def _fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "–"
-    s = round(s)
-    return f"{s} s" if s < 120 else f"{s // 60} min {s % 60:02d} s"
 
 
 def _threads(n: int | None) -> str:
@@ -535,8 +530,9 @@ def render_markdown(rep: Report, sc: QuerySpeedConfig, plot: str | None) -> str:
         total = sum(s["seconds"] or 0 for s in rep.stages)
         out += ["## Stages", "", "| # | stage | step | time | status |", "|--:|---|---|--:|---|"]
         for i, s in enumerate(rep.stages, 1):
-            out.append(f"| {i} | {s['name']} | {s['step']} | {_fmt_seconds(s['seconds'])} | {s['status']} |")
-        out += ["", f"Total stage time: {_fmt_seconds(total)}.", ""]
+            took = "–" if s["seconds"] is None else format_duration(s["seconds"])
+            out.append(f"| {i} | {s['name']} | {s['step']} | {took} | {s['status']} |")
+        out += ["", f"Total stage time: {format_duration(total)}.", ""]
     if rep.notes:
         out += ["## Notes", "", *(f"- {n}" for n in rep.notes), ""]
     return "\n".join(out)

@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from densekit.artifacts import (
     atomic_path,
     config_to_dict,
@@ -34,11 +37,9 @@ from densekit.artifacts import (
     write_json_atomic,
     write_manifest,
 )
-import torch
-from torch import nn
-
 from densekit.config import ModelConfig, TrainConfig
 from densekit.errors import ConfigError, DensekitError, root_cause
+from densekit.logs import format_duration
 from densekit.train_step import compute_loss, evaluate_model, index_retriever
 
 logger = logging.getLogger(__name__)
@@ -481,19 +482,8 @@ class Progress:
         return (
             f"step {step}/{self.max_steps} ({100 * step / self.max_steps:.0f}%): "
             f"loss {local_loss:.4g} (rank 0, since the last checkpoint), "
-            f"{rate:.3g} steps/s, about {_duration(left)} left"
+            f"{rate:.3g} steps/s, about {format_duration(left)} left"
         )
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "? s"
-    seconds = int(round(seconds))
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def _digest(previous: str, qids: list[str]) -> str:
