@@ -48,6 +48,19 @@ def test_yaml_then_overrides(tmp_path):
     assert cfg.layers == [1, 2]
 
 
+def test_tilde_removes_an_entry_of_a_mapping(tmp_path):
+    # A loss set in the YAML can be dropped on the command line (`~losses.kl`), then others set.
+    p = write(tmp_path, "path: /x\nlosses: {kl: {weight: 2.0}, nll: {weight: 0.1}}\n")
+    cfg = load_config(Demo, p, ["~losses.kl", "losses.nll.weight=1.0"])
+    assert list(cfg.losses) == ["nll"] and cfg.losses["nll"].weight == 1.0
+    assert set(load_config(Demo, p).losses) == {"kl", "nll"}
+    # A dataclass field always has a value: removing it is refused, as is removing nothing.
+    with pytest.raises(ConfigError, match=r"~optim\.lr.*cannot be removed \(set it: optim\.lr=\.\.\.\)"):
+        load_config(Demo, p, ["~optim.lr"])
+    with pytest.raises(ConfigError, match=r"there is no 'losses\.mse' to remove"):
+        load_config(Demo, p, ["~losses.mse"])
+
+
 def test_unknown_key_suggests(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config key 'optim.stepz'.*Did you mean 'steps'"):
         load_config(Demo, None, ["path=x", "optim.stepz=3"])

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             result = step.function()(rest)
         else:
             path = None
-            if rest and "=" not in rest[0]:
+            if rest and "=" not in rest[0] and not rest[0].startswith("~"):
                 path, rest = rest[0], rest[1:]
             cfg = load_config(cls, path, rest)
             result = step.function()(cfg)

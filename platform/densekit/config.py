@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional  # noqa: UP035
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, OmegaConf, open_dict
 from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
@@ -556,9 +556,18 @@ def load_config(
         if not OmegaConf.is_dict(loaded):
             raise ConfigError(f"{p}: expected a mapping of config keys at the top level")
         layers.append(loaded)
-    for item in overrides or []:
+    removals = [item[1:].split("=", 1)[0] for item in overrides or [] if item.startswith("~")]
+    overrides = [item for item in overrides or [] if not item.startswith("~")]
+    for item in overrides:
         if "=" not in item or item.startswith("="):
-            raise ConfigError(f"override '{item}' is not of the form key=value")
+            raise ConfigError(f"override '{item}' is not of the form key=value (or ~key to remove an entry)")
+    if removals:
+        try:
+            layers = [OmegaConf.merge(*layers)]
+        except OmegaConfBaseException as e:
+            raise ConfigError((f"{path}: " if path else "") + _explain(e, cls)) from None
+        for key in removals:
+            _remove(layers[0], key)
     if overrides:
         try:
             layers.append(OmegaConf.from_dotlist(list(overrides)))
@@ -584,6 +593,20 @@ def load_config(
         raise ConfigError(where + _explain(e, cls)) from None
     _validate_tree(obj)
     return obj
+
+
+def _remove(cfg: Any, key: str) -> None:
+    """`~key`: drop an entry of a mapping (a loss of `losses`, a setting of a method stage's `set`).
+    A dataclass field cannot be removed: it always has a value (set it instead)."""
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    if not OmegaConf.is_dict(parent) or leaf not in parent:
+        raise ConfigError(f"override '~{key}': there is no '{key}' to remove")
+    if dataclasses.is_dataclass(OmegaConf.get_type(parent)):
+        raise ConfigError(f"override '~{key}': '{leaf}' is a setting of {OmegaConf.get_type(parent).__name__}, "
+                          f"it cannot be removed (set it: {key}=...)")
+    with open_dict(parent):
+        del parent[leaf]
 
 
 def _validate_tree(obj: Any) -> None:

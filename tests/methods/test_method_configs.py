@@ -98,3 +98,14 @@ def test_command_line_overrides_reach_the_included_stages():
     # A stage no file defines is still refused, with the missing key named.
     with pytest.raises(Exception, match=r"stages\.nosuch"):
         load_method(path, ["stages.nosuch.set.x=1"])
+
+
+def test_a_stage_setting_can_be_removed_on_the_command_line():
+    # Swap a stage's loss: `~stages.mmse.set.losses.margin_mse stages.mmse.set.losses.nll.weight=1`;
+    # in an included file's stage too.
+    path = ROOT / "configs" / "methods" / "margin_mse.yaml"
+    method = load_method(path, ["~stages.mmse.set.losses.margin_mse", "stages.mmse.set.losses.nll.weight=1",
+                                "~stages.baseline.set.losses.contrastive", "stages.baseline.set.losses.nll.weight=1"])
+    assert method.stages["mmse"].set["losses"] == {"nll": {"weight": 1}}
+    assert method.stages["baseline"].set["losses"] == {"nll": {"weight": 1}}
+    assert "margin_mse" in load_method(path).stages["mmse"].set["losses"]
