@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 REF = re.compile(r"^@([a-z][a-z0-9_]*)(/.*)?$")
-_STAGE_KEY = re.compile(r"^~?\+{0,2}stages\.([a-z][a-z0-9_]*)[.=]")  # a dotlist override of one stage
+_STAGE_KEY = re.compile(r"^~?stages\.([a-z][a-z0-9_]*)[.=]")  # a dotlist override of one stage
 RESULT_STEPS = ("evaluate", "speed")
 RESULT_FILES = {"evaluate": "metrics.json", "speed": "speed.json"}
 # Deeper checks a --dry-run makes on a fully resolved stage config ("module:function(cfg)").
@@ -119,7 +119,9 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
     for path in includes:
         if path.resolve() in _seen or path.resolve() == method_file.resolve():
             raise ConfigError(f"{method_file}: include {path.name} includes itself (a cycle)")
-    included_names = [set(load_method(p, [], (*_seen, method_file.resolve())).stages) for p in includes]
+    # Loaded once as written: which stages each include defines, and its vars (for `shared` below).
+    included = [load_method(p, [], (*_seen, method_file.resolve())) for p in includes]
+    included_names = [set(m.stages) for m in included]
     for ov in overrides:
         m = _STAGE_KEY.match(ov)
         target = None
@@ -135,8 +137,7 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
     for i, path in enumerate(includes):
         # The including file's vars override the included file's vars of the same name (a
         # documents variant = the passage method with other data paths and lengths).
-        base = load_config(MethodConfig, path, [])
-        shared = [f"vars.{k}={_format_value(v)}" for k, v in method.vars.items() if k in base.vars]
+        shared = [f"vars.{k}={_format_value(v)}" for k, v in method.vars.items() if k in included[i].vars]
         sub = load_method(path, shared + routed.get(i, []), (*_seen, method_file.resolve()))
         for name, stage in sub.stages.items():
             if name in stages:
