@@ -181,8 +181,9 @@ def iter_lines(path: str | Path, policy: ErrorPolicy, what: str) -> Iterator[tup
 class _Batcher:
     """Collects rows column by column; `full()` says when a batch of bounded size is ready."""
 
-    def __init__(self, names: list[str], batch_rows: int, batch_bytes: int):
-        self.names = names
+    def __init__(self, schema: pa.Schema, batch_rows: int, batch_bytes: int):
+        self.schema = schema
+        self.names = schema.names
         self.batch_rows = batch_rows
         self.batch_bytes = batch_bytes
         self._reset()
@@ -201,10 +202,20 @@ class _Batcher:
     def full(self) -> bool:
         return self.rows >= self.batch_rows or self.bytes >= self.batch_bytes
 
-    def take(self, schema: pa.Schema) -> pa.RecordBatch:
-        arrays = [pa.array(self.cols[f.name], type=f.type) for f in schema]
+    def take(self) -> pa.RecordBatch:
+        arrays = [pa.array(self.cols[f.name], type=f.type) for f in self.schema]
         self._reset()
-        return pa.RecordBatch.from_arrays(arrays, schema=schema)
+        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+
+
+def _batched(rows: Iterable[tuple], batcher: _Batcher | _GroupBatcher) -> Iterator[pa.RecordBatch]:
+    """Batches from `(nbytes, *values)` row tuples: every full batch, then the last partial one."""
+    for row in rows:
+        batcher.add(*row)
+        if batcher.full():
+            yield batcher.take()
+    if batcher.rows:
+        yield batcher.take()
 
 
 def _with_line(schema: pa.Schema) -> pa.Schema:
@@ -240,22 +251,21 @@ def read_id_text(
     corpus = kind == "corpus"
     schema = _with_line(CORPUS_SCHEMA if corpus else QUERIES_SCHEMA)
     key = PID if corpus else QID
-    b = _Batcher(schema.names, batch_rows, batch_bytes)
-    for n, line in iter_lines(path, policy, "lines of id<TAB>text"):
-        cols = _split(line, "\t", 2, path, n, policy, "id<TAB>text")
-        if cols is None:
-            continue
-        id_, text = cols
-        if not check_id(id_, path, n, key, policy) or not _check_text(text, path, n, "text", policy):
-            continue
-        if corpus:
-            b.add(len(line), id_, text, "", n)
-        else:
-            b.add(len(line), id_, text, n)
-        if b.full():
-            yield b.take(schema)
-    if b.rows:
-        yield b.take(schema)
+
+    def rows() -> Iterator[tuple]:
+        for n, line in iter_lines(path, policy, "lines of id<TAB>text"):
+            cols = _split(line, "\t", 2, path, n, policy, "id<TAB>text")
+            if cols is None:
+                continue
+            id_, text = cols
+            if not check_id(id_, path, n, key, policy) or not _check_text(text, path, n, "text", policy):
+                continue
+            if corpus:
+                yield len(line), id_, text, "", n
+            else:
+                yield len(line), id_, text, n
+
+    yield from _batched(rows(), _Batcher(schema, batch_rows, batch_bytes))
 
 
 def read_msmarco_docs(
@@ -268,19 +278,18 @@ def read_msmarco_docs(
     title); the URL is dropped (as LEAD does)."""
     policy = policy or ErrorPolicy()
     schema = _with_line(CORPUS_SCHEMA)
-    b = _Batcher(schema.names, batch_rows, batch_bytes)
-    for n, line in iter_lines(path, policy, "lines of docid<TAB>url<TAB>title<TAB>body"):
-        cols = _split(line, "\t", 4, path, n, policy, "docid<TAB>url<TAB>title<TAB>body")
-        if cols is None:
-            continue
-        id_, _url, title, body = cols
-        if not check_id(id_, path, n, "docid", policy) or not _check_text(line, path, n, "line", policy):
-            continue
-        b.add(len(line), id_, body, title, n)
-        if b.full():
-            yield b.take(schema)
-    if b.rows:
-        yield b.take(schema)
+
+    def rows() -> Iterator[tuple]:
+        for n, line in iter_lines(path, policy, "lines of docid<TAB>url<TAB>title<TAB>body"):
+            cols = _split(line, "\t", 4, path, n, policy, "docid<TAB>url<TAB>title<TAB>body")
+            if cols is None:
+                continue
+            id_, _url, title, body = cols
+            if not check_id(id_, path, n, "docid", policy) or not _check_text(line, path, n, "line", policy):
+                continue
+            yield len(line), id_, body, title, n
+
+    yield from _batched(rows(), _Batcher(schema, batch_rows, batch_bytes))
 
 
 DPR_HEADER = ["id", "text", "title"]
@@ -296,29 +305,28 @@ def read_dpr_tsv(
     title`, LEAD's has none: a first line equal to that header is skipped, any other is data."""
     policy = policy or ErrorPolicy()
     schema = _with_line(CORPUS_SCHEMA)
-    b = _Batcher(schema.names, batch_rows, batch_bytes)
-    first = True
-    for n, line in iter_lines(path, policy, "lines of id<TAB>text<TAB>title"):
-        if first:
-            first = False
-            head = line.split("\t")
-            if [h.strip().lower() for h in head] == DPR_HEADER:
+
+    def rows() -> Iterator[tuple]:
+        first = True
+        for n, line in iter_lines(path, policy, "lines of id<TAB>text<TAB>title"):
+            if first:
+                first = False
+                head = line.split("\t")
+                if [h.strip().lower() for h in head] == DPR_HEADER:
+                    continue
+                if head and head[0].strip().lower() == "id":
+                    raise InputError(
+                        path, n, f"header {head} does not match; expected the columns {DPR_HEADER}"
+                    )
+            cols = _split(line, "\t", 3, path, n, policy, "id<TAB>text<TAB>title")
+            if cols is None:
                 continue
-            if head and head[0].strip().lower() == "id":
-                raise InputError(
-                    path, n, f"header {head} does not match; expected the columns {DPR_HEADER}"
-                )
-        cols = _split(line, "\t", 3, path, n, policy, "id<TAB>text<TAB>title")
-        if cols is None:
-            continue
-        id_, text, title = cols
-        if not check_id(id_, path, n, "id", policy) or not _check_text(line, path, n, "line", policy):
-            continue
-        b.add(len(line), id_, text, title, n)
-        if b.full():
-            yield b.take(schema)
-    if b.rows:
-        yield b.take(schema)
+            id_, text, title = cols
+            if not check_id(id_, path, n, "id", policy) or not _check_text(line, path, n, "line", policy):
+                continue
+            yield len(line), id_, text, title, n
+
+    yield from _batched(rows(), _Batcher(schema, batch_rows, batch_bytes))
 
 
 # --- BEIR ------------------------------------------------------------------------------------------
@@ -372,22 +380,21 @@ def read_beir_corpus(
     policy = policy or ErrorPolicy()
     schema = _with_line(CORPUS_SCHEMA)
     what = 'one JSON object per line with "_id", "title" and "text"'
-    b = _Batcher(schema.names, batch_rows, batch_bytes)
-    for n, line, obj in _iter_jsonl(path, policy, what):
-        id_ = _json_id(obj, "_id", path, n, policy, what)
-        if id_ is None:
-            continue
-        text = _json_text(obj, "text", path, n, policy, what)
-        if text is None:
-            continue
-        title = _json_text(obj, "title", path, n, policy, what, required=False)
-        if title is None:
-            continue
-        b.add(len(line), id_, text, title, n)
-        if b.full():
-            yield b.take(schema)
-    if b.rows:
-        yield b.take(schema)
+
+    def rows() -> Iterator[tuple]:
+        for n, line, obj in _iter_jsonl(path, policy, what):
+            id_ = _json_id(obj, "_id", path, n, policy, what)
+            if id_ is None:
+                continue
+            text = _json_text(obj, "text", path, n, policy, what)
+            if text is None:
+                continue
+            title = _json_text(obj, "title", path, n, policy, what, required=False)
+            if title is None:
+                continue
+            yield len(line), id_, text, title, n
+
+    yield from _batched(rows(), _Batcher(schema, batch_rows, batch_bytes))
 
 
 def read_beir_queries(
@@ -400,19 +407,18 @@ def read_beir_queries(
     policy = policy or ErrorPolicy()
     schema = _with_line(QUERIES_SCHEMA)
     what = 'one JSON object per line with "_id" and "text"'
-    b = _Batcher(schema.names, batch_rows, batch_bytes)
-    for n, line, obj in _iter_jsonl(path, policy, what):
-        id_ = _json_id(obj, "_id", path, n, policy, what)
-        if id_ is None:
-            continue
-        text = _json_text(obj, "text", path, n, policy, what)
-        if text is None:
-            continue
-        b.add(len(line), id_, text, n)
-        if b.full():
-            yield b.take(schema)
-    if b.rows:
-        yield b.take(schema)
+
+    def rows() -> Iterator[tuple]:
+        for n, line, obj in _iter_jsonl(path, policy, what):
+            id_ = _json_id(obj, "_id", path, n, policy, what)
+            if id_ is None:
+                continue
+            text = _json_text(obj, "text", path, n, policy, what)
+            if text is None:
+                continue
+            yield len(line), id_, text, n
+
+    yield from _batched(rows(), _Batcher(schema, batch_rows, batch_bytes))
 
 
 BEIR_QRELS_HEADER = ["query-id", "corpus-id", "score"]
@@ -427,33 +433,32 @@ def read_beir_qrels(
     """BEIR qrels/<split>.tsv: a header `query-id<TAB>corpus-id<TAB>score`, then integer judgments."""
     policy = policy or ErrorPolicy()
     schema = _with_line(QRELS_SCHEMA)
-    b = _Batcher(schema.names, batch_rows, batch_bytes)
-    first = True
-    for n, line in iter_lines(path, policy, "a header query-id<TAB>corpus-id<TAB>score and judgments"):
-        if first:
-            first = False
-            head = [h.strip() for h in line.split("\t")]
-            missing = [c for c in BEIR_QRELS_HEADER if c not in head]
-            if missing or len(head) != 3:
-                raise InputError(
-                    path, n, f"header {head} lacks column(s) {missing or head[3:]}; expected {BEIR_QRELS_HEADER}"
-                )
-            order = [head.index(c) for c in BEIR_QRELS_HEADER]
-            continue
-        cols = _split(line, "\t", 3, path, n, policy, "query-id<TAB>corpus-id<TAB>score")
-        if cols is None:
-            continue
-        qid, pid, rel = (cols[i] for i in order)
-        if not check_id(qid, path, n, "query-id", policy) or not check_id(pid, path, n, "corpus-id", policy):
-            continue
-        r = _int(rel, path, n, "score", policy)
-        if r is None:
-            continue
-        b.add(len(line), qid, pid, r, n)
-        if b.full():
-            yield b.take(schema)
-    if b.rows:
-        yield b.take(schema)
+
+    def rows() -> Iterator[tuple]:
+        first = True
+        for n, line in iter_lines(path, policy, "a header query-id<TAB>corpus-id<TAB>score and judgments"):
+            if first:
+                first = False
+                head = [h.strip() for h in line.split("\t")]
+                missing = [c for c in BEIR_QRELS_HEADER if c not in head]
+                if missing or len(head) != 3:
+                    raise InputError(
+                        path, n, f"header {head} lacks column(s) {missing or head[3:]}; expected {BEIR_QRELS_HEADER}"
+                    )
+                order = [head.index(c) for c in BEIR_QRELS_HEADER]
+                continue
+            cols = _split(line, "\t", 3, path, n, policy, "query-id<TAB>corpus-id<TAB>score")
+            if cols is None:
+                continue
+            qid, pid, rel = (cols[i] for i in order)
+            if not check_id(qid, path, n, "query-id", policy) or not check_id(pid, path, n, "corpus-id", policy):
+                continue
+            r = _int(rel, path, n, "score", policy)
+            if r is None:
+                continue
+            yield len(line), qid, pid, r, n
+
+    yield from _batched(rows(), _Batcher(schema, batch_rows, batch_bytes))
 
 
 # --- TREC ------------------------------------------------------------------------------------------
@@ -468,22 +473,21 @@ def read_trec_qrels(
     """TREC qrels: `qid iter docid rel` (whitespace-separated; `iter` is ignored, usually 0)."""
     policy = policy or ErrorPolicy()
     schema = _with_line(QRELS_SCHEMA)
-    b = _Batcher(schema.names, batch_rows, batch_bytes)
-    for n, line in iter_lines(path, policy, "lines of qid 0 docid relevance"):
-        cols = _split(line, None, 4, path, n, policy, "qid 0 docid relevance")
-        if cols is None:
-            continue
-        qid, _, pid, rel = cols
-        if not check_id(qid, path, n, "qid", policy) or not check_id(pid, path, n, "docid", policy):
-            continue
-        r = _int(rel, path, n, "relevance", policy)
-        if r is None:
-            continue
-        b.add(len(line), qid, pid, r, n)
-        if b.full():
-            yield b.take(schema)
-    if b.rows:
-        yield b.take(schema)
+
+    def rows() -> Iterator[tuple]:
+        for n, line in iter_lines(path, policy, "lines of qid 0 docid relevance"):
+            cols = _split(line, None, 4, path, n, policy, "qid 0 docid relevance")
+            if cols is None:
+                continue
+            qid, _, pid, rel = cols
+            if not check_id(qid, path, n, "qid", policy) or not check_id(pid, path, n, "docid", policy):
+                continue
+            r = _int(rel, path, n, "relevance", policy)
+            if r is None:
+                continue
+            yield len(line), qid, pid, r, n
+
+    yield from _batched(rows(), _Batcher(schema, batch_rows, batch_bytes))
 
 
 def read_trec_run(
@@ -495,25 +499,24 @@ def read_trec_run(
     """TREC run: `qid Q0 docid rank score tag` (whitespace-separated). The tag is not kept."""
     policy = policy or ErrorPolicy()
     schema = _with_line(RUN_SCHEMA)
-    b = _Batcher(schema.names, batch_rows, batch_bytes)
-    for n, line in iter_lines(path, policy, "lines of qid Q0 docid rank score tag"):
-        cols = _split(line, None, 6, path, n, policy, "qid Q0 docid rank score tag")
-        if cols is None:
-            continue
-        qid, _, pid, rank, score, _tag = cols
-        if not check_id(qid, path, n, "qid", policy) or not check_id(pid, path, n, "docid", policy):
-            continue
-        r = _int(rank, path, n, "rank", policy)
-        if r is None:
-            continue
-        s = _float(score, path, n, "score", policy)
-        if s is None:
-            continue
-        b.add(len(line), qid, pid, r, s, n)
-        if b.full():
-            yield b.take(schema)
-    if b.rows:
-        yield b.take(schema)
+
+    def rows() -> Iterator[tuple]:
+        for n, line in iter_lines(path, policy, "lines of qid Q0 docid rank score tag"):
+            cols = _split(line, None, 6, path, n, policy, "qid Q0 docid rank score tag")
+            if cols is None:
+                continue
+            qid, _, pid, rank, score, _tag = cols
+            if not check_id(qid, path, n, "qid", policy) or not check_id(pid, path, n, "docid", policy):
+                continue
+            r = _int(rank, path, n, "rank", policy)
+            if r is None:
+                continue
+            s = _float(score, path, n, "score", policy)
+            if s is None:
+                continue
+            yield len(line), qid, pid, r, s, n
+
+    yield from _batched(rows(), _Batcher(schema, batch_rows, batch_bytes))
 
 
 # --- training files --------------------------------------------------------------------------------
@@ -812,66 +815,65 @@ def read_dpr_json(
     """
     policy = policy or ErrorPolicy()
     what = "objects with question, positive_ctxs, hard_negative_ctxs, negative_ctxs"
-    b = _GroupBatcher(batch_rows, batch_bytes)
-    for rec, n, obj in iter_json_records(path, what):
-        if not isinstance(obj, dict):
-            policy.bad(path, n, "malformed_line", f"record {rec} is a JSON {type(obj).__name__}; expected an object")
-            continue
-        query = _json_text(obj, "question", path, n, policy, what)
-        if query is None:
-            continue
-        qid_field = next((k for k in ("qid", "query_id", "id") if k in obj), None)
-        if qid_field:
-            qid = _json_id(obj, qid_field, path, n, policy, what)
-            if qid is None:
+
+    def rows() -> Iterator[tuple]:
+        for rec, n, obj in iter_json_records(path, what):
+            if not isinstance(obj, dict):
+                policy.bad(path, n, "malformed_line", f"record {rec} is a JSON {type(obj).__name__}; expected an object")
                 continue
-        else:
-            qid = str(rec - 1)
-        groups = []
-        ok = True
-        for field, required in (("positive_ctxs", True), ("hard_negative_ctxs", False), ("negative_ctxs", False)):
-            items = obj.get(field)
-            if items is None and not required:
-                items = []
-            if not isinstance(items, list):
-                policy.bad(path, n, "missing_field", f"record {rec}: '{field}' must be a list; expected {what}")
-                ok = False
-                break
-            out = []
-            for item in items:
-                text = title = None
-                if isinstance(item, dict):
-                    key = next((k for k in _CTX_ID_KEYS if k in item), None)
-                    pid = _ctx_id(item[key], pid_offset) if key else None
-                    if isinstance(item.get("text"), str):
-                        text = item["text"]
-                        title = item.get("title") if isinstance(item.get("title"), str) else ""
-                else:
-                    pid = _ctx_id(item, pid_offset)
-                if pid is None:
-                    policy.bad(
-                        path, n, "missing_field",
-                        f"record {rec}: a context in '{field}' has no id; expected an id or a dict with passage_id",
-                    )
+            query = _json_text(obj, "question", path, n, policy, what)
+            if query is None:
+                continue
+            qid_field = next((k for k in ("qid", "query_id", "id") if k in obj), None)
+            if qid_field:
+                qid = _json_id(obj, qid_field, path, n, policy, what)
+                if qid is None:
+                    continue
+            else:
+                qid = str(rec - 1)
+            groups = []
+            ok = True
+            for field, required in (("positive_ctxs", True), ("hard_negative_ctxs", False), ("negative_ctxs", False)):
+                items = obj.get(field)
+                if items is None and not required:
+                    items = []
+                if not isinstance(items, list):
+                    policy.bad(path, n, "missing_field", f"record {rec}: '{field}' must be a list; expected {what}")
                     ok = False
                     break
-                if not check_id(pid, path, n, "passage id", policy):
-                    ok = False
+                out = []
+                for item in items:
+                    text = title = None
+                    if isinstance(item, dict):
+                        key = next((k for k in _CTX_ID_KEYS if k in item), None)
+                        pid = _ctx_id(item[key], pid_offset) if key else None
+                        if isinstance(item.get("text"), str):
+                            text = item["text"]
+                            title = item.get("title") if isinstance(item.get("title"), str) else ""
+                    else:
+                        pid = _ctx_id(item, pid_offset)
+                    if pid is None:
+                        policy.bad(
+                            path, n, "missing_field",
+                            f"record {rec}: a context in '{field}' has no id; expected an id or a dict with passage_id",
+                        )
+                        ok = False
+                        break
+                    if not check_id(pid, path, n, "passage id", policy):
+                        ok = False
+                        break
+                    out.append((pid, text, title, None))
+                if not ok:
                     break
-                out.append((pid, text, title, None))
+                groups.append(out)
             if not ok:
-                break
-            groups.append(out)
-        if not ok:
-            continue
-        if not groups[0]:
-            policy.bad(path, n, "no_positive", f"record {rec}: positive_ctxs is empty; expected at least one positive")
-            continue
-        b.add(len(query) + 16 * sum(map(len, groups)), qid, query, groups[0], groups[1] + groups[2], n)
-        if b.full():
-            yield b.take()
-    if b.rows:
-        yield b.take()
+                continue
+            if not groups[0]:
+                policy.bad(path, n, "no_positive", f"record {rec}: positive_ctxs is empty; expected at least one positive")
+                continue
+            yield len(query) + 16 * sum(map(len, groups)), qid, query, groups[0], groups[1] + groups[2], n
+
+    yield from _batched(rows(), _GroupBatcher(batch_rows, batch_bytes))
 
 
 def read_prod_json(
@@ -886,42 +888,41 @@ def read_prod_json(
     """
     policy = policy or ErrorPolicy()
     what = "objects with query_id, pos_id, neg_id (and query_string)"
-    b = _GroupBatcher(batch_rows, batch_bytes)
-    for rec, n, obj in iter_json_records(path, what):
-        if not isinstance(obj, dict):
-            policy.bad(path, n, "malformed_line", f"record {rec} is a JSON {type(obj).__name__}; expected an object")
-            continue
-        qid = _json_id(obj, "query_id", path, n, policy, what)
-        if qid is None:
-            continue
-        query = obj.get("query_string")
-        if query is not None and not isinstance(query, str):
-            policy.bad(path, n, "malformed_line", f"record {rec}: query_string must be a string")
-            continue
-        lists = []
-        for field in ("pos_id", "neg_id"):
-            items = obj.get(field)
-            if isinstance(items, (str, int)) and not isinstance(items, bool):
-                items = [items]
-            if not isinstance(items, list):
-                policy.bad(path, n, "missing_field", f"record {rec}: missing list '{field}'; expected {what}")
-                lists = None
-                break
-            ids = [_ctx_id(i, 0) for i in items]
-            if any(i is None or not check_id(i, path, n, field, policy) for i in ids):
-                lists = None
-                break
-            lists.append([(i, None, None, None) for i in ids])  # type: ignore[misc]
-        if lists is None:
-            continue
-        if not lists[0]:
-            policy.bad(path, n, "no_positive", f"record {rec}: pos_id is empty; expected at least one positive")
-            continue
-        b.add(64 + 16 * (len(lists[0]) + len(lists[1])), qid, query, lists[0], lists[1], n)
-        if b.full():
-            yield b.take()
-    if b.rows:
-        yield b.take()
+
+    def rows() -> Iterator[tuple]:
+        for rec, n, obj in iter_json_records(path, what):
+            if not isinstance(obj, dict):
+                policy.bad(path, n, "malformed_line", f"record {rec} is a JSON {type(obj).__name__}; expected an object")
+                continue
+            qid = _json_id(obj, "query_id", path, n, policy, what)
+            if qid is None:
+                continue
+            query = obj.get("query_string")
+            if query is not None and not isinstance(query, str):
+                policy.bad(path, n, "malformed_line", f"record {rec}: query_string must be a string")
+                continue
+            lists = []
+            for field in ("pos_id", "neg_id"):
+                items = obj.get(field)
+                if isinstance(items, (str, int)) and not isinstance(items, bool):
+                    items = [items]
+                if not isinstance(items, list):
+                    policy.bad(path, n, "missing_field", f"record {rec}: missing list '{field}'; expected {what}")
+                    lists = None
+                    break
+                ids = [_ctx_id(i, 0) for i in items]
+                if any(i is None or not check_id(i, path, n, field, policy) for i in ids):
+                    lists = None
+                    break
+                lists.append([(i, None, None, None) for i in ids])  # type: ignore[misc]
+            if lists is None:
+                continue
+            if not lists[0]:
+                policy.bad(path, n, "no_positive", f"record {rec}: pos_id is empty; expected at least one positive")
+                continue
+            yield 64 + 16 * (len(lists[0]) + len(lists[1])), qid, query, lists[0], lists[1], n
+
+    yield from _batched(rows(), _GroupBatcher(batch_rows, batch_bytes))
 
 
 # --- writers ---------------------------------------------------------------------------------------
