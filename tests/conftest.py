@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+from densekit_testdata import PASSAGES
+
 # Keep Ray quiet and small on a 2-core CI machine; no usage stats, no dashboard.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -58,30 +60,18 @@ def pytest_sessionfinish(session, exitstatus):
         pass
 
 
-TINY_TEXTS = [
-    "dense retrieval trains small query and passage encoders",
-    "a cross encoder teacher scores each query passage pair",
-    "hard negatives are mined from a faiss index of the corpus",
-    "margin mse distils the score margin of positive and negative",
-    "layer wise distillation aligns the scores of chosen layers",
-    "progressive distillation moves from weaker to stronger teachers",
-    "static hard negatives and dynamic hard negatives train the query encoder",
-    "the quick brown fox jumps over the lazy dog",
-]
-
-
 @pytest.fixture(scope="session")
 def tiny_texts():
-    """TINY_TEXTS (test modules cannot import conftest under importlib mode)."""
-    return list(TINY_TEXTS)
+    """densekit_testdata.PASSAGES, the texts tiny_model_dir's tokenizer is trained on."""
+    return list(PASSAGES)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    """A 2-layer, 32-wide BERT with a tokenizer trained on TINY_TEXTS (save_pretrained directory).
+    """A 2-layer, 32-wide BERT with a tokenizer trained on PASSAGES (save_pretrained directory).
 
     Session-scoped: treat it as read-only; copy it (shutil.copytree) before changing it.
     """
     from densekit.models.tiny import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "bert", TINY_TEXTS, layers=2, hidden=32, seed=0)
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "bert", PASSAGES, layers=2, hidden=32, seed=0)

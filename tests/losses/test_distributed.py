@@ -16,6 +16,7 @@ import torch
 from densekit.data.collate import TrainCollator
 from densekit.losses import build_objective
 from densekit.models import ModelSpec, build_model, load_model
+from densekit_testdata import PASSAGES
 
 WORKER = textwrap.dedent(
     """
@@ -44,18 +45,6 @@ WORKER = textwrap.dedent(
 )
 
 
-TEXTS = [
-    "dense retrieval trains small query and passage encoders",
-    "a cross encoder teacher scores each query passage pair",
-    "hard negatives are mined from a faiss index of the corpus",
-    "margin mse distils the score margin of positive and negative",
-    "layer wise distillation aligns the scores of chosen layers",
-    "progressive distillation moves from weaker to stronger teachers",
-    "static hard negatives and dynamic hard negatives train the query encoder",
-    "the quick brown fox jumps over the lazy dog",
-]
-
-
 def _group(qid, query, pos_pid, pos_text, neg_pid, neg_text) -> dict:
     p = lambda pid, text: {"pid": pid, "text": text, "title": "", "score": None}  # noqa: E731
     return {
@@ -80,17 +69,17 @@ def test_two_ranks_equal_one_process(tmp_path, tiny_model_dir, kind):
     # 4 queries, 2 per rank; rank 1 gets the longest passages, so ColBERT's token axes differ.
     # q1's negative is q0's positive: the relevance mask must be gathered too.
     groups = [
-        _group("q0", "dense retrieval encoders", "p0", TEXTS[0], "p1", TEXTS[1]),
-        _group("q1", "cross encoder teacher", "p1", TEXTS[1], "p0", TEXTS[0]),
+        _group("q0", "dense retrieval encoders", "p0", PASSAGES[0], "p1", PASSAGES[1]),
+        _group("q1", "cross encoder teacher", "p1", PASSAGES[1], "p0", PASSAGES[0]),
         _group(
             "q2",
             "hard negatives faiss",
             "p2",
-            TEXTS[2] + " " + TEXTS[3],
+            PASSAGES[2] + " " + PASSAGES[3],
             "p4",
-            TEXTS[4] + " " + TEXTS[5],
+            PASSAGES[4] + " " + PASSAGES[5],
         ),
-        _group("q3", "the lazy dog", "p7", TEXTS[7] + " " + TEXTS[6], "p6", TEXTS[6]),
+        _group("q3", "the lazy dog", "p7", PASSAGES[7] + " " + PASSAGES[6], "p6", PASSAGES[6]),
     ]
     (tmp_path / "groups.json").write_text(json.dumps(groups))
     (tmp_path / "worker.py").write_text(WORKER)

@@ -11,14 +11,9 @@ from densekit.data.collate import TrainCollator
 from densekit.data.records import passage
 from densekit.losses import build_objective
 from densekit.models import ModelSpec, build_model, frozen_copy
+from densekit_testdata import PASSAGES
 
-TEXTS = [
-    "dense retrieval trains small query and passage encoders",
-    "a cross encoder teacher scores each query passage pair",
-    "hard negatives are mined from a faiss index of the corpus",
-    "margin mse distils the score margin of positive and negative",
-    "the quick brown fox jumps over the lazy dog",
-]
+TEXTS = PASSAGES[:4] + PASSAGES[-1:]
 
 
 def groups(n_neg=2):

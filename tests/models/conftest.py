@@ -6,45 +6,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from densekit.data.records import passage
-
-PASSAGES = [
-    "dense retrieval trains small query and passage encoders",
-    "a cross encoder teacher scores each query passage pair",
-    "hard negatives are mined from a faiss index of the corpus",
-    "margin mse distils the score margin of positive and negative",
-    "layer wise distillation aligns the scores of chosen layers",
-    "progressive distillation moves from weaker to stronger teachers",
-    "static hard negatives and dynamic hard negatives train the query encoder",
-    "the quick brown fox jumps over the lazy dog",
-]
-QUERIES = [
-    "which encoders does dense retrieval train",
-    "who scores query passage pairs",
-    "where are hard negatives mined",
-]
-
-
-def make_groups(n_neg: int = 2, scores: bool = False) -> list[dict]:
-    """Training-group records: query i has positive PASSAGES[i] and the next passages as negatives."""
-    groups = []
-    for i, q in enumerate(QUERIES):
-        negs = [(i + 1 + k) % len(PASSAGES) for k in range(n_neg)]
-        sc = (lambda j: float(10 - j)) if scores else (lambda j: None)
-        groups.append(
-            {
-                "qid": f"q{i}",
-                "query": q,
-                "positives": [passage(f"p{i}", PASSAGES[i], f"title {i}", sc(i))],
-                "negatives": [passage(f"p{j}", PASSAGES[j], "", sc(j)) for j in negs],
-            }
-        )
-    return groups
+from densekit_testdata import PASSAGES, QUERIES, make_groups
 
 
 @pytest.fixture(scope="session")
 def data():
-    """PASSAGES, QUERIES and make_groups (test modules cannot import conftest under importlib mode)."""
+    """PASSAGES, QUERIES and make_groups from densekit_testdata, as one fixture."""
     return SimpleNamespace(passages=PASSAGES, queries=QUERIES, make_groups=make_groups)
 
 

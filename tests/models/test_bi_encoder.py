@@ -13,22 +13,7 @@ import torch.nn.functional as F
 from densekit.data.collate import TrainCollator
 from densekit.errors import ConfigError
 from densekit.models import BiEncoder, ModelSpec, build_model, load_model
-
-PASSAGES = [
-    "dense retrieval trains small query and passage encoders",
-    "a cross encoder teacher scores each query passage pair",
-    "hard negatives are mined from a faiss index of the corpus",
-    "margin mse distils the score margin of positive and negative",
-    "layer wise distillation aligns the scores of chosen layers",
-    "progressive distillation moves from weaker to stronger teachers",
-    "static hard negatives and dynamic hard negatives train the query encoder",
-    "the quick brown fox jumps over the lazy dog",
-]
-QUERIES = [
-    "which encoders does dense retrieval train",
-    "who scores query passage pairs",
-    "where are hard negatives mined",
-]
+from densekit_testdata import PASSAGES, QUERIES
 
 
 @pytest.fixture
