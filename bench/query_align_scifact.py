@@ -180,7 +180,7 @@ def main() -> int:
     print(f"Student: layers {layers} of the teacher, embedding_mse on {args.text} texts, {args.steps} steps x "
           f"{args.batch_size}, lr {args.lr}. Query encoding: {len(texts)} queries, batch 64, "
           f"{args.threads} thread(s), best of 5.\n")
-    print(f"| query encoder | nDCG@10 | share of teacher | MRR@10 | Recall@100 | queries/s | speed-up |")
+    print("| query encoder | nDCG@10 | share of teacher | MRR@10 | Recall@100 | queries/s | speed-up |")
     print("|---|--:|--:|--:|--:|--:|--:|")
     for name in models:
         m, s = metrics[name], speeds[name]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import pyarrow as pa
 import pytest
 import yaml
 
@@ -20,8 +19,8 @@ from densekit.artifacts import (
     write_manifest,
 )
 from densekit.config import GenerateConfig, LossConfig, TrainConfig
-from densekit.errors import ConfigError, IncompleteOutputError, InputError
 from densekit.data.records import QUERIES_SCHEMA
+from densekit.errors import ConfigError, IncompleteOutputError, InputError
 
 
 def test_atomic_path_renames_only_on_success(tmp_path):

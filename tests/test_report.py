@@ -13,7 +13,7 @@ import pytest
 
 from densekit.artifacts import TableWriter, prepare_output, write_manifest
 from densekit.cli import main
-from densekit.config import SearchConfig, QuerySpeedConfig
+from densekit.config import QuerySpeedConfig, SearchConfig
 from densekit.data import records as R
 from densekit.errors import ConfigError
 from densekit.methods import run

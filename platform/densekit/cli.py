@@ -118,11 +118,6 @@ STEPS: dict[str, Step] = {
         "run a multi-stage method (configs/methods/*.yaml), skipping finished stages",
         "densekit.methods:run",
     ),
-    "build": Step(
-        "build a small randomly initialised encoder offline (tokenizer trained on tables or copied)",
-        "densekit.pipelines.build:build",
-        "BuildConfig",
-    ),
     # --- reports and the quickstart --------------------------------------------------------------
     "report": Step(
         "report of a run, train or tune folder: quality, query speed, stage times (Markdown + PNG)",

@@ -216,6 +216,27 @@ def _check_stage(step: str, merged: Any, deep: bool) -> list[str]:
     return []
 
 
+def _resolve_ref(item: Any, ikey: str, where: str, run_dir: Path, stages, done: set[str],
+                 inputs: dict[str, str]) -> Any:
+    """`@stage[/sub]` -> <run_dir>/<stage>[/sub], for an earlier stage only; records every input
+    (references and paths) in `inputs` under `ikey`. `where` names the setting in errors."""
+    if isinstance(item, dict):  # a list of mappings, e.g. score's teachers: [{model: "@ce/model"}]
+        return {k: _resolve_ref(v, f"{ikey}.{k}", where, run_dir, stages, done, inputs) for k, v in item.items()}
+    if isinstance(item, str) and (m := REF.match(item)):
+        ref, sub = m.group(1), m.group(2) or ""
+        if ref not in stages:
+            raise ConfigError(f"{where}={item} names no stage")
+        if ref not in done:
+            raise ConfigError(f"{where}={item} refers to a later stage")
+        if ".." in Path(sub).parts:
+            raise ConfigError(f"{where}={item} may not contain '..'")
+        item = str(run_dir / ref) + sub
+        inputs[ikey] = item
+    elif isinstance(item, str) and ("/" in item or item.endswith((".tsv", ".json", ".jsonl"))):
+        inputs[ikey] = item
+    return item
+
+
 def plan(method: MethodConfig, method_file: Path, deep: bool = False) -> list[PlannedStage]:
     """Resolve every stage's config path, settings and references; check them without running."""
     from densekit.cli import STEPS
@@ -239,27 +260,12 @@ def plan(method: MethodConfig, method_file: Path, deep: bool = False) -> list[Pl
                     f"stage '{name}': '{key}' is set by the runner (<run>/{name}); remove it"
                 )
             items = value if isinstance(value, list) else [value]
-            resolved = []
-
-            def resolve(item: Any, ikey: str) -> Any:
-                if isinstance(item, dict):  # a list of mappings, e.g. score's teachers: [{model: "@ce/model"}]
-                    return {k: resolve(v, f"{ikey}.{k}") for k, v in item.items()}
-                if isinstance(item, str) and (m := REF.match(item)):
-                    ref, sub = m.group(1), m.group(2) or ""
-                    if ref not in method.stages:
-                        raise ConfigError(f"stage '{name}': {key}={item} names no stage")
-                    if ref not in done:
-                        raise ConfigError(f"stage '{name}': {key}={item} refers to a later stage")
-                    if ".." in Path(sub).parts:
-                        raise ConfigError(f"stage '{name}': {key}={item} may not contain '..'")
-                    item = str(run_dir / ref) + sub
-                    inputs[ikey] = item
-                elif isinstance(item, str) and ("/" in item or item.endswith((".tsv", ".json", ".jsonl"))):
-                    inputs[ikey] = item
-                return item
-
-            for i, item in enumerate(items):
-                resolved.append(resolve(item, f"{key}[{i}]" if isinstance(value, list) else key))
+            where = f"stage '{name}': {key}"
+            resolved = [
+                _resolve_ref(item, f"{key}[{i}]" if isinstance(value, list) else key, where,
+                             run_dir, method.stages, done, inputs)
+                for i, item in enumerate(items)
+            ]
             value = resolved if isinstance(value, list) else resolved[0]
             overrides.append(f"{key}={_format_value(value)}")
         overrides.append(f"output={output}")

@@ -66,7 +66,7 @@ def time_encoders(
     if not texts:
         raise ValueError("no query texts to time")
     batches = [list(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
-    for name, encode in encoders.items():
+    for encode in encoders.values():
         for _ in range(warmup):
             for b in batches:
                 encode(b)

@@ -278,7 +278,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from densekit.config import load_config
     from densekit.data.collate import TrainCollator
     from densekit.data.loader import GlobalBatchStream, StreamPosition
     from densekit.logs import setup_logging

@@ -8,7 +8,6 @@ Kept apart from train.py so both can be tested without Ray Train: `compute_loss`
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -7,7 +7,13 @@ import random
 import pytest
 
 from densekit.artifacts import TableWriter, write_manifest
-from densekit.data.records import GROUPS_SCHEMA, QUERIES_SCHEMA, CORPUS_SCHEMA, QRELS_SCHEMA, passage
+from densekit.data.records import (
+    CORPUS_SCHEMA,
+    GROUPS_SCHEMA,
+    QRELS_SCHEMA,
+    QUERIES_SCHEMA,
+    passage,
+)
 
 WORDS = [f"w{i}" for i in range(64)]
 

@@ -42,9 +42,10 @@ GROUPS_SCHEMA = pa.schema(
 )
 
 
-def embeddings_schema(dim: int, dtype: pa.DataType = pa.float32()) -> pa.Schema:
-    """Embedding shards: one id and one fixed-size vector per row, readable without Ray."""
-    return pa.schema([(ID, pa.string()), (EMBEDDING, pa.list_(dtype, dim))])
+def embeddings_schema(dim: int, dtype: pa.DataType | None = None) -> pa.Schema:
+    """Embedding shards: one id and one fixed-size vector per row (float32 unless `dtype`), readable
+    without Ray."""
+    return pa.schema([(ID, pa.string()), (EMBEDDING, pa.list_(dtype or pa.float32(), dim))])
 
 
 def passage(pid: str, text: str, title: str = "", score: float | None = None) -> dict:

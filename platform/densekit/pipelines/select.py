@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from densekit.artifacts import TableWriter, iter_table, prepare_output, read_manifest, write_manifest
+from densekit.artifacts import (
+    TableWriter,
+    iter_table,
+    prepare_output,
+    read_manifest,
+    write_manifest,
+)
 from densekit.config import SelectConfig
 from densekit.data import records as R
 from densekit.errors import InputError

@@ -12,7 +12,14 @@ import logging
 import time
 from pathlib import Path
 
-from densekit.artifacts import prepare_output, read_manifest, read_table, table_parts, write_json_atomic, write_manifest
+from densekit.artifacts import (
+    prepare_output,
+    read_manifest,
+    read_table,
+    table_parts,
+    write_json_atomic,
+    write_manifest,
+)
 from densekit.config import SpeedConfig
 from densekit.data import records as R
 from densekit.errors import ConfigError, InputError
