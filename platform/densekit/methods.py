@@ -108,7 +108,9 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
     """
     method_file = Path(method_file)
     overrides = list(overrides or [])
-    own = load_config(MethodConfig, method_file, [])
+    # Include paths may name vars (`include: ["${vars.data}"]`): they resolve with the overriding
+    # vars (an including file's or the command line's), so a documents variant can swap the data file.
+    own = load_config(MethodConfig, method_file, [ov for ov in overrides if ov.startswith("vars.")])
     if not own.include:
         return load_config(MethodConfig, method_file, overrides)
     # An override of a stage an included file defines (`stages.warmup.set.optim.lr=...` on the

@@ -15,11 +15,54 @@ METHOD_FILES = sorted((ROOT / "configs" / "methods").glob("*.yaml"))
 SMALL = ("margin_mse", "query_align", "prod", "lead", "star_adore")
 
 
+DOCUMENTS = ("prod", "lead", "star_adore")  # the methods whose papers report MS MARCO documents
+
+
 def test_the_five_small_methods_and_their_full_versions_exist():
     names = {p.stem for p in METHOD_FILES}
     assert set(SMALL) <= names
     for m in SMALL:
         assert f"{m}_msmarco" in names, f"no full-scale config for {m}"
+    for m in DOCUMENTS:
+        assert f"{m}_msmarco_doc" in names, f"no MS MARCO documents config for {m}"
+
+
+def _train_lengths(method) -> dict[str, int]:
+    return {name: st.set["model"]["max_passage_length"] for name, st in method.stages.items()
+            if st.step == "train" and "max_passage_length" in st.set.get("model", {})}
+
+
+@pytest.mark.parametrize("name", DOCUMENTS)
+def test_document_versions_run_the_passage_stages_over_the_documents(name):
+    methods = ROOT / "configs" / "methods"
+    passage, doc = load_method(methods / f"{name}_msmarco.yaml"), load_method(methods / f"{name}_msmarco_doc.yaml")
+    # The same stages in the same order, into their own run folder.
+    assert [(n, s.step) for n, s in doc.stages.items()] == [(n, s.step) for n, s in passage.stages.items()]
+    assert doc.output != passage.output and doc.scale == "full" and doc.gpu_hours
+    assert set(doc.results) == set(passage.results)
+    # The data stages read the document files...
+    assert Path(doc.stages["corpus"].config).name == "msmarco_docs.yaml"
+    assert doc.stages["corpus"].set["path"].endswith("msmarco-docs.tsv")
+    assert doc.stages["queries_dev"].set["path"].endswith("msmarco-docdev-queries.tsv")
+    assert doc.stages["qrels_dev"].set["path"].endswith("msmarco-docdev-qrels.tsv")
+    # ...every model that sets a passage length reads the document's first max_passage_length tokens
+    # (PROD keeps its passage lengths, as its README does), and the passage file is untouched.
+    doc_len, pas_len = _train_lengths(doc), _train_lengths(passage)
+    assert doc_len and doc_len.keys() == pas_len.keys()
+    assert all(doc_len[k] >= pas_len[k] for k in doc_len), (doc_len, pas_len)
+    assert name == "prod" or all(doc_len[k] == doc.vars["max_passage_length"] for k in doc_len)
+    assert Path(passage.stages["corpus"].config).name == "msmarco_passages.yaml"
+    # The documents' official measure is MRR@100.
+    assert any("mrr@100" in st.set.get("metrics", []) for st in doc.stages.values() if st.step == "evaluate")
+
+
+def test_a_vars_override_swaps_an_included_file():
+    # `include: ["${vars.data}"]` resolves with the overriding vars: the command line can point a
+    # passage method at the document data.
+    path = ROOT / "configs" / "methods" / "star_adore_msmarco.yaml"
+    method = load_method(path, ["vars.data=msmarco_doc_data.yaml"])
+    assert Path(method.stages["corpus"].config).name == "msmarco_docs.yaml"
+    assert Path(load_method(path).stages["corpus"].config).name == "msmarco_passages.yaml"
 
 
 @pytest.mark.parametrize("path", METHOD_FILES, ids=lambda p: p.stem)
