@@ -382,7 +382,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     eval_every = cfg.eval.every
     ckpt_every = cfg.checkpoint_every or eval_every or cfg.optim.max_steps
     losses_since, parts_since, n_since, t0 = 0.0, {}, 0, time.time()
-    progress = Progress(cfg.progress_every_s, cfg.optim.max_steps, state["step"])
+    progress = StepProgress(cfg.progress_every_s, cfg.optim.max_steps, state["step"])
     module.train()
     while state["step"] < cfg.optim.max_steps:
         optimizer.zero_grad(set_to_none=True)
@@ -453,7 +453,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         t0 = time.time()
 
 
-class Progress:
+class StepProgress:
     """Rank 0's progress between checkpoints: a checkpoint logs its step line, and a long interval
     without one (a 500-step cross-encoder with checkpoint_every 0) would say nothing for minutes.
     `line()` returns a progress line at most every `every_s` seconds, else None.

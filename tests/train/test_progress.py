@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from densekit.train import Progress
+from densekit.train import StepProgress
 
 
 class Clock:
@@ -15,7 +15,7 @@ class Clock:
 
 def test_progress_line_is_rate_limited_and_estimates_time_left():
     clock = Clock()
-    p = Progress(every_s=60, max_steps=500, clock=clock)
+    p = StepProgress(every_s=60, max_steps=500, clock=clock)
     clock.t += 59
     assert p.line(10, 0.5) is None  # not due yet
     clock.t += 41  # 100 s in, 50 steps done: 0.5 steps/s, 450 steps left -> 900 s
@@ -31,7 +31,7 @@ def test_progress_line_is_rate_limited_and_estimates_time_left():
 
 def test_checkpoint_restarts_the_interval_and_resume_counts_from_the_resumed_step():
     clock = Clock()
-    p = Progress(every_s=60, max_steps=300, start_step=200, clock=clock)  # resumed at step 200
+    p = StepProgress(every_s=60, max_steps=300, start_step=200, clock=clock)  # resumed at step 200
     clock.t += 50
     p.restart()  # a checkpoint line at 50 s
     clock.t += 20
@@ -43,7 +43,7 @@ def test_checkpoint_restarts_the_interval_and_resume_counts_from_the_resumed_ste
 
 def test_progress_off_and_no_rate_yet():
     clock = Clock()
-    assert Progress(every_s=0, max_steps=10, clock=clock).line(5, 1.0) is None
-    p = Progress(every_s=1, max_steps=10, start_step=3, clock=clock)
+    assert StepProgress(every_s=0, max_steps=10, clock=clock).line(5, 1.0) is None
+    p = StepProgress(every_s=1, max_steps=10, start_step=3, clock=clock)
     clock.t += 5
     assert p.line(3, 1.0).endswith("0 steps/s, about ? s left")
