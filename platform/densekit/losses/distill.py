@@ -94,7 +94,17 @@ class MarginMSE(Loss):
         return margin_mse(s, self._t(t))
 
 
-class KLDistill(Loss):
+class _Tempered(Loss):
+    """A loss with a softmax temperature T > 0 (KLDistill, LwF)."""
+
+    def __init__(self, temperature: float = 1.0):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.temperature = temperature
+
+
+class KLDistill(_Tempered):
     """T² · KL(softmax(t/T) ‖ softmax(s/T)) over the teacher's candidates: a bi-encoder or ColBERT
     teacher scored over global candidates distils over them; a cross-encoder teacher (or offline
     scores) over each query's group.
@@ -111,18 +121,12 @@ class KLDistill(Loss):
     modes = ("global", "group")
     needs_teacher = True
 
-    def __init__(self, temperature: float = 1.0):
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = temperature
-
     def forward(self, student: ModelOutput, batch, teacher=None, reference=None) -> Tensor:
         s, t, cands = self.scores_pair(student, self.teacher_output(teacher, batch), "teacher")
         return kl_distill(s, self._t(t), self.temperature, cands.valid)
 
 
-class LwF(Loss):
+class LwF(_Tempered):
     """Learning without Forgetting: T² · KL(softmax(s_ref/T) ‖ softmax(s/T)) to the frozen copy of
     the student taken at the start of the stage (PROD's third term).
 
@@ -138,12 +142,6 @@ class LwF(Loss):
     name = "lwf"
     modes = ("global", "group")
     needs_reference = True
-
-    def __init__(self, temperature: float = 1.0):
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = temperature
 
     def forward(self, student: ModelOutput, batch, teacher=None, reference=None) -> Tensor:
         if reference is None:
