@@ -110,25 +110,31 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
     overrides = list(overrides or [])
     # Include paths may name vars (`include: ["${vars.data}"]`): they resolve with the overriding
     # vars (an including file's or the command line's), so a documents variant can swap the data file.
-    own = load_config(MethodConfig, method_file, [ov for ov in overrides if ov.startswith("vars.")])
+    own = load_config(MethodConfig, method_file, [ov for ov in overrides if ov.lstrip("~").startswith("vars.")])
     if not own.include:
         return load_config(MethodConfig, method_file, overrides)
-    # An override of a stage an included file defines (`stages.warmup.set.optim.lr=...` on the
-    # command line of a method that includes small_common.yaml) goes to that file's stage.
-    routed: dict[int, list[str]] = {}
-    kept: list[str] = []
     includes = [Path(inc) if Path(inc).is_absolute() else method_file.parent / inc for inc in own.include]
     for path in includes:
         if path.resolve() in _seen or path.resolve() == method_file.resolve():
             raise ConfigError(f"{method_file}: include {path.name} includes itself (a cycle)")
-    # Loaded once as written: which stages each include defines, and its vars (for `shared` below).
-    included = [load_method(p, [], (*_seen, method_file.resolve())) for p in includes]
-    included_names = [set(m.stages) for m in included]
+    seen = (*_seen, method_file.resolve())
+    # The including file's vars override the included files' vars of the same name (a documents
+    # variant = the passage method with other data paths and lengths).
+    shared = []
+    for path in includes:
+        names = load_config(MethodConfig, path, []).vars  # this file's vars only, its includes unread
+        shared.append([f"vars.{k}={_format_value(v)}" for k, v in own.vars.items() if k in names])
+    # Each include as it is used (with those vars): the stages it defines.
+    included = [load_method(p, sv, seen) for p, sv in zip(includes, shared)]
+    # An override of a stage an included file defines (`stages.warmup.set.optim.lr=...` on the
+    # command line of a method that includes small_common.yaml) goes to that file's stage.
+    routed: dict[int, list[str]] = {}
+    kept: list[str] = []
     for ov in overrides:
         m = _STAGE_KEY.match(ov)
         target = None
         if m and m.group(1) not in own.stages:
-            target = next((i for i, names in enumerate(included_names) if m.group(1) in names), None)
+            target = next((i for i, sub in enumerate(included) if m.group(1) in sub.stages), None)
         if target is None:
             kept.append(ov)
         else:
@@ -137,10 +143,7 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
     stages: dict[str, StageConfig] = {}
     where: dict[str, Path] = {}
     for i, path in enumerate(includes):
-        # The including file's vars override the included file's vars of the same name (a
-        # documents variant = the passage method with other data paths and lengths).
-        shared = [f"vars.{k}={_format_value(v)}" for k, v in method.vars.items() if k in included[i].vars]
-        sub = load_method(path, shared + routed.get(i, []), (*_seen, method_file.resolve()))
+        sub = load_method(path, shared[i] + routed[i], seen) if i in routed else included[i]
         for name, stage in sub.stages.items():
             if name in stages:
                 raise ConfigError(f"{path}: stage '{name}' is also defined in {where[name]}")
