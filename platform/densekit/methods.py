@@ -148,7 +148,8 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
             if name in stages:
                 raise ConfigError(f"{path}: stage '{name}' is also defined in {where[name]}")
             if stage.config and not Path(stage.config).is_absolute():
-                stage.config = str(path.parent / stage.config)
+                # Absolute, so a file included through another include is not re-prefixed.
+                stage.config = str(path.parent.resolve() / stage.config)
             stages[name], where[name] = stage, path
     for name, stage in method.stages.items():
         if name in stages:

@@ -88,6 +88,17 @@ def test_dry_run_without_data(path, tmp_path, capsys, monkeypatch):
     assert not out.exists(), "--dry-run wrote into the run folder"
 
 
+@pytest.mark.parametrize("path", [p for p in METHOD_FILES if "include:" in p.read_text()], ids=lambda p: p.stem)
+def test_dry_run_from_the_repository_root(path, tmp_path, capsys, monkeypatch):
+    # As the README runs them: `densekit run configs/methods/<file>.yaml` from the repository root.
+    # A stage `config:` of a file included through another include must resolve from its own file.
+    monkeypatch.chdir(ROOT)
+    assert run([str(path.relative_to(ROOT)), f"output={tmp_path / 'run'}", "--dry-run"]) == 0
+    for line in capsys.readouterr().out.splitlines():
+        if "(config " in line:
+            assert Path(line.split("(config ", 1)[1].rstrip(")")).is_file(), line
+
+
 @pytest.mark.parametrize("name", SMALL)
 def test_small_methods_share_the_common_stages_and_compare_with_the_baseline(name):
     path = ROOT / "configs" / "methods" / f"{name}.yaml"
