@@ -667,6 +667,11 @@ class TrainDataConfig:
     )
     positive: Literal["first", "random"] = opt("first", "which judged positive a group uses")
     teacher_scores: bool = opt(False, "read offline teacher scores from the groups (after `score`)")
+    teacher_embeddings: Optional[str] = opt(
+        None,
+        "the teacher's query embeddings (an `encode` output of the training queries, keyed by qid): "
+        "embedding_mse reads them instead of running the teacher at every step",
+    )
     source: Literal["arrow", "ray_data"] = opt("arrow", "read the table with pyarrow or Ray Data")
     shuffle_window: int = opt(100_000, "rows shuffled together (memory bound of the reader)")
 

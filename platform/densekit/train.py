@@ -92,8 +92,20 @@ def candidate_modes(cfg: TrainConfig, objective=None) -> tuple[str, str | None]:
     student, teacher = objective.candidates(_kind(cfg.model), _kind(cfg.teacher))
     if cfg.candidates != "auto":
         student = cfg.candidates
-    if objective.needs_teacher and cfg.teacher is None and not cfg.data.teacher_scores:
-        raise ConfigError("these losses need a teacher: set `teacher` or data.teacher_scores=true")
+    if cfg.data.teacher_embeddings is not None:
+        if cfg.teacher is not None:
+            raise ConfigError("give either `teacher` (run online) or data.teacher_embeddings (read from disk), not both")
+        other = [name for name, t in objective.terms.items() if t.needs_teacher and name != "embedding_mse"]
+        if other:
+            raise ConfigError(
+                f"data.teacher_embeddings holds query embeddings, which only embedding_mse reads; "
+                f"{', '.join(other)} need a teacher model or data.teacher_scores"
+            )
+    elif objective.needs_teacher and cfg.teacher is None and not cfg.data.teacher_scores:
+        raise ConfigError(
+            "these losses need a teacher: set `teacher`, data.teacher_scores=true"
+            + (" or data.teacher_embeddings" if "embedding_mse" in objective.terms else "")
+        )
     return student or "none", teacher
 
 
@@ -214,6 +226,10 @@ def _check_inputs(cfg: TrainConfig) -> None:
             # Found by every worker otherwise, each retried max_failures times.
             raise ConfigError(f"{key}.path={mc.path}: holds a {spec.kind} model, but {key}.kind={mc.kind}")
     read_manifest(cfg.data.train)
+    if cfg.data.teacher_embeddings is not None:
+        from densekit.pipelines.embeddings import read_embeddings_manifest
+
+        read_embeddings_manifest(cfg.data.teacher_embeddings)
     if cfg.data.group_size > 0:
         check_training_groups(cfg.data.train, need_positive=True, need_scores=cfg.data.teacher_scores)
     for name in ("queries", "qrels", "corpus", "index"):
@@ -374,6 +390,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         source=cfg.data.source,
     )
     batches = stream(StreamPosition(state["epoch"], state["step_in_epoch"]))
+    teacher_emb = None
+    if cfg.data.teacher_embeddings is not None:
+        from densekit.pipelines.embeddings import QueryEmbeddings
+
+        teacher_emb = QueryEmbeddings(cfg.data.teacher_embeddings)
 
     # [5] The loop. One optimizer step = grad_accum micro-batches; positions count micro-batches.
     retriever = None
@@ -389,7 +410,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for micro in range(cfg.optim.grad_accum):
             pos, rows = next(batches)
             collator.set_epoch(pos.epoch)
-            batch = collator(rows.to_pylist()).to(device)
+            batch = collator(rows.to_pylist())
+            if teacher_emb is not None:
+                batch.teacher_query_emb = teacher_emb.get(batch.qids)
+            batch = batch.to(device)
             sync = micro == cfg.optim.grad_accum - 1 or not hasattr(module, "no_sync")
             with (contextlib.nullcontext() if sync else module.no_sync()):
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):

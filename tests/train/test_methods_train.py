@@ -108,3 +108,55 @@ def test_method_trains_a_few_steps(method, tmp_path, train_task, scored_groups, 
     changed = [k for k in after if k in before and before[k].shape == after[k].shape
                and not (before[k] == after[k]).all()]
     assert changed, "no weight of the student changed"
+
+
+@pytest.fixture
+def teacher_query_emb(train_task, student_dir, tmp_path, ray_session):
+    """The "teacher's" (the tiny student's own) `encode` of the training queries."""
+    from densekit.config import EncodeConfig
+    from densekit.pipelines.encode import encode
+
+    out = tmp_path / "teacher-queries"
+    encode(load_config(EncodeConfig, None, [
+        f"model={student_dir}", f"input={train_task['queries']}", f"output={out}", "resources.num_workers=1",
+    ]))
+    return out
+
+
+def test_query_align_reads_cached_teacher_embeddings(tmp_path, train_task, student_dir, teacher_query_emb):
+    """data.teacher_embeddings (the teacher's `encode` of the training queries) gives the same
+    embedding_mse, step for step, as running the teacher online: the same batches, the same targets."""
+    common = [
+        f"model.path={student_dir}", "model.student_layers=[1]", f"data.train={train_task['groups']}",
+        "data.group_size=0", "losses={embedding_mse: {}}", "optim.lr=5e-3", "optim.batch_size=8",
+        f"optim.max_steps={STEPS}", "optim.warmup_steps=1", "checkpoint_every=1",
+        "resources.num_workers=1", "resources.cpus_per_worker=1",
+    ]
+    curves = {}
+    for name, extra in (("online", [f"teacher.path={student_dir}"]),
+                        ("cached", [f"data.teacher_embeddings={teacher_query_emb}"])):
+        train(load_config(TrainConfig, None, [*common, *extra, f"output={tmp_path / name}"]))
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        curves[name] = [json.loads(line)["loss/embedding_mse"] for line in lines]
+    assert len(curves["cached"]) == STEPS
+    assert curves["cached"][0] > 0
+    assert curves["cached"] == pytest.approx(curves["online"], rel=1e-4)
+
+
+def test_cached_teacher_embeddings_are_checked_before_training(tmp_path, train_task, student_dir, teacher_query_emb):
+    """Both a teacher and cached embeddings, or cached embeddings with a loss that needs scores,
+    are refused before Ray Train starts; so is a table that is not an embeddings table."""
+    from densekit.errors import ConfigError, InputError
+
+    base = [f"model.path={student_dir}", f"data.train={train_task['groups']}", f"output={tmp_path / 'o'}"]
+    with pytest.raises(ConfigError, match="not both"):
+        train(load_config(TrainConfig, None, [*base, "data.group_size=0", "losses={embedding_mse: {}}",
+                                              f"teacher.path={student_dir}",
+                                              f"data.teacher_embeddings={teacher_query_emb}"]))
+    with pytest.raises(ConfigError, match="only embedding_mse"):
+        train(load_config(TrainConfig, None, [*base, "data.group_size=4", "losses={kl_distill: {}}",
+                                              f"data.teacher_embeddings={teacher_query_emb}"]))
+    with pytest.raises(InputError, match="embedding"):
+        train(load_config(TrainConfig, None, [*base, "data.group_size=0", "losses={embedding_mse: {}}",
+                                              f"data.teacher_embeddings={train_task['queries']}"]))
+    assert not (tmp_path / "o").exists()

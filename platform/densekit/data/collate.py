@@ -37,6 +37,8 @@ class TrainBatch:
         passage_ids: `[B*G]` long, hashed pids (candidates.pid_hash), all-gatherable.
         positive_ids: `[B, P]` long hashed positive pids; positive_mask `[B, P]` bool.
         teacher_scores: `[B, G]` float offline teacher scores (from the records' `score`), or None.
+        teacher_query_emb: `[B, D]` the teacher's query embeddings read from disk
+            (data.teacher_embeddings), or None.
         positive_texts: per query, (text, title) of every judged positive, aligned with
             positive_pids (ADORE encodes positives its index search did not retrieve).
         inputs: tokenised inputs per Tokenization.key (filled by the collator; models tokenise
@@ -56,6 +58,7 @@ class TrainBatch:
     teacher_scores: Tensor | None = None
     inputs: dict[str, dict[str, dict[str, Tensor]]] = field(default_factory=dict)
     positive_texts: list[list[tuple[str, str]]] = field(default_factory=list)
+    teacher_query_emb: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.qids)
@@ -79,6 +82,7 @@ class TrainBatch:
             self.qids, self.query_texts, self.pids, self.passage_texts, self.passage_titles, self.group_size,
             self.positive_pids, self.passage_ids.to(device), self.positive_ids.to(device),
             self.positive_mask.to(device), ts, inputs, self.positive_texts,
+            None if self.teacher_query_emb is None else self.teacher_query_emb.to(device),
         )  # fmt: skip
 
 

@@ -102,3 +102,36 @@ def iter_embeddings(path: str | Path, batch_rows: int = 65_536) -> Iterator[tupl
         pf = pq.ParquetFile(part)
         for batch in pf.iter_batches(batch_size=batch_rows, columns=[R.ID, R.EMBEDDING]):
             yield batch.column(0).to_pylist(), to_matrix(batch.column(1))
+
+
+class QueryEmbeddings:
+    """An embeddings table held in memory and looked up by id: the teacher's query embeddings that
+    embedding_mse reads instead of running the teacher (`data.teacher_embeddings` of train).
+
+    Memory: N x D x 4 bytes (20,000 queries at 768 dims: 61 MB).
+    """
+
+    def __init__(self, path: str | Path):
+        import torch
+
+        self.path = str(path)
+        manifest = read_embeddings_manifest(path)
+        ids: list[str] = []
+        mats = []
+        for batch_ids, vectors in iter_embeddings(path):
+            ids.extend(batch_ids)
+            mats.append(vectors)
+        matrix = np.concatenate(mats) if mats else np.zeros((0, manifest["dim"]), np.float32)
+        self.row = {q: i for i, q in enumerate(ids)}
+        self.matrix = torch.from_numpy(matrix)
+
+    def get(self, qids: list[str]):
+        """`[B, D]` float32 tensor of the rows of `qids`; an id missing from the table is an error."""
+        missing = [q for q in qids if q not in self.row]
+        if missing:
+            raise InputError(
+                self.path, None,
+                f"no embedding for qid {missing[0]!r} ({len(missing)} of the batch's {len(qids)} missing): "
+                "encode the same queries table that training reads",
+            )
+        return self.matrix[[self.row[q] for q in qids]]
