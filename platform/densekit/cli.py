@@ -57,6 +57,11 @@ STEPS: dict[str, Step] = {
         "densekit.data.exporter:export_data",
         "ExportConfig",
     ),
+    "trainset": Step(
+        "training / dev splits of a labelled collection, plus title and sentence pseudo-queries",
+        "densekit.data.trainset:trainset",
+        "TrainsetConfig",
+    ),
     # --- retrieval -----------------------------------------------------------------------------
     "encode": Step(
         "encode a corpus or query table into embedding shards (Ray Data model actors, resumable)",
@@ -204,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             if rest and "=" not in rest[0] and not rest[0].startswith("~"):
                 path, rest = rest[0], rest[1:]
             cfg = load_config(cls, path, rest)
+            from densekit.artifacts import check_output_paths
+
+            check_output_paths(cfg)  # an output on an input destroys it: refuse before any work
             result = step.function()(cfg)
     except KeyboardInterrupt:
         logger.error("interrupted")

@@ -9,7 +9,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from densekit.artifacts import atomic_path, iter_table, read_manifest
+from densekit.artifacts import (
+    atomic_path,
+    check_output_paths,
+    iter_table,
+    output_owner,
+    read_manifest,
+    write_marker,
+)
 from densekit.config import ExportConfig
 from densekit.data import io
 from densekit.data.records import PID, QID, QRELS_SCHEMA, RUN_SCHEMA, TEXT, TITLE
@@ -34,8 +41,15 @@ def _require(table: Path, need: list[str], what: str) -> None:
 def export_data(cfg: ExportConfig) -> None:
     """Export `cfg.input` as `cfg.format` to `cfg.output`; see ExportConfig."""
     src, out = Path(cfg.input), Path(cfg.output)
+    check_output_paths(cfg)
     if out.exists() and not cfg.overwrite:
         raise ConfigError(f"output={out} exists; pass overwrite=true to replace it")
+    if out.is_dir() and output_owner(out) != "export":
+        # overwrite=true replaces a file; a folder only when densekit exported it (beir).
+        raise ConfigError(
+            f"output={out} is a folder that densekit export did not write; densekit never replaces "
+            "it: choose another output (or move the folder away yourself)"
+        )
     with atomic_path(out) as tmp:
         n = _export(cfg.format, src, tmp, cfg.tag)
     logger.info("exported %s lines of %s to %s (%s)", f"{n:,}", src, out, cfg.format)
@@ -73,6 +87,7 @@ def _export_beir(src: Path, tmp: Path) -> int:
     _require(src / "corpus", [PID, TEXT, TITLE], "a corpus table")
     _require(src / "queries", [QID, TEXT], "a queries table")
     tmp.mkdir()
+    write_marker(tmp, "export")
     n = io.write_lines(tmp / "corpus.jsonl", io.beir_corpus_lines(iter_table(src / "corpus")))
     n += io.write_lines(tmp / "queries.jsonl", io.beir_queries_lines(iter_table(src / "queries")))
     (tmp / "qrels").mkdir()
