@@ -947,6 +947,28 @@ class BuildConfig:
 
 
 @dataclass
+class TrainsetConfig:
+    """Training and dev splits of a labelled collection, plus pseudo-queries from its corpus
+    (document titles judging their own document; unjudged sentences for query-only training)."""
+
+    corpus: str = opt(MISSING, "corpus table (pid, text, title)")
+    queries: str = opt(MISSING, "queries table (qid, text) holding every query of `qrels`")
+    qrels: str = opt(MISSING, "training qrels (the split to divide: e.g. a BEIR import's qrels/train)")
+    output: str = opt(MISSING, "folder: queries/, train_queries/, qrels/train/, qrels/dev/")
+    dev_queries: int = opt(0, "judged queries held out as dev (a seeded draw); 0 = no dev split")
+    title_queries: bool = opt(False, "each document's title as a query judging its own document (relevance 1)")
+    sentence_queries: int = opt(0, "up to n unjudged sentences of the documents as training queries (query-only methods)")
+    min_words: int = opt(4, "sentence pseudo-queries have at least this many words")
+    id_prefix: str = opt("", "prefix of the pseudo-queries' ids (t-<pid>, s-<pid>-<i>) when they would clash")
+    seed: int = opt(0, "seed of the dev draw and the sentence sample")
+    overwrite: bool = opt(False, "replace a complete output made with another config")
+
+    def validate(self) -> None:
+        if self.dev_queries < 0 or self.sentence_queries < 0 or self.min_words < 1:
+            raise ConfigError("trainset: dev_queries and sentence_queries must be >= 0, min_words >= 1")
+
+
+@dataclass
 class SelectConfig:
     """PROD's data-progressive selection: keep the queries the teacher ranks right and the student
     ranks just below the top, as training groups with the hardest negatives first."""

@@ -62,7 +62,7 @@ class MethodConfig:
     name: str = opt(MISSING, "method name")
     about: str = opt("", "what the method does and where it comes from")
     output: str = opt(MISSING, "the run folder; stage S writes <output>/S")
-    scale: str = opt("small", "small (generated task, tiny models) or full (the paper's data)")
+    scale: str = opt("small", "small (generated task, tiny models), real (pretrained encoders on real text, CPU) or full (the paper's data)")
     data: Dict[str, str] = opt({}, "what the full-scale version expects, name -> description")  # noqa: UP006
     gpu_hours: Optional[float] = opt(None, "estimated GPU hours of the full-scale run")
     vars: Dict[str, Any] = opt({}, "values the stages refer to as ${vars.name}")  # noqa: UP006

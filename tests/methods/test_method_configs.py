@@ -11,7 +11,7 @@ import pytest
 from densekit.methods import load_method, run
 
 ROOT = Path(__file__).resolve().parents[2]
-METHOD_FILES = sorted((ROOT / "configs" / "methods").glob("*.yaml"))
+METHOD_FILES = sorted((ROOT / "configs" / "methods").glob("*.yaml")) + sorted((ROOT / "configs" / "methods" / "real").glob("*.yaml"))
 SMALL = ("margin_mse", "query_align", "prod", "lead", "star_adore")
 
 
