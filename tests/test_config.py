@@ -115,3 +115,52 @@ def test_describe_fields_recurses():
     assert rows["optim.lr"][2] == "0.0001" and rows["optim.lr"][3] == "learning rate"
     assert rows["path"][2] == "(required)"
     assert "seed" in {r[0] for r in describe_fields(GenerateConfig)}
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("optim.learning_rate=1e-4", "densekit's is optim.lr"),
+    ("learning_rate=1e-4", "densekit's is optim.lr"),
+    ("per_device_train_batch_size=8", "densekit's is optim.batch_size"),
+    ("num_train_epochs=3", "densekit's is optim.max_steps"),
+    ("warmup_ratio=0.1", "densekit's is optim.warmup_steps"),
+    ("model_name_or_path=x", "densekit's is model.path"),
+    ("optim.lrr=1", "Did you mean 'lr'?"),
+])
+def test_hugging_face_names_point_to_densekit_keys(override, expected):
+    from densekit.config import TrainConfig
+
+    with pytest.raises(ConfigError) as e:
+        load_config(TrainConfig, None, ["model.path=m", "data.train=t", "output=o", override])
+    assert expected in str(e.value)
+
+
+def test_a_foreign_name_is_not_pointed_at_a_key_the_step_lacks():
+    from densekit.config import IndexConfig
+
+    with pytest.raises(ConfigError) as e:
+        load_config(IndexConfig, None, ["embeddings=e", "output=o", "learning_rate=1"])
+    assert "optim.lr" not in str(e.value)
+
+
+def test_misspelt_loss_parameter_fails_at_once_before_the_model_path(tmp_path):
+    """A misspelt loss parameter is reported first, in well under 2 s, though the model path is
+    wrong too and no model is loaded; a loss without parameters says so."""
+    import time
+
+    from densekit.config import TrainConfig
+    from densekit.train import train
+
+    cfg = load_config(TrainConfig, None, [
+        f"model.path={tmp_path / 'no-such-model'}", f"data.train={tmp_path / 'no-such-table'}",
+        f"output={tmp_path / 'out'}", "losses={kl_distill: {params: {tempreature: 2.0}}}",
+    ])
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"unknown parameter 'tempreature'. Did you mean 'temperature'\?"):
+        train(cfg)
+    assert time.perf_counter() - t0 < 2.0
+    cfg = load_config(TrainConfig, None, [
+        f"model.path={tmp_path}", f"data.train={tmp_path}", f"output={tmp_path / 'out'}",
+        "losses={margin_mse: {params: {temperature: 2.0}}}",
+    ])
+    with pytest.raises(ConfigError, match="margin_mse takes no parameters"):
+        train(cfg)

@@ -496,6 +496,47 @@ def _unwrap(t: Any) -> Any:
     return t
 
 
+# Names users bring from Hugging Face's Trainer and sentence-transformers' fit, and densekit's own.
+FOREIGN_NAMES = {
+    "learning_rate": "optim.lr",
+    "lr_scheduler_type": "optim (linear warm-up and decay, the only schedule)",
+    "per_device_train_batch_size": "optim.batch_size (queries per step over ALL workers)",
+    "train_batch_size": "optim.batch_size",
+    "gradient_accumulation_steps": "optim.grad_accum",
+    "num_train_epochs": "optim.max_steps (training counts optimizer steps, not epochs)",
+    "epochs": "optim.max_steps (training counts optimizer steps, not epochs)",
+    "warmup_ratio": "optim.warmup_steps (a number of steps)",
+    "warmup_steps": "optim.warmup_steps",
+    "weight_decay": "optim.weight_decay",
+    "adam_epsilon": "optim.eps",
+    "max_grad_norm": "optim.max_grad_norm",
+    "seed": "optim.seed",
+    "fp16": "optim.amp=fp16",
+    "bf16": "optim.amp=bf16",
+    "output_dir": "output",
+    "model_name_or_path": "model.path",
+    "max_seq_length": "model.max_passage_length / model.max_query_length",
+    "eval_steps": "eval.every",
+    "evaluation_steps": "eval.every",
+    "save_steps": "checkpoint_every",
+    "save_total_limit": "keep_checkpoints",
+    "logging_steps": "progress_every_s (seconds between progress lines)",
+    "num_workers": "resources.num_workers",
+    "use_gpu": "resources.use_gpu",
+}
+
+
+def _foreign_hint(leaf: str, names: list[str], parent: str) -> str:
+    """A pointer to densekit's key for a Hugging Face / sentence-transformers name, if one applies."""
+    target = FOREIGN_NAMES.get(leaf)
+    if target is None:
+        return ""
+    head = target.split(" ", 1)[0].split(".", 1)[0].split("=", 1)[0]
+    if names and head not in names:
+        return ""  # that key lives in another step's config
+    return f" ('{leaf}' is a Hugging Face / sentence-transformers name: densekit's is {target}.)"
+
+
 def _explain(e: OmegaConfBaseException, cls: type) -> str:
     key = getattr(e, "full_key", None) or getattr(e, "key", None) or ""
     msg = getattr(e, "msg", None) or str(e).splitlines()[0]
@@ -504,7 +545,9 @@ def _explain(e: OmegaConfBaseException, cls: type) -> str:
         # Mapping-valued groups (losses.<name>.params) list their own keys.
         names = _field_names(cls, parent)
         close = difflib.get_close_matches(leaf, names, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        hint = _foreign_hint(leaf, _field_names(cls, ""), parent) or (
+            f" Did you mean '{close[0]}'?" if close else ""
+        )
         where = f"in '{parent}'" if parent else f"in {cls.__name__}"
         return f"unknown config key '{key}' {where}.{hint} Valid keys: {', '.join(names)}"
     if isinstance(e, MissingMandatoryValue):

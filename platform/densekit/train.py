@@ -147,6 +147,7 @@ def fit(cfg: TrainConfig, callbacks: list | None = None):
     from densekit.raycluster import init_ray
 
     out = Path(cfg.output).resolve()
+    build_objective(cfg)  # loss names and parameters first: they need no model or data
     _check_inputs(cfg)
     # Fail on unknown losses, bad params or a loss/model mismatch before any worker starts.
     mode, _ = candidate_modes(cfg)

@@ -193,9 +193,12 @@ def _construct(name: str, cls: type[Loss], params: dict) -> Loss:
     for key in params:
         if key not in allowed:
             close = difflib.get_close_matches(key, allowed, n=1)
+            if not allowed:
+                raise ConfigError(f"losses.{name}.params: unknown parameter '{key}': {name} takes no parameters")
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            valid = f"; valid: {', '.join(allowed)}" if allowed else "; it takes no params"
-            raise ConfigError(f"losses.{name}.params: unknown parameter '{key}'.{hint}{valid}")
+            raise ConfigError(
+                f"losses.{name}.params: unknown parameter '{key}'.{hint} Valid: {', '.join(allowed)}"
+            )
     missing = [
         p
         for p, v in sig.parameters.items()
