@@ -120,7 +120,9 @@ def test_method_run_report_has_the_evaluated_numbers(tmp_path, inputs, models):
         speed = rows[name]["speed"]
         assert speed["num_queries"] == 3 and speed["batch_size"] == 2 and len(speed["seconds"]) == 2
         assert speed["queries_per_s"] == pytest.approx(3 / min(speed["seconds"]))
-        assert cells[6] == f"{speed['queries_per_s']:,.0f}"
+        # The fastest pass, then the slowest and fastest in brackets (the spread of the timing).
+        lo, hi = 3 / max(speed["seconds"]), 3 / min(speed["seconds"])
+        assert cells[6] == f"{speed['queries_per_s']:,.0f} ({lo:,.0f}–{hi:,.0f})"
     assert _numbers(md, "teacher")[1] == "2 x 64" and _numbers(md, "student")[1] == "1 x 32"
     assert _numbers(md, "teacher")[7] == "1.0x"
     ratio = rows["student"]["speed"]["queries_per_s"] / rows["teacher"]["speed"]["queries_per_s"]
@@ -198,7 +200,8 @@ def test_train_output_report(tmp_path, models):
     shutil.copytree(models["student"], out / "best")
     (out / "config.yaml").write_text(f"eval:\n  queries: {tmp_path / 'q'}\n")
     _table(tmp_path / "q", R.QUERIES_SCHEMA, {R.QID: ["a", "b"], R.TEXT: ["lazy dog", "quick fox"]})
-    final = {"step": 20, "loss": 0.5, "queries_per_s": 100.0, "ndcg@10": 0.4, "mrr@10": 0.3, "recall@100": 0.9}
+    final = {"step": 20, "loss": 0.5, "loss/contrastive": 0.3, "loss/kl_distill": 0.125, "queries_per_s": 100.0,
+             "ndcg@10": 0.4, "mrr@10": 0.3, "recall@100": 0.9}
     best = {**final, "step": 10, "ndcg@10": 0.45}
     (out / "summary.json").write_text(json.dumps({"step": 20, "final": final, "best_step": 10, "best": best,
                                                   "metric": "ndcg@10"}))
@@ -208,6 +211,9 @@ def test_train_output_report(tmp_path, models):
     assert _numbers(md, "best (step 10)")[3:6] == ["0.4500", "0.3000", "0.9000"]
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert all(r["speed"]["num_queries"] == 2 for r in rows)
+    # Each loss term under its own name, not the weighted total beside other runs' totals.
+    assert "| final losses (each term) |" in md
+    assert "contrastive 0.3000, kl_distill 0.1250" in md and "| 0.5000 |" not in md
     assert (out / "quality_vs_speed.png").stat().st_size > 1000
 
 

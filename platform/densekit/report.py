@@ -260,6 +260,9 @@ def _training(name: str, out: Path) -> dict | None:
     t = {"name": name, "steps": s.get("step"), "best_step": s.get("best_step"), "metric": s.get("metric")}
     final = s.get("final") or {}
     t["loss"] = final.get("loss")
+    # Each term under its own name: a run's total of contrastive + KL is no loss to compare with
+    # another run's contrastive alone.
+    t["losses"] = {k.split("/", 1)[1]: v for k, v in final.items() if k.startswith("loss/") and v is not None}
     t["queries_per_s"] = final.get("queries_per_s")
     dev = s.get("best") or final
     t["dev"] = {k: dev[k] for k in COLUMNS if k in dev}
@@ -482,6 +485,28 @@ def _threads(n: int | None) -> str:
     return f"{n} thread" + ("" if n == 1 else "s")
 
 
+def speed_range(speed: Speed) -> tuple[float, float]:
+    """(slowest, fastest) queries/s over the timed passes: the spread a single figure hides."""
+    times = [t for t in speed.seconds if t > 0] or [speed.best_seconds]
+    return speed.num_queries / max(times), speed.num_queries / min(times)
+
+
+def _fmt_speed(speed: Speed | None) -> str:
+    if speed is None:
+        return "–"
+    lo, hi = speed_range(speed)
+    if len(speed.seconds) < 2:
+        return f"{speed.queries_per_s:,.0f}"
+    return f"{speed.queries_per_s:,.0f} ({lo:,.0f}–{hi:,.0f})"
+
+
+def _fmt_losses(t: dict) -> str:
+    terms = t.get("losses") or {}
+    if not terms:
+        return _fmt(t.get("loss"))
+    return ", ".join(f"{name} {_fmt(v)}" for name, v in sorted(terms.items()))
+
+
 def quality_table(rep: Report) -> str:
     """The Markdown table of the models: quality, size and query-encoding speed."""
     base = next((r.speed.queries_per_s for r in rep.rows if r.speed), None)
@@ -491,7 +516,7 @@ def quality_table(rep: Report) -> str:
         size = f"{r.layers} x {r.hidden}" if r.layers and r.hidden else "–"
         qps = r.speed.queries_per_s if r.speed else None
         cells = [r.label, size, _fmt_params(r.params), *(_fmt(r.metrics.get(k)) for k in COLUMNS),
-                 f"{qps:,.0f}" if qps else "–", f"{qps / base:.1f}x" if qps and base else "–"]
+                 _fmt_speed(r.speed), f"{qps / base:.1f}x" if qps and base else "–"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -507,7 +532,7 @@ def render_markdown(rep: Report, sc: QuerySpeedConfig, plot: str | None) -> str:
                 f"Query encoding: {s.num_queries} queries in batches of {s.batch_size}, "
                 f"{_threads(s.threads)} on {sc.device}, tokenisation included; "
                 f"{sc.warmup} warm-up pass then the fastest of {sc.repeats} passes interleaved across "
-                "models. Speed-up is relative to the first row."
+                "models, with the slowest and fastest pass in brackets. Speed-up is relative to the first row."
             )
         abouts = [f"- **{r.label}**: {r.about}" for r in rep.rows if r.about]
         if abouts:
@@ -519,10 +544,10 @@ def render_markdown(rep: Report, sc: QuerySpeedConfig, plot: str | None) -> str:
             out += ["", f"![quality against query speed]({plot})"]
         out.append("")
     if rep.trainings:
-        out += ["## Training", "", "| run | steps | best step | final loss | train queries/s | dev " +
+        out += ["## Training", "", "| run | steps | best step | final losses (each term) | train queries/s | dev " +
                 " | dev ".join(COLUMNS.values()) + " |", "|---|--:|--:|--:|--:|" + "--:|" * len(COLUMNS)]
         for t in rep.trainings:
-            out.append("| " + " | ".join([t["name"], _fmt(t["steps"]), _fmt(t["best_step"]), _fmt(t["loss"]),
+            out.append("| " + " | ".join([t["name"], _fmt(t["steps"]), _fmt(t["best_step"]), _fmt_losses(t),
                                           _fmt(t["queries_per_s"], 0),
                                           *(_fmt(t["dev"].get(k)) for k in COLUMNS)]) + " |")
         out.append("")
@@ -552,6 +577,10 @@ def plot_quality_vs_speed(rep: Report, metric: str, path: Path) -> bool:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     xs, ys = [p[1] for p in points], [p[2] for p in points]
+    ranges = [speed_range(r.speed) for r in rep.rows if r.speed and r.metrics.get(metric) is not None]
+    # Horizontal bars from the slowest to the fastest timed pass (the point is the fastest).
+    xerr = [[x - lo for x, (lo, _) in zip(xs, ranges)], [hi - x for x, (_, hi) in zip(xs, ranges)]]
+    ax.errorbar(xs, ys, xerr=xerr, fmt="none", ecolor="tab:gray", capsize=3, zorder=2)
     ax.scatter(xs, ys, s=60, color="tab:blue", zorder=3)
     for label, x, y in points:
         ax.annotate(label, (x, y), xytext=(6, 6), textcoords="offset points", fontsize=9)
