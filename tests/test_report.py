@@ -252,3 +252,27 @@ def test_time_encoders_warms_up_interleaves_and_keeps_the_fastest_pass():
     assert speeds["B"].queries_per_s == 5 / 4
     with pytest.raises(ValueError, match="no query texts"):
         time_encoders({"A": encoder("A")}, [], 2, 1)
+
+
+def test_one_table_per_evaluation_set(tmp_path, inputs, models):
+    """Evaluations against different qrels (an in-domain and a zero-shot collection) get a table
+    each, every table with its own speed-up base; the numbers stay those of their evaluation."""
+    other = _table(tmp_path / "data" / "qrels_other", R.QRELS_SCHEMA,
+                   {R.QID: ["q1"], R.PID: ["d5"], R.RELEVANCE: [1]})  # teacher rank 2, student rank 1
+    m = tmp_path / "m.yaml"
+    stages = "".join(
+        f"  eval_{name}_{tag}:\n    step: evaluate\n    set: {{run: {inputs['runs'][name]}, qrels: {qrels}}}\n"
+        for tag, qrels in (("a", inputs["qrels"]), ("b", other)) for name in ("teacher", "student")
+    )
+    out = tmp_path / "run"
+    m.write_text(f"name: demo\noutput: {out}\nreport_set: {{speed: {{num_queries: 3, batch_size: 2, repeats: 2}}}}\n"
+                 f"stages:\n{stages}")
+    assert run([str(m)]) == 0
+    md = (out / "report.md").read_text()
+    first, second = md.index(f"### Evaluated on `{inputs['qrels']}`"), md.index(f"### Evaluated on `{other}`")
+    assert first < second
+    in_a, in_b = md[first:second], md[second:md.index("##", second + 4)]
+    assert f"| teacher [eval_teacher_a] | 2 x 64 | " in in_a and "[eval_teacher_b]" not in in_a
+    assert _numbers(in_b, "student [eval_student_b]")[3:5] == ["1.0000", "1.0000"]  # nDCG@10, MRR@10
+    assert _numbers(in_b, "teacher [eval_teacher_b]")[4] == "0.5000"
+    assert _numbers(in_b, "teacher [eval_teacher_b]")[7] == "1.0x"

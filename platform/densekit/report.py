@@ -148,6 +148,7 @@ class Row:
     # Paired tests against a baseline run (evaluate's `baseline`): {"baseline": label,
     # "num_queries": n, "metrics": {name: {run, baseline, diff, t_test_p, randomization_p, ...}}}.
     comparison: dict | None = None
+    eval_set: str | None = None  # the qrels it was evaluated against (as named in the run folder)
 
 
 @dataclass
@@ -339,6 +340,9 @@ def _collect_method(d: Path) -> Report:
             about = producer.get("about", "")
         row = Row(label, metrics, name, str(model) if model else None, str(queries) if queries else None,
                   str(index_model) if index_model else None, about)
+        qrels = paths(_read_yaml(out / "config.yaml").get("qrels"))
+        if qrels is not None:
+            row.eval_set = qrels.relative_to(d).as_posix() if qrels.is_relative_to(d) else str(qrels)
         if index_model is not None and model is not None and Path(index_model).resolve() != Path(model).resolve():
             row.about = (row.about + "; " if row.about else "") + f"documents indexed by {paths.label(index_model)}"
         if (out / "comparison.json").is_file():
@@ -507,12 +511,22 @@ def _fmt_losses(t: dict) -> str:
     return ", ".join(f"{name} {_fmt(v)}" for name, v in sorted(terms.items()))
 
 
-def quality_table(rep: Report) -> str:
-    """The Markdown table of the models: quality, size and query-encoding speed."""
-    base = next((r.speed.queries_per_s for r in rep.rows if r.speed), None)
+def eval_sets(rep: Report) -> dict[str | None, list[Row]]:
+    """The rows grouped by the qrels they were evaluated against, in order of appearance."""
+    groups: dict[str | None, list[Row]] = {}
+    for r in rep.rows:
+        groups.setdefault(r.eval_set, []).append(r)
+    return groups
+
+
+def quality_table(rep: Report, rows: list[Row] | None = None) -> str:
+    """The Markdown table of the models (`rows`, default all): quality, size and query-encoding
+    speed; the speed-up is against the table's first timed row."""
+    rows = rep.rows if rows is None else rows
+    base = next((r.speed.queries_per_s for r in rows if r.speed), None)
     head = ["model", "layers x hidden", "params", *COLUMNS.values(), "queries/s", "speed-up"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["--:"] * (len(head) - 1)) + "|"]
-    for r in rep.rows:
+    for r in rows:
         size = f"{r.layers} x {r.hidden}" if r.layers and r.hidden else "–"
         qps = r.speed.queries_per_s if r.speed else None
         cells = [r.label, size, _fmt_params(r.params), *(_fmt(r.metrics.get(k)) for k in COLUMNS),
@@ -524,7 +538,13 @@ def quality_table(rep: Report) -> str:
 def render_markdown(rep: Report, sc: QuerySpeedConfig, plot: str | None) -> str:
     out = [f"# {rep.title}", "", f"Report of the {rep.kind} in `{rep.run_dir}`.", ""]
     if rep.rows:
-        out += ["## Models", "", quality_table(rep), ""]
+        groups = eval_sets(rep)
+        if len(groups) > 1:  # one table per evaluation set (e.g. in-domain and zero-shot collections)
+            out += ["## Models", ""]
+            for name, rows in groups.items():
+                out += [f"### Evaluated on `{name or 'unknown qrels'}`", "", quality_table(rep, rows), ""]
+        else:
+            out += ["## Models", "", quality_table(rep), ""]
         speeds = [r.speed for r in rep.rows if r.speed]
         if speeds:
             s = speeds[0]
