@@ -272,7 +272,7 @@ def test_one_table_per_evaluation_set(tmp_path, inputs, models):
     first, second = md.index(f"### Evaluated on `{inputs['qrels']}`"), md.index(f"### Evaluated on `{other}`")
     assert first < second
     in_a, in_b = md[first:second], md[second:md.index("##", second + 4)]
-    assert f"| teacher [eval_teacher_a] | 2 x 64 | " in in_a and "[eval_teacher_b]" not in in_a
+    assert "| teacher [eval_teacher_a] | 2 x 64 | " in in_a and "[eval_teacher_b]" not in in_a
     assert _numbers(in_b, "student [eval_student_b]")[3:5] == ["1.0000", "1.0000"]  # nDCG@10, MRR@10
     assert _numbers(in_b, "teacher [eval_teacher_b]")[4] == "0.5000"
     assert _numbers(in_b, "teacher [eval_teacher_b]")[7] == "1.0x"
