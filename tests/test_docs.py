@@ -41,17 +41,26 @@ def pages() -> list[Path]:
 
 def test_readme_is_short():
     n = len(README.read_text(encoding="utf-8").splitlines())
-    assert n <= MAX_README_LINES, f"README.md has {n} lines (at most {MAX_README_LINES}): move detail to docs/"
+    assert n <= MAX_README_LINES, (
+        f"README.md has {n} lines (at most {MAX_README_LINES}): move detail to docs/"
+    )
 
 
 def machine_paths(text: str) -> list[str]:
-    return [f"{n}: {line.strip()}" for n, line in enumerate(text.splitlines(), 1) if MACHINE_PATH.search(line)]
+    return [
+        f"{n}: {line.strip()}"
+        for n, line in enumerate(text.splitlines(), 1)
+        if MACHINE_PATH.search(line)
+    ]
 
 
 @pytest.mark.parametrize("page", pages(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_no_machine_paths(page):
     hits = machine_paths(page.read_text(encoding="utf-8"))
-    assert not hits, f"{page.name} names paths of one machine (use $MODELS, $DATA, runs/...):\n" + "\n".join(hits)
+    assert not hits, (
+        f"{page.name} names paths of one machine (use $MODELS, $DATA, runs/...):\n"
+        + "\n".join(hits)
+    )
 
 
 def test_machine_path_check_catches_them():
@@ -80,17 +89,27 @@ def render_step_tables() -> str:
         if cls is None:
             doc = (step.function().__doc__ or "").strip().splitlines()
             usage, body = doc[0], " ".join(line.strip() for line in doc[1:] if line.strip())
-            out += [f"Usage: `{usage}` (no config class: the arguments are the step's own).", "", body, ""]
+            out += [
+                f"Usage: `{usage}` (no config class: the arguments are the step's own).",
+                "",
+                body,
+                "",
+            ]
             continue
         folder = ROOT / "configs" / name
         configs = ", ".join(f"`configs/{name}/{p.name}`" for p in sorted(folder.glob("*.yaml")))
-        out += [f"Usage: `densekit {name} [CONFIG.yaml] [key=value ...]`; config class `{cls.__name__}`; "
-                f"example configs: {configs}.", ""]
+        out += [
+            f"Usage: `densekit {name} [CONFIG.yaml] [key=value ...]`; config class `{cls.__name__}`; "
+            f"example configs: {configs}.",
+            "",
+        ]
         if cls.__doc__:
             out += [cls.__doc__.strip().splitlines()[0], ""]
         out += ["| key | type | default | what it sets |", "|---|---|---|---|"]
         for key, typ, default, help_ in describe_fields(cls):
-            out.append(f"| `{key}` | {_cell(typ)} | {_cell(default or '(a group of keys)')} | {_cell(help_)} |")
+            out.append(
+                f"| `{key}` | {_cell(typ)} | {_cell(default or '(a group of keys)')} | {_cell(help_)} |"
+            )
         out.append("")
     return "\n".join(out)
 
@@ -113,13 +132,18 @@ def documented_steps(text: str) -> dict[str, dict[str, str]]:
 
 def test_steps_page_documents_every_step():
     documented = documented_steps(STEPS_MD.read_text(encoding="utf-8"))
-    assert set(documented) == set(STEPS), f"docs/steps.md and cli.STEPS differ: {set(documented) ^ set(STEPS)}"
+    assert set(documented) == set(STEPS), (
+        f"docs/steps.md and cli.STEPS differ: {set(documented) ^ set(STEPS)}"
+    )
 
 
 @pytest.mark.parametrize("name", [n for n, s in STEPS.items() if s.config is not None])
 def test_steps_page_keys_match_config_class(name):
     documented = documented_steps(STEPS_MD.read_text(encoding="utf-8")).get(name, {})
-    actual = {key: default or "(a group of keys)" for key, _, default, _ in describe_fields(STEPS[name].config_cls())}
+    actual = {
+        key: default or "(a group of keys)"
+        for key, _, default, _ in describe_fields(STEPS[name].config_cls())
+    }
     undocumented = sorted(set(actual) - set(documented))
     unknown = sorted(set(documented) - set(actual))
     changed = sorted(k for k in set(actual) & set(documented) if actual[k] != documented[k])
@@ -250,7 +274,9 @@ def test_relative_links_exist(page):
 
 def test_link_check_catches_a_missing_file(tmp_path):
     page = tmp_path / "p.md"
-    page.write_text("[a](missing.md) [b](https://example.org) [c](#top) [d](p.md)\n", encoding="utf-8")
+    page.write_text(
+        "[a](missing.md) [b](https://example.org) [c](#top) [d](p.md)\n", encoding="utf-8"
+    )
     assert broken_links(page) == ["missing.md"]
 
 
