@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MODELS", "BiEncoder", "ColBERT", "CrossEncoder", "DenseModel", "ModelSpec", "load_model", "build_model",
-    "model_class", "model_from_config", "frozen_copy", "check_model_files",
+    "model_class", "model_from_config", "frozen_copy", "check_model_files", "missing_model_files",
 ]  # fmt: skip
 
 MODELS: dict[str, type] = {
@@ -71,6 +71,7 @@ def load_model(
     root = Path(path)
     if not root.is_dir():
         raise ConfigError(f"{root}: model directory not found")
+    _check_complete(root)
     overrides = overrides or {}
     spec = read_spec(root)
     if spec is not None:
@@ -170,6 +171,7 @@ def check_model_files(path: str | Path) -> None:
     root = Path(path)
     if not root.is_dir():
         raise ConfigError(f"{root}: model directory not found")
+    _check_complete(root)
     spec = read_spec(root)
     towers = [root] if spec is None or spec.shared else [root / "query", root / "passage"]
     for d in towers:
@@ -179,3 +181,57 @@ def check_model_files(path: str | Path) -> None:
         head = model_class(spec.kind)._make_head(spec, hidden)
         if head is not None:
             check_head_file(head, d / HEAD_FILE, spec.kind)
+
+
+# A tower's files: transformers needs config.json, weights in one of these forms and a tokenizer in
+# one of these forms (a fast tokenizer.json, WordPiece's vocab.txt, a SentencePiece model, or BPE's
+# vocab.json with merges.txt). Without a tokenizer file AutoTokenizer may still build one with an
+# empty vocabulary: every word then becomes [UNK] and encoding "works".
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")  # fmt: skip
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+
+
+def _missing_in_tower(d: Path) -> list[str]:
+    if not d.is_dir():
+        return [f"{d.name}/ (the tower folder)"]
+    missing = []
+    if not (d / "config.json").is_file():
+        missing.append("config.json")
+    if not any((d / f).is_file() for f in WEIGHT_FILES):
+        missing.append("the weights (model.safetensors or pytorch_model.bin)")
+    bpe = (d / "vocab.json").is_file() and (d / "merges.txt").is_file()
+    if not bpe and not any((d / f).is_file() for f in TOKENIZER_FILES):
+        missing.append(
+            "the tokenizer (tokenizer.json, or vocab.txt, a SentencePiece model, or vocab.json with merges.txt)"
+        )
+    return missing
+
+
+def missing_model_files(path: str | Path) -> list[str]:
+    """What a model folder lacks for loading: config.json, weights, tokenizer, per tower (a save
+    with separate towers holds them in query/ and passage/). Empty when complete."""
+    root = Path(path)
+    spec = read_spec(root)
+    if spec is not None and not spec.shared:
+        return [f"{t}/{m}" if not m.endswith("(the tower folder)") else m
+                for t in ("query", "passage") for m in _missing_in_tower(root / t)]
+    return _missing_in_tower(root)
+
+
+def _check_complete(root: Path) -> None:
+    from densekit.errors import InputError
+
+    missing = missing_model_files(root)
+    if len(missing) == 3 and read_spec(root) is None and not (root / "modules.json").is_file():
+        raise ConfigError(
+            f"{root}: not a model directory (no {SPEC_FILE}, modules.json or config.json, no weights, "
+            "no tokenizer)"
+        )
+    if missing:
+        raise InputError(
+            root, None,
+            f"not a complete model folder: missing {'; '.join(missing)}. A model folder holds "
+            "config.json, the weights and the tokenizer files (as save_pretrained writes them); "
+            "copy the missing files from where the model came from",
+        )

@@ -95,9 +95,12 @@ def speed(cfg: SpeedConfig) -> None:
 
     out = Path(cfg.output)
     read_manifest(cfg.input)
+    from densekit.models import check_model_files
+
     for m in cfg.models:
         if not Path(m).is_dir():
             raise ConfigError(f"speed: model directory {m} not found")
+        check_model_files(m)  # before Ray: a folder without its weights or tokenizer fails here
     names = pq.ParquetFile(table_parts(cfg.input)[0]).schema_arrow.names
     if R.TEXT not in names:
         raise InputError(cfg.input, None, f"expected a '{R.TEXT}' column; has {names}")
