@@ -7,7 +7,7 @@
 - Every `densekit ...` command in the pages parses: `densekit run` / `quickstart` commands pass
   the method loader's dry run (no Ray, no data), step commands load their config with their
   overrides, and a named config file exists.
-- Every relative link points to a file that exists.
+- Every relative link points to a file that exists (and its #anchor to a heading of that page).
 """
 
 from __future__ import annotations
@@ -256,28 +256,39 @@ def test_command_check_catches_bad_commands(capsys, monkeypatch):
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
+def anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces as '-'."""
+    text = FENCE.sub("", page.read_text(encoding="utf-8"))
+    heads = re.findall(r"^#+ (.+?)\s*$", text, re.M)
+    return {re.sub(r"[^\w\- ]", "", h.replace("`", "").lower()).replace(" ", "-") for h in heads}
+
+
 def broken_links(page: Path) -> list[str]:
     broken = []
     for target in LINK.findall(page.read_text(encoding="utf-8")):
-        if re.match(r"^[a-z]+:", target) or target.startswith("#"):
-            continue  # a URL or an anchor of the same page
-        path = (page.parent / target.split("#", 1)[0]).resolve()
-        if not path.exists() and path not in OPTIONAL_LINK_TARGETS:
+        if re.match(r"^[a-z]+:", target):
+            continue  # a URL
+        file, _, anchor = target.partition("#")
+        path = (page.parent / file).resolve() if file else page
+        if path in OPTIONAL_LINK_TARGETS and not path.exists():
+            continue
+        if not path.exists() or (anchor and path.suffix == ".md" and anchor not in anchors(path)):
             broken.append(target)
     return broken
 
 
 @pytest.mark.parametrize("page", pages(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_relative_links_exist(page):
-    assert not broken_links(page), f"{page.name} links to missing files: {broken_links(page)}"
+    assert not broken_links(page), f"{page.name} links to missing files or anchors: {broken_links(page)}"
 
 
-def test_link_check_catches_a_missing_file(tmp_path):
+def test_link_check_catches_a_missing_file_or_anchor(tmp_path):
     page = tmp_path / "p.md"
     page.write_text(
-        "[a](missing.md) [b](https://example.org) [c](#top) [d](p.md)\n", encoding="utf-8"
+        "# Top\n[a](missing.md) [b](https://example.org) [c](#top) [d](p.md) [e](p.md#nowhere)\n",
+        encoding="utf-8",
     )
-    assert broken_links(page) == ["missing.md"]
+    assert broken_links(page) == ["missing.md", "p.md#nowhere"]
 
 
 # --- regenerate docs/steps.md ---------------------------------------------------------------------
