@@ -279,7 +279,9 @@ def broken_links(page: Path) -> list[str]:
 
 @pytest.mark.parametrize("page", pages(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_relative_links_exist(page):
-    assert not broken_links(page), f"{page.name} links to missing files or anchors: {broken_links(page)}"
+    assert not broken_links(page), (
+        f"{page.name} links to missing files or anchors: {broken_links(page)}"
+    )
 
 
 def test_link_check_catches_a_missing_file_or_anchor(tmp_path):
