@@ -107,7 +107,7 @@ class ImportConfig:
     batch_bytes: int = opt(32 << 20, "bytes of input text per record batch at most (about)")
     rows_per_part: int = opt(1_000_000, "rows per Parquet part file")
     lookup_cache: Optional[str] = opt(
-        None, "folder for the id lookups of corpus/queries (default: lookup-<key>/ inside each table)"
+        None, "folder to keep the id lookups of corpus/queries in, for reuse (default: built in the output, then removed)"
     )
     overwrite: bool = opt(False, "replace a complete output made with another config")
 

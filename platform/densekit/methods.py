@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional  # noqa: UP035
 
-from densekit.artifacts import is_complete, write_json_atomic
+from densekit.artifacts import is_complete, is_write_key, write_json_atomic
 from densekit.config import MISSING, ConfigError, load_config, opt
 
 logger = logging.getLogger(__name__)
@@ -286,9 +286,10 @@ def plan(method: MethodConfig, method_file: Path, deep: bool = False) -> list[Pl
             missing = _check_stage(stage.step, merged, deep=deep)
         except ConfigError as e:
             raise ConfigError(f"stage '{name}' ({stage.step}): {e}") from None
-        # Any other path the step writes must stay inside the run folder (no '..' tricks).
+        # Any other path the step writes (output*, lookup_cache, margin_mse_tsv: artifacts.is_write_key)
+        # must stay inside the run folder (no absolute paths elsewhere, no '..' tricks).
         for key, value in _flatten(_to_plain(merged)).items():
-            if key.split(".")[-1].startswith("output") and isinstance(value, str) and value:
+            if is_write_key(key) and isinstance(value, str) and value:
                 if not _inside(Path(value), run_dir):
                     raise ConfigError(
                         f"stage '{name}': {key}={value} writes outside the run folder {run_dir}"

@@ -29,7 +29,9 @@ def test_find_and_take_match_a_dict(tmp_path):
         ref = {p: i for i, p in enumerate(pids)}
         assert pos.tolist() == [ref.get(w, -1) for w in want]
         assert lk.take(pos[pos >= 0], "text").to_pylist() == [f"text of {w}" for w in want if w in ref]
-    assert (c / "lookup-pid" / "rows.arrow").exists()  # cached beside the table for later steps
+    # Nothing is written into the input table (issue #17): without a cache folder the lookup is
+    # built in a temporary folder and removed on close.
+    assert sorted(p.name for p in c.iterdir()) == ["manifest.json", *(f"part-{i:05d}.parquet" for i in range(43))]
 
 
 def test_collisions_resolved_exactly(tmp_path, monkeypatch):
@@ -49,10 +51,17 @@ def test_duplicate_ids_refused(tmp_path):
 
 def test_stale_lookup_is_rebuilt(tmp_path):
     c = corpus(tmp_path / "c", ["1", "2"])
-    TableLookup.for_table(c, "pid").close()
+    TableLookup.for_table(c, "pid", cache_dir=tmp_path / "cache").close()
     corpus(tmp_path / "c", ["3"])  # the table is rewritten (a new manifest)
-    with TableLookup.for_table(c, "pid") as lk:
+    with TableLookup.for_table(c, "pid", cache_dir=tmp_path / "cache") as lk:
         assert lk.find(["1", "3"]).tolist() == [-1, 0]
+
+
+def test_a_lookup_an_older_densekit_kept_in_the_table_is_still_read(tmp_path):
+    c = corpus(tmp_path / "c", ["1", "2"])
+    TableLookup.build(c, c / "lookup-pid", "pid").close()
+    with TableLookup.for_table(c, "pid") as lk:
+        assert lk.directory == c / "lookup-pid" and lk.find(["2"]).tolist() == [1]
 
 
 def test_hash_runs_matches_a_set():

@@ -77,7 +77,7 @@ def import_data(cfg: ImportConfig) -> None:
         if cfg.format == "beir":
             _import_beir(cfg, src, out)
         else:
-            lookups = _open_lookups(cfg)
+            lookups = _open_lookups(cfg, out)
             try:
                 stats = import_table(cfg.format, src, out, cfg, **lookups)
             finally:
@@ -90,15 +90,17 @@ def import_data(cfg: ImportConfig) -> None:
         raise
 
 
-def _open_lookups(cfg: ImportConfig) -> dict[str, TableLookup | None]:
+def _open_lookups(cfg: ImportConfig, out: Path) -> dict[str, TableLookup | None]:
+    """Id lookups of the corpus and queries tables: kept in cfg.lookup_cache, else built in a
+    temporary folder inside the output `out` (removed before its manifest is written)."""
     kind = table_kind(cfg.format, cfg.kind)
     corpus = queries = None
     if cfg.corpus and kind in ("qrels", "run", "groups"):
         cols = [TEXT, TITLE] if kind == "groups" else []
-        corpus = TableLookup.for_table(cfg.corpus, PID, columns=cols, cache_dir=cfg.lookup_cache)
+        corpus = TableLookup.for_table(cfg.corpus, PID, columns=cols, cache_dir=cfg.lookup_cache, scratch_dir=out)
     if cfg.queries and kind in ("qrels", "run", "groups"):
         cols = [TEXT] if kind == "groups" else []
-        queries = TableLookup.for_table(cfg.queries, QID, columns=cols, cache_dir=cfg.lookup_cache)
+        queries = TableLookup.for_table(cfg.queries, QID, columns=cols, cache_dir=cfg.lookup_cache, scratch_dir=out)
     return {"corpus": corpus, "queries": queries}
 
 
@@ -117,7 +119,7 @@ def _import_beir(cfg: ImportConfig, src: Path, out: Path) -> None:
     write_manifest(out / "queries", "import", extra=tables["queries"])
     if cfg.lookup_cache:
         Path(cfg.lookup_cache).mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="densekit-beir-", dir=cfg.lookup_cache))
+    scratch = Path(tempfile.mkdtemp(prefix=".densekit-beir-", dir=cfg.lookup_cache or out))
     try:
         with TableLookup.build(out / "corpus", scratch / "corpus", PID, columns=[]) as corpus, \
                 TableLookup.build(out / "queries", scratch / "queries", QID, columns=[]) as queries:

@@ -182,38 +182,55 @@ class TableLookup:
         key: str,
         columns: Sequence[str] | None = None,
         cache_dir: str | Path | None = None,
+        scratch_dir: str | Path | None = None,
     ) -> TableLookup:
         """The lookup of `table_dir`, reused if a current one exists, else built.
 
-        It lives in `cache_dir` if given, else in `<table_dir>/lookup-<key>/` (other steps reuse
-        it; a table's readers only read its Parquet parts). If that is not writable it is built
-        in a temporary directory removed by `close()`. A lookup made from an older version of the
-        table (its manifest changed) is rebuilt.
+        It is kept in `cache_dir` if given (other steps reuse it). Otherwise it is built in a
+        temporary folder inside `scratch_dir` (the step's own output; default: the system's
+        temporary folder) and removed by `close()`: nothing is ever written into the input table.
+        A current `<table_dir>/lookup-<key>/` that an older densekit wrote there is still read. A
+        lookup made from an older version of the table (its manifest changed) is rebuilt.
         """
         table_dir = Path(table_dir)
         read_manifest(table_dir)
+        want = None if columns is None else [key] + [c for c in columns if c != key]
         if cache_dir:  # one shared cache folder: tell tables of the same name apart by their path
             tag = hashlib.sha256(str(table_dir.resolve()).encode()).hexdigest()[:10]
             where = Path(cache_dir) / f"{table_dir.name}-{tag}-{key}"
-        else:
-            where = table_dir / f"lookup-{key}"
-        want = None if columns is None else [key] + [c for c in columns if c != key]
-        if (where / META).exists():
+            if cls._current(where, table_dir, key, want):
+                return cls(where)
             try:
-                meta = json.loads((where / META).read_text())
-                fresh = meta.get("source_manifest_sha256") == _manifest_digest(table_dir) and meta["key"] == key
-                if fresh and (want is None or set(want) <= set(meta["columns"])) and meta.get("version") == LOOKUP_VERSION:
-                    return cls(where)
-            except (OSError, ValueError, KeyError):
-                pass
+                return cls.build(table_dir, where, key, columns)
+            except PermissionError:
+                logger.info("%s is not writable: building the lookup in a temporary folder", where)
+        else:
+            old = table_dir / f"lookup-{key}"  # read only: densekit no longer writes into inputs
+            if cls._current(old, table_dir, key, want):
+                return cls(old)
+        if scratch_dir is not None:
+            Path(scratch_dir).mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".densekit-lookup-", dir=scratch_dir))
         try:
-            return cls.build(table_dir, where, key, columns)
-        except PermissionError:
-            tmp = Path(tempfile.mkdtemp(prefix="densekit-lookup-"))
-            logger.info("%s is not writable: building the lookup in %s", where, tmp)
             lookup = cls.build(table_dir, tmp / "lookup", key, columns)
-            lookup._cleanup = tmp
-            return lookup
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        lookup._cleanup = tmp
+        return lookup
+
+    @staticmethod
+    def _current(where: Path, table_dir: Path, key: str, want: list[str] | None) -> bool:
+        """Whether `where` holds a lookup of this very version of `table_dir` with `want` columns."""
+        if not (where / META).exists():
+            return False
+        try:
+            meta = json.loads((where / META).read_text())
+            fresh = meta.get("source_manifest_sha256") == _manifest_digest(table_dir) and meta["key"] == key
+            return bool(fresh and (want is None or set(want) <= set(meta["columns"]))
+                        and meta.get("version") == LOOKUP_VERSION)
+        except (OSError, ValueError, KeyError):
+            return False
 
     # --- querying --------------------------------------------------------------------------------
 
