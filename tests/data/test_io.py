@@ -228,7 +228,7 @@ def test_prod_json(tmp_path, corpus_and_queries):
 
 @pytest.mark.parametrize("chunk", [5, 64, 1 << 20])
 def test_json_stream_matches_json_load_across_chunk_boundaries(tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(io, "JSON_CHUNK", chunk)
+    monkeypatch.setattr("densekit.data.formats.jsonstream.JSON_CHUNK", chunk)  # the chunk the reader uses
     recs = [{"question": f"q {i} \u00e9\u6771", "positive_ctxs": [i, i + 1], "s": "x\\\"" * (i % 7),
              "nested": {"a": [1.5, None, True]}} for i in range(60)]
     p = tmp_path / "a.json"
