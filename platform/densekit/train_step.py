@@ -14,10 +14,9 @@ import torch
 
 from densekit.config import EvalConfig
 from densekit.errors import ConfigError
+from densekit.metrics import EVAL_METRICS
 
 logger = logging.getLogger(__name__)
-
-EVAL_METRICS = ("mrr@10", "ndcg@10", "recall@100")
 
 
 # --- the loss of one batch -------------------------------------------------------------------------
@@ -148,7 +147,7 @@ def evaluate_model(model, ec: EvalConfig, device, metrics=EVAL_METRICS) -> dict[
         model: a BiEncoder (eval mode is set by the caller).
         ec: the EvalConfig (queries, qrels, corpus or index, k, batch size, max_queries).
         device: where the model is.
-        metrics: names understood by pipelines.evaluate.parse_metric; `ec.metric` is added.
+        metrics: names understood by densekit.metrics.parse_metric; `ec.metric` is added.
 
     Returns:
         {metric name: mean over judged queries}, e.g. {"ndcg@10": 0.41, ...}.
@@ -156,7 +155,9 @@ def evaluate_model(model, ec: EvalConfig, device, metrics=EVAL_METRICS) -> dict[
     import faiss
 
     from densekit.artifacts import read_table
-    from densekit.pipelines.evaluate import evaluate_run, load_qrels, mean_metrics
+    from densekit.metrics import evaluate_run, mean_metrics
+    from densekit.pipelines.evaluate import load_qrels
+    from densekit.pipelines.search import search_index_in_process
 
     if getattr(model, "kind", "bi_encoder") != "bi_encoder":
         raise ConfigError(f"periodic evaluation retrieves with a bi-encoder; this model is a {model.kind}")
@@ -171,7 +172,7 @@ def evaluate_model(model, ec: EvalConfig, device, metrics=EVAL_METRICS) -> dict[
     qrels = {q: qrels[q] for q in qids}
     q_emb = encode_texts(model, texts, "query", device, ec.batch_size)
     if ec.index:
-        scores, pids = _search_index(ec.index, q_emb, ec.k)
+        scores, pids = search_index_in_process(ec.index, q_emb, ec.k)
     else:
         corpus = read_table(ec.corpus, columns=["pid", "text", "title"])
         p_emb = encode_texts(
@@ -187,21 +188,3 @@ def evaluate_model(model, ec: EvalConfig, device, metrics=EVAL_METRICS) -> dict[
     names = list(dict.fromkeys([*metrics, ec.metric]))
     per_query = evaluate_run(run, qrels, names)
     return mean_metrics(per_query, names)
-
-
-def _search_index(index_dir: str, q_emb: np.ndarray, k: int):
-    """Exact top-k over a (small, dev) densekit index in this process: a training worker must not
-    start search actors of its own. Returns (scores [B, k], pids [B, k] object)."""
-    from densekit.artifacts import read_manifest
-    from densekit.pipelines.search import _ShardGroup
-
-    manifest = read_manifest(index_dir)
-    shards, offset = [], 0
-    for i, s in enumerate(manifest["shards"]):
-        shards.append({"shard": i, "dir": s["dir"], "offset": offset, "ntotal": s["ntotal"]})
-        offset += s["ntotal"]
-    group = _ShardGroup(str(index_dir), shards, manifest["factory"], manifest["metric"], True, None, None, 1)
-    k = min(k, offset)
-    res = group.search(np.ascontiguousarray(q_emb, dtype=np.float32), k, False)
-    pids = np.asarray(res["pids"].to_pylist(), dtype=object).reshape(len(q_emb), k)
-    return res["scores"], pids

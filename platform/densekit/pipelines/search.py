@@ -132,6 +132,29 @@ class _Pending:
     batch: int
 
 
+def search_index_in_process(index_dir: str | Path, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over a (small) densekit index in this process, shards memory-mapped: no Ray, no
+    actors (a training worker's dev evaluation must not start search actors of its own).
+
+    Args:
+        queries: `[B, D]` query embeddings.
+        k: results per query (capped at the index's size).
+
+    Returns:
+        (scores `[B, k]` float32, higher is better; pids `[B, k]` object array, None = none).
+    """
+    manifest = read_manifest(index_dir)
+    shards, offset = [], 0
+    for i, s in enumerate(manifest["shards"]):
+        shards.append({"shard": i, "dir": s["dir"], "offset": offset, "ntotal": s["ntotal"]})
+        offset += s["ntotal"]
+    group = _ShardGroup(str(index_dir), shards, manifest["factory"], manifest["metric"], True, None, None, 1)
+    k = min(k, offset)
+    res = group.search(np.ascontiguousarray(queries, dtype=np.float32), k, False)
+    pids = np.asarray(res["pids"].to_pylist(), dtype=object).reshape(len(queries), k)
+    return res["scores"], pids
+
+
 class ShardedSearcher:
     """Search a `densekit index` output from Ray actors, each holding some of its shards.
 
