@@ -45,7 +45,6 @@ from densekit.train_step import compute_loss, evaluate_model, index_retriever
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"  # written last into a checkpoint: its presence marks it complete
-EVAL_METRICS = ("mrr@10", "ndcg@10", "recall@100")
 
 
 # --- models ----------------------------------------------------------------------------------------
@@ -148,7 +147,7 @@ def fit(cfg: TrainConfig, callbacks: list | None = None):
 
     out = Path(cfg.output).resolve()
     build_objective(cfg)  # loss names and parameters first: they need no model or data
-    _check_inputs(cfg)
+    check_inputs(cfg)
     # Fail on unknown losses, bad params or a loss/model mismatch before any worker starts.
     mode, _ = candidate_modes(cfg)
     if not prepare_output(out, cfg, overwrite=cfg.overwrite, keep_partial=True):
@@ -207,7 +206,7 @@ def fit(cfg: TrainConfig, callbacks: list | None = None):
     return result
 
 
-def _check_inputs(cfg: TrainConfig) -> None:
+def check_inputs(cfg: TrainConfig) -> None:
     """Everything the workers would otherwise find out after Ray started (and retried)."""
     from densekit.data.loader import check_training_groups
     from densekit.models import check_model_files

@@ -214,9 +214,9 @@ def search(cfg: TuneConfig, callbacks: list | None = None) -> None:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from densekit.pipelines.evaluate import parse_metric
+    from densekit.metrics import parse_metric
     from densekit.raycluster import init_ray
-    from densekit.train import _check_inputs
+    from densekit.train import check_inputs
 
     out = Path(cfg.output).resolve()
     base = str(Path(cfg.base).resolve())
@@ -240,7 +240,7 @@ def search(cfg: TuneConfig, callbacks: list | None = None) -> None:
     if not prepare_output(out, cfg, overwrite=cfg.overwrite, keep_partial=True):
         return
     write_text_atomic(kept, resolved)
-    _check_inputs(base_cfg)
+    check_inputs(base_cfg)
     init_ray(base_cfg.resources)
 
     spec = {
