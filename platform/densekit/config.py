@@ -383,7 +383,7 @@ class EvaluateConfig:
     overwrite: bool = opt(False, "replace a complete output made with another config")
 
     def validate(self) -> None:
-        from densekit.pipelines.evaluate import parse_metric  # light: no Ray, no torch
+        from densekit.metrics import parse_metric  # light: no Ray, no torch
 
         if not self.metrics:
             raise ConfigError("metrics is empty")
@@ -558,7 +558,7 @@ def _explain(e: OmegaConfBaseException, cls: type) -> str:
     return f"{key}: {msg}" if key else msg
 
 
-def _missing_keys(obj: Any, prefix: str = "") -> list[str]:
+def missing_keys(obj: Any, prefix: str = "") -> list[str]:
     out = []
     keys = range(len(obj)) if OmegaConf.is_list(obj) else list(obj.keys())
     for k in keys:
@@ -567,7 +567,7 @@ def _missing_keys(obj: Any, prefix: str = "") -> list[str]:
         if OmegaConf.is_missing(obj, k):
             out.append(name)
         elif OmegaConf.is_config(node):
-            out += _missing_keys(node, name + ".")
+            out += missing_keys(node, name + ".")
     return out
 
 
@@ -620,7 +620,7 @@ def load_config(
         merged = OmegaConf.merge(*layers)
         if allow_missing:
             return merged
-        missing = _missing_keys(merged)
+        missing = missing_keys(merged)
         if missing:
             raise ConfigError(
                 "missing required value(s): "
@@ -634,7 +634,7 @@ def load_config(
         from_override = any(o.split("=", 1)[0] == key for o in overrides or [])
         where = "override: " if from_override else (f"{path}: " if path else "")
         raise ConfigError(where + _explain(e, cls)) from None
-    _validate_tree(obj)
+    validate_tree(obj)
     return obj
 
 
@@ -652,19 +652,19 @@ def _remove(cfg: Any, key: str) -> None:
         del parent[leaf]
 
 
-def _validate_tree(obj: Any) -> None:
+def validate_tree(obj: Any) -> None:
     """Call `validate()` on every dataclass in the tree, children first."""
     if dataclasses.is_dataclass(obj):
         for f in dataclasses.fields(obj):
-            _validate_tree(getattr(obj, f.name))
+            validate_tree(getattr(obj, f.name))
         if hasattr(obj, "validate"):
             obj.validate()
     elif isinstance(obj, dict):
         for v in obj.values():
-            _validate_tree(v)
+            validate_tree(v)
     elif isinstance(obj, list):
         for v in obj:
-            _validate_tree(v)
+            validate_tree(v)
 
 
 def describe_fields(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:

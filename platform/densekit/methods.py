@@ -209,13 +209,13 @@ def _check_stage(step: str, merged: Any, deep: bool) -> list[str]:
 
     from omegaconf import OmegaConf
 
-    from densekit.config import _missing_keys, _validate_tree
+    from densekit.config import missing_keys, validate_tree
 
-    missing = _missing_keys(merged)
+    missing = missing_keys(merged)
     if missing:
         return missing
     obj = OmegaConf.to_object(merged)
-    _validate_tree(obj)
+    validate_tree(obj)
     if deep and step in DRY_RUN_CHECKS:
         module, _, fn = DRY_RUN_CHECKS[step].partition(":")
         getattr(importlib.import_module(module), fn)(obj)
