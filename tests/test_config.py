@@ -164,3 +164,47 @@ def test_misspelt_loss_parameter_fails_at_once_before_the_model_path(tmp_path):
     ])
     with pytest.raises(ConfigError, match="margin_mse takes no parameters"):
         train(cfg)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("optim.lr=-1", "optim.lr=-1.0"),
+    ("optim.lr=0", "optim.lr=0.0"),
+    ("optim.batch_size=0", "optim.batch_size=0"),
+    ("optim.max_steps=0", "optim.max_steps=0"),
+    ("optim.grad_accum=0", "optim.grad_accum=0"),
+    ("optim.warmup_steps=-5", "optim.warmup_steps=-5"),
+    ("optim.max_grad_norm=0", "optim.max_grad_norm=0"),
+])
+def test_training_settings_are_checked_when_loaded(override, expected):
+    """Caught on loading, before Ray starts (they used to end in a torch traceback, or after three
+    Ray Train attempts)."""
+    from densekit.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="invalid training settings") as e:
+        load_config(TrainConfig, None, ["model.path=m", "data.train=t", "output=o", override])
+    assert expected in str(e.value)
+
+
+def test_a_corpus_table_as_training_groups_is_refused_before_ray(tmp_path):
+    from densekit.artifacts import TableWriter, write_manifest
+    from densekit.config import TrainConfig
+    from densekit.data import records as R
+    from densekit.errors import InputError
+    from densekit.models.tiny import build_tiny_model
+    from densekit.train import train
+
+    corpus = tmp_path / "corpus"
+    with TableWriter(corpus, R.CORPUS_SCHEMA) as w:
+        w.write({R.PID: ["d1"], R.TEXT: ["a b"], R.TITLE: [""]})
+    write_manifest(corpus, "test")
+    model = build_tiny_model(tmp_path / "m", ["a b c"] * 4, layers=1, hidden=16, heads=2, intermediate=32)
+    cfg = load_config(TrainConfig, None, [f"model.path={model}", f"data.train={corpus}", f"output={tmp_path / 'o'}",
+                                          "losses={contrastive: {}}"])
+    with pytest.raises(InputError, match="expected a training-groups table"):
+        train(cfg)
+    cfg = load_config(TrainConfig, None, [f"model.path={model}", f"data.train={corpus}", "data.group_size=0",
+                                          f"output={tmp_path / 'o'}", "losses={embedding_mse: {}}",
+                                          f"teacher.path={model}"])
+    with pytest.raises(InputError, match="expected a queries table"):
+        train(cfg)
+    assert not (tmp_path / "o").exists()

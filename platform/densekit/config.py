@@ -734,6 +734,22 @@ class OptimConfig:
     amp: Literal["auto", "off", "fp16", "bf16"] = opt("auto", "mixed precision on CUDA (auto: bf16 if supported)")
     seed: int = opt(42, "seed of weights init, data order and negative sampling")
 
+    def validate(self) -> None:
+        bad = []
+        if not self.lr > 0 or self.lr == float("inf"):
+            bad.append(f"optim.lr={self.lr} (a positive number, e.g. 2e-5)")
+        for name in ("batch_size", "grad_accum", "max_steps"):
+            if getattr(self, name) < 1:
+                bad.append(f"optim.{name}={getattr(self, name)} (at least 1)")
+        if not 0 <= self.warmup_steps <= max(self.max_steps, 0):
+            bad.append(f"optim.warmup_steps={self.warmup_steps} (0 .. max_steps={self.max_steps})")
+        if self.weight_decay < 0 or not self.eps > 0:
+            bad.append(f"optim.weight_decay={self.weight_decay} / optim.eps={self.eps} (>= 0 / > 0)")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            bad.append(f"optim.max_grad_norm={self.max_grad_norm} (> 0, or null for no clipping)")
+        if bad:
+            raise ConfigError("invalid training settings: " + "; ".join(bad))
+
 
 @dataclass
 class EvalConfig:

@@ -206,6 +206,28 @@ def fit(cfg: TrainConfig, callbacks: list | None = None):
     return result
 
 
+def _check_train_table(cfg: TrainConfig) -> None:
+    """data.train must be the kind of table training reads: groups (group_size > 0) or queries."""
+    from densekit.artifacts import open_part, table_parts
+    from densekit.data import records as R
+    from densekit.errors import InputError
+
+    parts = table_parts(cfg.data.train)
+    if not parts:
+        raise InputError(cfg.data.train, None, "the table has no Parquet parts: nothing to train on")
+    names = open_part(parts[0]).schema_arrow.names
+    if cfg.data.group_size > 0:
+        need = [R.QID, R.QUERY, R.POSITIVES, R.NEGATIVES]
+        what = (f"a training-groups table ({', '.join(need)}: from `mine`, `score` or an import of "
+                "training files) for data.group_size > 0")
+    else:
+        need = [R.QID, R.TEXT if R.TEXT in names else R.QUERY]
+        what = "a queries table (qid, text) or training groups for data.group_size=0"
+    missing = [c for c in need if c not in names]
+    if missing:
+        raise InputError(parts[0], None, f"data.train has columns {names}, missing {missing}; expected {what}")
+
+
 def check_inputs(cfg: TrainConfig) -> None:
     """Everything the workers would otherwise find out after Ray started (and retried)."""
     from densekit.data.loader import check_training_groups
@@ -226,6 +248,7 @@ def check_inputs(cfg: TrainConfig) -> None:
             # Found by every worker otherwise, each retried max_failures times.
             raise ConfigError(f"{key}.path={mc.path}: holds a {spec.kind} model, but {key}.kind={mc.kind}")
     read_manifest(cfg.data.train)
+    _check_train_table(cfg)
     if cfg.data.teacher_embeddings is not None:
         from densekit.pipelines.embeddings import read_embeddings_manifest
 
