@@ -4,12 +4,12 @@ speed-up against the first (e.g. a distilled query encoder against its teacher).
 All models are measured in one Ray task on one worker (a GPU when `use_gpu`), in turn and
 interleaved (A B A B ...), with the same texts, batch size and thread count; the fastest of
 `repeats` passes counts, so a burst of load from another process hurts no model more than the others.
+The timing itself is `densekit.report.timing.time_encoders`, the one `densekit report` uses.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 from densekit.artifacts import (
@@ -39,6 +39,7 @@ def measure(models: list[str], texts: list[str], kind: str, batch_size: int, rep
     import torch
 
     from densekit.models import load_model
+    from densekit.report.timing import model_encoder, time_encoders
 
     if threads:
         torch.set_num_threads(threads)
@@ -49,31 +50,13 @@ def measure(models: list[str], texts: list[str], kind: str, batch_size: int, rep
         if model.kind != "bi_encoder":
             raise ConfigError(f"{path} is a {model.kind}; speed measures bi-encoders (one vector per text)")
         loaded.append(model)
-    # Length-sorted batches, as encode runs them: the measure is the model, not the padding.
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    batches = [[texts[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
-
-    def one_pass(model) -> float:
-        start = time.perf_counter()
-        with torch.inference_mode():
-            for chunk in batches:
-                if kind == "queries":
-                    enc = model.tokenize_queries(chunk)
-                    fn = model.encode_queries
-                else:
-                    enc = model.tokenize_passages(chunk, None)
-                    fn = model.encode_passages
-                fn(**{k: v.to(device) for k, v in enc.items()})
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    for model in loaded:  # warm-up: allocator, kernels, tokenizer caches
-        one_pass(model)
-    best = [float("inf")] * len(loaded)
-    for _ in range(repeats):
-        for i, model in enumerate(loaded):
-            best[i] = min(best[i], one_pass(model))
+    # Length-sorted batches, as encode runs them: the measure is the model, not the padding. One
+    # warm-up pass each (allocator, kernels, tokenizer caches), then interleaved passes, the best kept.
+    ordered = sorted(texts, key=len, reverse=True)
+    encoders = {str(i): model_encoder(model, device, kind) for i, model in enumerate(loaded)}
+    with torch.inference_mode():
+        timed = time_encoders(encoders, ordered, batch_size, repeats, warmup=1)
+    best = [timed[str(i)].best_seconds for i in range(len(loaded))]
     rows = []
     for path, model, seconds in zip(models, loaded, best):
         rows.append({

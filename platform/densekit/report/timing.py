@@ -71,6 +71,27 @@ def time_encoders(
     return out
 
 
+def model_encoder(model, device, kind: str = "queries") -> Callable[[list[str]], None]:
+    """A function encoding one batch of texts with `model` (tokenisation included) as `kind`
+    ("queries" or "passages"), blocking until the device is done: what `time_encoders` times.
+    Call it under `torch.inference_mode()`."""
+    import torch
+
+    device = torch.device(device)
+    if kind == "queries":
+        tokenize, encode = model.tokenize_queries, model.encode_queries
+    else:
+        tokenize, encode = (lambda batch: model.tokenize_passages(batch, None)), model.encode_passages
+
+    def run(batch: list[str]) -> None:
+        enc = tokenize(batch)
+        encode(**{k: v.to(device) for k, v in enc.items()})
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return run
+
+
 def measure_query_speed(model_dirs: dict[str, str], texts: Sequence[str], sc: QuerySpeedConfig) -> dict[str, Speed]:
     """Load each model (bi-encoder or ColBERT) and time its query encoding, tokenisation included,
     as `time_encoders` does; torch's thread count is set to `sc.threads` meanwhile.
@@ -90,14 +111,7 @@ def measure_query_speed(model_dirs: dict[str, str], texts: Sequence[str], sc: Qu
         if not hasattr(model, "encode_queries"):
             logger.info("%s: a %s has no query encoder; no speed measured", name, model.kind)
             continue
-
-        def encode(batch: list[str], model=model) -> None:
-            enc = model.tokenize_queries(batch)
-            model.encode_queries(**{k: v.to(device) for k, v in enc.items()})
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-
-        encoders[name] = encode
+        encoders[name] = model_encoder(model, device, "queries")
     threads = torch.get_num_threads()
     torch.set_num_threads(sc.threads)
     try:
