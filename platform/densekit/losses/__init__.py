@@ -32,7 +32,7 @@ from densekit.losses.distill import (
 )
 from densekit.losses.layers import LayerDistill, layer_distill, layer_pairs
 from densekit.losses.ranking import AdoreLambda, StarPairwise, adore_lambda, star_pairwise
-from densekit.models.output import ModelOutput
+from densekit.output import ModelOutput
 
 LOSSES: dict[str, type[Loss]] = {
     cls.name: cls

@@ -14,7 +14,7 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from densekit.candidates import Candidates, group_candidates
-from densekit.models.output import ModelOutput
+from densekit.output import ModelOutput
 
 
 def check_shape(name: str, t: Tensor | None, shape: tuple, loss: str) -> Tensor:

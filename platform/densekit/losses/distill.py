@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from densekit.losses.base import Loss, check_shape, masked
-from densekit.models.output import ModelOutput
+from densekit.output import ModelOutput
 
 
 def margin_mse(student_scores: Tensor, teacher_scores: Tensor) -> Tensor:

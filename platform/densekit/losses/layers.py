@@ -14,7 +14,7 @@ from torch import Tensor
 from densekit.errors import ConfigError
 from densekit.losses.base import Loss, check_shape, masked
 from densekit.losses.distill import kl_distill
-from densekit.models.output import ModelOutput
+from densekit.output import ModelOutput
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from densekit.losses.base import Loss, check_shape
-from densekit.models.output import ModelOutput
+from densekit.output import ModelOutput
 
 
 def star_pairwise(
