@@ -51,7 +51,7 @@ def compute_loss(module, batch, mode: str, teacher_mode=None, teacher=None, froz
             with torch.no_grad():
                 teacher_out = _forward(teacher, batch, t_mode, layers, None)
     if teacher_out is None and getattr(batch, "teacher_query_emb", None) is not None:
-        from densekit.models.output import ModelOutput
+        from densekit.output import ModelOutput
 
         teacher_out = ModelOutput(query_emb=batch.teacher_query_emb)  # read from disk, not run
     reference = None
