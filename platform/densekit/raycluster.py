@@ -2,23 +2,41 @@
 
 Every step that uses Ray calls `init_ray(cfg.resources)` first and nothing else Ray-global, so the
 same command line runs on a laptop and as a submitted job.
+
+A local Ray is private to this machine and this run: its processes listen on 127.0.0.1 only (never
+on the machine's network interfaces), the dashboard is off, densekit never joins a cluster that
+someone started on the machine unless `resources.address` or RAY_ADDRESS names it, and the
+authentication token it creates for Ray is readable by its owner only (mode 0600). Start-up is
+retried on a busy machine, and what a failed attempt started is stopped before the next one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from densekit.errors import DensekitError
+
 logger = logging.getLogger(__name__)
+
+LOCAL_IP = "127.0.0.1"
+# Ray gives a starting node 30 s (hard-coded) to register; at a load of 10-40 that is not enough.
+START_ATTEMPTS = 4
 
 
 def init_ray(resources: Any | None = None) -> None:
     """Attach to Ray if it is not already initialised (tests and drivers may have started it).
 
     Resolution order: an already-initialised Ray; `resources.address`; the RAY_ADDRESS environment
-    variable (set inside `ray job submit` jobs); a cluster started here with `ray start`; otherwise
-    a new local Ray on this machine.
+    variable (set inside `ray job submit` jobs); otherwise a new local Ray on this machine, bound to
+    127.0.0.1 (a cluster started with `ray start` is joined only when named: address=auto or its
+    address).
     """
     import ray
 
@@ -30,13 +48,7 @@ def init_ray(resources: Any | None = None) -> None:
         logger.info("connecting to Ray at %s", address)
         ray.init(address=address, **kwargs)
     else:
-        # Like `ray.init()`: attach to a cluster started on this machine with `ray start`, if
-        # any, else start a local one. A stale record of a stopped cluster must not stop us.
-        try:
-            ray.init(**kwargs)
-        except ConnectionError as e:
-            logger.warning("no Ray cluster at the last `ray start` address (%s): starting a local Ray", e)
-            ray.init(address="local", include_dashboard=False, **kwargs)
+        start_local_ray(**kwargs)
     res = ray.cluster_resources()
     logger.info(
         "Ray: %d node(s), %g CPU, %g GPU",
@@ -44,3 +56,132 @@ def init_ray(resources: Any | None = None) -> None:
         res.get("CPU", 0),
         res.get("GPU", 0),
     )
+
+
+def start_local_ray(attempts: int = START_ATTEMPTS, **kwargs: Any) -> None:
+    """Start a new local Ray (never join one), bound to 127.0.0.1, without dashboard.
+
+    A start-up that fails (e.g. "The current node timed out during startup" on a loaded machine)
+    is retried `attempts` times in all; before each retry and after the last failure, every Ray
+    process the failed attempt started (gcs_server, raylet, agents, workers) is stopped, so none
+    is left behind.
+
+    Raises:
+        DensekitError: no attempt started Ray; says how loaded the machine was.
+    """
+    import ray
+
+    _ensure_private_token()
+    last: BaseException | None = None
+    for attempt in range(1, attempts + 1):
+        before = _descendant_pids()
+        try:
+            with _loopback_node():
+                ray.init(address="local", include_dashboard=False, _node_ip_address=LOCAL_IP, **kwargs)
+        except (TypeError, ValueError):
+            _stop_new_processes(before)
+            raise  # a wrong argument: no retry helps
+        except Exception as e:
+            last = e
+            _stop_new_processes(before)
+            load = _load()
+            if attempt < attempts:
+                logger.warning("local Ray did not start (attempt %d of %d, load %s): %s; retrying",
+                               attempt, attempts, load, str(e).strip().splitlines()[0] if str(e).strip() else e)
+                time.sleep(2.0 * attempt)
+            continue
+        node = getattr(ray._private.worker.global_worker, "node", None)
+        ip = getattr(node, "node_ip_address", None)
+        if ip is not None and ip != LOCAL_IP:
+            logger.warning("local Ray runs on %s, not %s: its ports may be reachable from the network", ip, LOCAL_IP)
+        return
+    raise DensekitError(
+        f"a local Ray did not start in {attempts} attempts (load average {_load()} on {os.cpu_count()} "
+        f"CPUs): {last}. Everything those attempts started was stopped. Rerun when the machine is less "
+        "busy, or start Ray yourself (`ray start --head --node-ip-address=127.0.0.1`) and pass "
+        "resources.address=auto"
+    ) from last
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """Let `ray.init(_node_ip_address="127.0.0.1")` mean it: Ray rewrites a loopback node address
+    into the machine's outward address (services.resolve_ip_for_localhost), and its servers bind to
+    the node address. Only for a local start, and only while ray.init runs."""
+    try:
+        from ray._private import services
+    except ImportError:  # another Ray layout: the warning after start-up says what happened
+        yield
+        return
+    original = getattr(services, "resolve_ip_for_localhost", None)
+    if original is None:
+        yield
+        return
+    services.resolve_ip_for_localhost = lambda host: host if host == LOCAL_IP else original(host)
+    try:
+        yield
+    finally:
+        services.resolve_ip_for_localhost = original
+
+
+def _ensure_private_token() -> None:
+    """Ray turns on token authentication for a new local cluster and writes the token, if none
+    exists, with the default file mode (readable by every user). Write it first, mode 0600."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled" or os.environ.get("RAY_AUTH_TOKEN"):
+        return
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if path.exists():
+        with contextlib.suppress(OSError):
+            if path.stat().st_mode & 0o077:
+                logger.warning("%s (the Ray authentication token) is readable by other users: run chmod 600 %s",
+                               path, path)
+        return
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as e:
+        logger.warning("could not write the Ray authentication token %s (%s): Ray writes it", path, e)
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    logger.info("wrote a Ray authentication token to %s (mode 600)", path)
+
+
+def _descendant_pids() -> set[int]:
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        return {p.pid for p in psutil.Process().children(recursive=True)}
+    return set()
+
+
+def _stop_new_processes(before: set[int]) -> None:
+    """Stop what a failed start-up left: ray.shutdown, then every process this driver started
+    since (gcs_server, raylet, agents, workers), by pid; SIGTERM, then SIGKILL after 10 s."""
+    import psutil
+    import ray
+
+    with contextlib.suppress(Exception):
+        ray.shutdown()
+    try:
+        procs = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    except psutil.Error:
+        return
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+    if procs:
+        logger.info("stopped %d process(es) left by the failed Ray start-up", len(procs))
+
+
+def _load() -> str:
+    with contextlib.suppress(OSError, AttributeError):
+        return f"{os.getloadavg()[0]:.1f}"
+    return "unknown"
