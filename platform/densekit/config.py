@@ -407,6 +407,11 @@ class MineConfig:
     seed: int = opt(0, "seed of the sampling (per query: the same qid gets the same negatives)")
     positive_level: int = opt(1, "qrels with relevance >= this are the group's positives")
     min_negatives: int = opt(1, "queries with fewer negatives in the window are dropped (and counted)")
+    run_scores: bool = opt(
+        False,
+        "store the run's score of every passage as its teacher `score` (the mining retriever is the teacher: "
+        "Margin-MSE / KL from a DE teacher without a `score` step); positives the run missed are dropped",
+    )
     rows_per_part: int = opt(100_000, "groups per Parquet part")
     overwrite: bool = opt(False, "replace a complete output made with another config")
 

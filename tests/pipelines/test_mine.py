@@ -117,3 +117,22 @@ def test_select_negatives_by_hand():
     a, _ = select_negatives("q", pids, ranks, {}, 1, 7, 3, "sample", 5)
     b, _ = select_negatives("q", pids, ranks, {}, 1, 7, 3, "sample", 5)
     assert a == b and len(a) == 3
+
+
+def test_run_scores_become_teacher_scores(tmp_path, task):
+    """run_scores: every passage of a group carries its score in the run (the mining retriever is
+    the teacher), so train can read them as offline teacher scores; a positive the run missed is
+    dropped from its group (q0's "d_unretrieved", absent from the corpus too: no error now)."""
+    out = tmp_path / "groups"
+    mine(_cfg(task, out, "max_rank=20", "num_negatives=6", "strategy=top", "run_scores=true"))
+    score_of = {(q, p): -float(r) for q, p, r in task["run_rows"]}
+    groups = read_table(out).to_pylist()
+    assert len(groups) == 7
+    for g in groups:
+        passages = g[R.POSITIVES] + g[R.NEGATIVES]
+        assert len(g[R.NEGATIVES]) == 6
+        for p in passages:
+            assert p[R.SCORE] == score_of[(g[R.QID], p[R.PID])]
+        assert "d_unretrieved" not in {p[R.PID] for p in g[R.POSITIVES]}
+    counts = read_manifest(out)["counts"]
+    assert counts["positives_not_retrieved"] == 1 and counts["no_retrieved_positive"] == 0

@@ -32,8 +32,9 @@ from densekit.pipelines.evaluate import load_qrels
 logger = logging.getLogger(__name__)
 
 
-def iter_query_runs(run_dir: str | Path) -> Iterator[tuple[str, list[str], list[int]]]:
-    """Stream (qid, pids, ranks) per query from a run table whose rows are grouped by qid.
+def iter_query_runs(run_dir: str | Path, with_scores: bool = False) -> Iterator[tuple]:
+    """Stream (qid, pids, ranks) per query from a run table whose rows are grouped by qid; with
+    `with_scores`, (qid, pids, ranks, scores).
 
     Raises:
         InputError: a qid that reappears after another query's rows (the run is not grouped).
@@ -42,21 +43,26 @@ def iter_query_runs(run_dir: str | Path) -> Iterator[tuple[str, list[str], list[
     qid: str | None = None
     pids: list[str] = []
     ranks: list[int] = []
-    for batch in iter_table(run_dir, [R.QID, R.PID, R.RANK]):
-        for q, p, r in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(),
-                           batch.column(2).to_pylist()):
+    scores: list[float] = []
+    columns = [R.QID, R.PID, R.RANK] + ([R.SCORE] if with_scores else [])
+    for batch in iter_table(run_dir, columns):
+        cols = [batch.column(i).to_pylist() for i in range(len(columns))]
+        if not with_scores:
+            cols.append([None] * batch.num_rows)
+        for q, p, r, sc in zip(*cols):
             if q != qid:
                 if qid is not None:
-                    yield qid, pids, ranks
+                    yield (qid, pids, ranks, scores) if with_scores else (qid, pids, ranks)
                 if q in seen:
                     raise InputError(run_dir, None, f"query {q!r} appears in two separate blocks; "
                                      "expected the run's rows grouped by qid (as search writes them)")
                 seen.add(q)
-                qid, pids, ranks = q, [], []
+                qid, pids, ranks, scores = q, [], [], []
             pids.append(p)
             ranks.append(r)
+            scores.append(sc)
     if qid is not None:
-        yield qid, pids, ranks
+        yield (qid, pids, ranks, scores) if with_scores else (qid, pids, ranks)
 
 
 def select_negatives(
@@ -105,19 +111,21 @@ def mine(cfg) -> None:
     qrels = load_qrels(cfg.qrels)
     counts = {"groups": 0, "no_positive": 0, "too_few_negatives": 0, "short_groups": 0,
               "judged_relevant_removed": 0, "qrels_queries_not_in_run": 0}
+    if cfg.run_scores:
+        counts.update(positives_not_retrieved=0, no_retrieved_positive=0)
     run_qids: set[str] = set()
     progress = Progress(logger, "mine", unit="queries")
     with TableLookup.for_table(cfg.corpus, R.PID, [R.TEXT, R.TITLE]) as corpus, \
             TableLookup.for_table(cfg.queries, R.QID, [R.TEXT]) as queries, \
             TableWriter(out, R.GROUPS_SCHEMA, rows_per_part=cfg.rows_per_part) as writer:
-        pending: list[tuple[str, list[str], list[str]]] = []  # (qid, positives, negatives)
+        pending: list[tuple] = []  # (qid, positives, negatives, {pid: run score} or None)
 
         def flush() -> None:
             if pending:
                 writer.write(_groups_batch(pending, corpus, queries, cfg))
                 pending.clear()
 
-        for qid, pids, ranks in iter_query_runs(cfg.run):
+        for qid, pids, ranks, *rest in iter_query_runs(cfg.run, with_scores=cfg.run_scores):
             run_qids.add(qid)
             progress.update(1)
             judged = qrels.get(qid, {})
@@ -126,6 +134,15 @@ def mine(cfg) -> None:
             if not positives:
                 counts["no_positive"] += 1
                 continue
+            scores = None
+            if cfg.run_scores:  # the run's scores become the groups' teacher scores
+                scores = dict(zip(pids, rest[0]))
+                retrieved = [p for p in positives if p in scores]
+                counts["positives_not_retrieved"] += len(positives) - len(retrieved)
+                if not retrieved:
+                    counts["no_retrieved_positive"] += 1
+                    continue
+                positives = retrieved
             negatives, removed = select_negatives(qid, pids, ranks, judged, cfg.min_rank, cfg.max_rank,
                                                   cfg.num_negatives, cfg.strategy, cfg.seed)
             counts["judged_relevant_removed"] += removed
@@ -134,7 +151,7 @@ def mine(cfg) -> None:
                 continue
             if len(negatives) < cfg.num_negatives:
                 counts["short_groups"] += 1
-            pending.append((qid, positives, negatives))
+            pending.append((qid, positives, negatives, scores))
             counts["groups"] += 1
             if len(pending) >= 4096:
                 flush()
@@ -151,13 +168,13 @@ def mine(cfg) -> None:
 
 def _groups_batch(pending, corpus, queries, cfg) -> pa.RecordBatch:
     """Fill in query and passage texts for a list of (qid, positives, negatives)."""
-    qids = [q for q, _, _ in pending]
+    qids = [q for q, *_ in pending]
     qpos = queries.find(qids)
     if (qpos < 0).any():
         missing = qids[int(np.flatnonzero(qpos < 0)[0])]
         raise InputError(cfg.queries, None, f"query {missing!r} (from the run) is not in the queries table")
     qtexts = queries.take(qpos, R.TEXT).to_pylist()
-    all_pids = [p for _, pos, neg in pending for p in pos + neg]
+    all_pids = [p for _, pos, neg, _ in pending for p in pos + neg]
     ppos = corpus.find(all_pids)
     if (ppos < 0).any():
         missing = all_pids[int(np.flatnonzero(ppos < 0)[0])]
@@ -165,10 +182,10 @@ def _groups_batch(pending, corpus, queries, cfg) -> pa.RecordBatch:
     texts = corpus.take(ppos, R.TEXT).to_pylist()
     titles = corpus.take(ppos, R.TITLE).to_pylist()
     rows, j = [], 0
-    for (qid, pos, neg), qtext in zip(pending, qtexts):
+    for (qid, pos, neg, scores), qtext in zip(pending, qtexts):
         group = []
         for p in pos + neg:
-            group.append(R.passage(p, texts[j], titles[j] or ""))
+            group.append(R.passage(p, texts[j], titles[j] or "", None if scores is None else float(scores[p])))
             j += 1
         rows.append({R.QID: qid, R.QUERY: qtext, R.POSITIVES: group[: len(pos)],
                      R.NEGATIVES: group[len(pos):]})
