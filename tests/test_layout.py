@@ -105,3 +105,120 @@ def test_ruff_finds_nothing():
         cwd=ROOT, capture_output=True, text=True,
     )
     assert out.returncode == 0, f"ruff check . found:\n{out.stdout}{out.stderr}"
+
+
+# --- package seams (issue #18) ---------------------------------------------------------------------
+
+PACKAGE = ROOT / "platform" / "densekit"
+MAX_MODULE_LINES = 500
+# Modules not split yet, each with why. Remove an entry once its module is split; nothing may join.
+TOO_LONG_FOR_NOW = {
+    "config.py": "the loader and every step's dataclass in one module; to become a config/ package",
+    "train.py": "driver, worker loop, checkpoints and progress; to become a train/ package",
+    "artifacts.py": "table I/O, manifests and output safety; being reworked for issue #17",
+}
+
+
+def _modules() -> dict[str, Path]:
+    """densekit's modules by dotted name (a package by its own name, for its __init__.py)."""
+    out = {}
+    for p in sorted(PACKAGE.rglob("*.py")):
+        parts = list(p.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = p
+    return out
+
+
+def test_no_module_over_500_lines_but_the_listed_ones():
+    long = {}
+    for p in PACKAGE.rglob("*.py"):
+        n = len(p.read_text(encoding="utf-8").splitlines())
+        if n > MAX_MODULE_LINES:
+            long[p.relative_to(PACKAGE).as_posix()] = n
+    new = {k: v for k, v in long.items() if k not in TOO_LONG_FOR_NOW}
+    assert not new, f"modules over {MAX_MODULE_LINES} lines (split them, as report/ and data/formats/ were): {new}"
+
+
+def test_losses_do_not_load_the_model_classes():
+    """The losses need ModelOutput and the candidate sets (densekit.output, densekit.candidates),
+    never the models package: it loads every model class and transformers."""
+    code = "import sys, densekit.losses; print(sorted(m for m in sys.modules if m.startswith('densekit.models')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "platform")})
+    assert out.stdout.strip() == "[]", f"import densekit.losses loaded {out.stdout.strip()}"
+
+
+def test_no_private_name_is_imported_across_modules():
+    """`from densekit.x import _name` (or `module._name` on an imported densekit module) reaches
+    into another module's internals: make the name public, or move the code."""
+    modules = _modules()
+    found = []
+    for path in modules.values():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        aliases = set()  # local names bound to densekit modules
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("densekit"):
+                for a in node.names:
+                    if a.name.startswith("_") and not a.name.startswith("__"):
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno}: from {node.module} import {a.name}")
+                    if f"{node.module}.{a.name}" in modules:
+                        aliases.add(a.asname or a.name)
+            elif isinstance(node, ast.Import):
+                aliases.update(a.asname for a in node.names if a.asname and a.name.startswith("densekit"))
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value.id}.{node.attr}")
+    assert not found, "private names used across modules:\n" + "\n".join(found)
+
+
+def _module_level_imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The densekit modules `path` imports when it is imported (not inside functions, not under
+    `if TYPE_CHECKING:`)."""
+
+    def resolve(dotted: str) -> str | None:
+        while dotted and dotted not in modules:
+            dotted = dotted.rpartition(".")[0]
+        return dotted or None
+
+    out: set[str] = set()
+
+    def visit(body: list) -> None:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                visit(node.orelse)
+                continue
+            if isinstance(node, ast.Import):
+                out.update(filter(None, (resolve(a.name) for a in node.names)))
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                out.update(filter(None, (resolve(f"{node.module}.{a.name}") for a in node.names)))
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                sub = getattr(node, field, None)
+                if isinstance(sub, list):
+                    visit(sub)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")).body)
+    return out
+
+
+def test_no_import_cycle_between_modules():
+    modules = _modules()
+    graph = {m: _module_level_imports(p, modules) - {m} for m, p in modules.items()}
+    cycles, state = [], {}  # state: 1 = on the current path, 2 = done
+
+    def walk(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                cycles.append(" -> ".join(path[path.index(n):] + [n]))
+            elif n not in state:
+                walk(n, path + [n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            walk(m, [m])
+    assert not cycles, "import cycles (module level):\n" + "\n".join(cycles)
