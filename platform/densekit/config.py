@@ -1018,7 +1018,7 @@ class TrainsetConfig:
     corpus: str = opt(MISSING, "corpus table (pid, text, title)")
     queries: str = opt(MISSING, "queries table (qid, text) holding every query of `qrels`")
     qrels: str = opt(MISSING, "training qrels (the split to divide: e.g. a BEIR import's qrels/train)")
-    output: str = opt(MISSING, "folder: queries/, train_queries/, qrels/train/, qrels/dev/")
+    output: str = opt(MISSING, "folder: queries/, train_queries/, labelled_queries/, qrels/train/, qrels/dev/")
     dev_queries: int = opt(0, "judged queries held out as dev (a seeded draw); 0 = no dev split")
     title_queries: bool = opt(False, "each document's title as a query judging its own document (relevance 1)")
     sentence_queries: int = opt(0, "up to n unjudged sentences of the documents as training queries (query-only methods)")

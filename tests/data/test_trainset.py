@@ -63,6 +63,8 @@ def test_splits_and_pseudo_queries(collection, tmp_path):
     assert "Short." not in texts.values()
     assert not any(r[R.QID] in sentences for r in train)
     assert set(texts) == training | dev_q
+    labelled = {r[R.QID] for r in read_table(out / "labelled_queries").to_pylist()}
+    assert labelled == ({r[R.QID] for r in train if r[R.RELEVANCE] > 0} | dev_q) and not labelled & sentences
     assert read_manifest(out)["counts"]["title_queries"] == 6
 
 

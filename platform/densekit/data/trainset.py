@@ -11,7 +11,8 @@ written from the corpus itself.
   that learn from query text alone (query-encoder embedding alignment).
 
 Writes `<output>/queries` (every query of the splits: training, pseudo and dev), `train_queries`
-(what training reads: the training and pseudo-queries, not the dev ones), `qrels/train`
+(what training reads: the training and pseudo-queries, not the dev ones), `labelled_queries` (the
+judged ones: training, title and dev queries, for a teacher's run to mine from), `qrels/train`
 (training queries' and title queries' judgements) and `qrels/dev`, each a table with a manifest,
 then a top manifest with the counts.
 """
@@ -114,6 +115,8 @@ def trainset(cfg: TrainsetConfig) -> None:
     every = {**training, **dev_q}
     write("queries", R.QUERIES_SCHEMA, {R.QID: list(every), R.TEXT: list(every.values())})
     write("train_queries", R.QUERIES_SCHEMA, {R.QID: list(training), R.TEXT: list(training.values())})
+    labelled = {**train_q, **title_q, **dev_q}  # the judged ones: what a teacher's run for mining needs
+    write("labelled_queries", R.QUERIES_SCHEMA, {R.QID: list(labelled), R.TEXT: list(labelled.values())})
     for name, rows in (("qrels/train", train_rows), ("qrels/dev", dev_rows)):
         write(name, R.QRELS_SCHEMA, {c: [r[c] for r in rows] for c in (R.QID, R.PID, R.RELEVANCE)})
     logger.info(
