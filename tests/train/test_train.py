@@ -151,12 +151,12 @@ def test_killed_worker_resumes_from_last_checkpoint(tmp_path, train_task, studen
 
 def test_a_worker_no_node_can_hold_is_named(ray_session, caplog):
     # Ray Train waits silently for such a worker (the quickstart asks for 2 CPUs per train worker).
-    from densekit.train import _warn_if_no_node_fits
+    from densekit.train import warn_if_no_node_fits
 
     caplog.set_level("WARNING", logger="densekit.train")
-    _warn_if_no_node_fits({"CPU": 1.0})
+    warn_if_no_node_fits({"CPU": 1.0})
     assert not caplog.records
-    _warn_if_no_node_fits({"CPU": 64.0})
+    warn_if_no_node_fits({"CPU": 64.0})
     assert "no node has that much" in caplog.text and "cpus_per_worker" in caplog.text
 
 
