@@ -355,6 +355,8 @@ def run(argv: list[str]) -> int:
         entry = {"step": stage.step, "output": str(stage.output), "about": method.stages[stage.name].about}
         if before.get("step") == stage.step and "seconds" in before:
             entry["seconds"] = before["seconds"]
+        if before.get("step") == stage.step and "inputs" in before:
+            entry["inputs"] = before["inputs"]  # kept across --only runs of other stages
         else:
             entry["pending"] = True
         status["stages"][stage.name] = entry
@@ -375,12 +377,19 @@ def run(argv: list[str]) -> int:
             cfg = load_config(cls, stage.config_path, overrides)
         except ConfigError as e:
             raise ConfigError(f"stage '{stage.name}' ({stage.step}): {e}") from None
+        inputs = input_fingerprints(stage.inputs)
         if stage.name not in forced and _stage_complete(stage, cfg):
-            logger.info("%s: complete, skipping (%s)", label, stage.output)
-            status["stages"][stage.name].pop("pending", None)
-            status["stages"][stage.name]["skipped"] = True
-            write_json_atomic(status_path, status)
-            continue
+            changed = _changed_inputs(previous.get(stage.name, {}).get("inputs"), inputs)
+            if not changed:
+                logger.info("%s: complete, skipping (%s)", label, stage.output)
+                status["stages"][stage.name].pop("pending", None)
+                status["stages"][stage.name]["skipped"] = True
+                status["stages"][stage.name]["inputs"] = inputs
+                write_json_atomic(status_path, status)
+                continue
+            # Stale: built from an earlier version of an input (a stage before it was redone).
+            logger.info("%s: its input(s) %s changed since it ran: redoing it", label, ", ".join(changed))
+            cfg = load_config(cls, stage.config_path, [*overrides, "overwrite=true"])
         logger.info("%s: running -> %s", label, stage.output)
         start = time.time()
         STEPS[stage.step].function()(cfg)
@@ -390,6 +399,7 @@ def run(argv: list[str]) -> int:
         entry.pop("pending", None)
         entry.pop("skipped", None)
         entry["seconds"] = round(seconds, 1)
+        entry["inputs"] = inputs
         write_json_atomic(status_path, status)
         _maybe_inject_fault(stage.name)
     logger.info("method %s: all %d stages complete in %s", method.name, len(stages), run_dir)
@@ -414,6 +424,42 @@ def _maybe_inject_fault(stage: str) -> None:
     marker.write_text(f"killed after stage {stage}\n")
     logger.warning("fault injection: killing the run after stage %s", stage)
     os._exit(137)
+
+
+def input_fingerprints(inputs: dict[str, str]) -> dict[str, str]:
+    """What each input of a stage is now, cheaply: the sha256 of a densekit output's manifest (it
+    lists every file's size and sha256, so any change of content changes it), else the names,
+    sizes and modification times of the files of a folder (a model, a data folder) or of a file.
+    A missing path fingerprints as "missing"."""
+    import hashlib
+
+    out = {}
+    for key, raw in sorted(inputs.items()):
+        path = Path(raw)
+        h = hashlib.sha256()
+        if (path / "manifest.json").is_file():
+            h.update(b"manifest\0" + (path / "manifest.json").read_bytes())
+        elif path.is_dir():
+            for p in sorted(path.rglob("*")):
+                if p.is_file():
+                    st = p.stat()
+                    h.update(f"{p.relative_to(path).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        elif path.is_file():
+            st = path.stat()
+            h.update(f"file\0{st.st_size}\0{st.st_mtime_ns}".encode())
+        else:
+            out[key] = "missing"
+            continue
+        out[key] = h.hexdigest()
+    return out
+
+
+def _changed_inputs(recorded: dict[str, str] | None, now: dict[str, str]) -> list[str]:
+    """Input keys whose fingerprint differs from the one recorded when the stage last ran (none
+    when nothing was recorded: a run folder from before fingerprints were kept)."""
+    if not recorded:
+        return []
+    return [k for k in sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)]
 
 
 def _previous_status(path: Path) -> dict[str, Any]:
