@@ -26,8 +26,11 @@ from densekit.errors import DensekitError
 logger = logging.getLogger(__name__)
 
 LOCAL_IP = "127.0.0.1"
-# Ray gives a starting node 30 s (hard-coded) to register; at a load of 10-40 that is not enough.
-START_ATTEMPTS = 4
+# Ray gives a starting node 30 s (hard-coded in ray._private.node) to register with its GCS; at a
+# load of 10-40 that is not enough. A local start-up waits up to REGISTER_WAIT_S more per attempt
+# (see _patient_registration), and is tried START_ATTEMPTS times in all.
+REGISTER_WAIT_S = 180.0
+START_ATTEMPTS = 3
 
 
 def init_ray(resources: Any | None = None) -> None:
@@ -76,7 +79,7 @@ def start_local_ray(attempts: int = START_ATTEMPTS, **kwargs: Any) -> None:
     for attempt in range(1, attempts + 1):
         before = _descendant_pids()
         try:
-            with _loopback_node():
+            with _loopback_node(), _patient_registration(REGISTER_WAIT_S, before):
                 ray.init(address="local", include_dashboard=False, _node_ip_address=LOCAL_IP, **kwargs)
         except (TypeError, ValueError):
             _stop_new_processes(before)
@@ -124,6 +127,40 @@ def _loopback_node() -> Iterator[None]:
         services.resolve_ip_for_localhost = original
 
 
+@contextlib.contextmanager
+def _patient_registration(wait_s: float, before: set[int]) -> Iterator[None]:
+    """While ray.init starts a local node, let its check that the node registered with the GCS
+    (services.get_node, polled for 30 s) keep polling up to `wait_s` seconds per call: on a loaded
+    machine the raylet registers, only late. Not once the raylet this start-up spawned (a child
+    not in `before`) has exited: it never will then (e.g. Ray's raylet gives its dashboard agent
+    15 s to start and aborts after)."""
+    try:
+        from ray._private import services
+    except ImportError:
+        yield
+        return
+    original = getattr(services, "get_node", None)
+    if original is None:
+        yield
+        return
+
+    def get_node(*args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return original(*args, **kwargs)
+            except RuntimeError:
+                if time.monotonic() >= deadline or _raylet_exited(before):
+                    raise
+                time.sleep(0.5)
+
+    services.get_node = get_node
+    try:
+        yield
+    finally:
+        services.get_node = original
+
+
 def _ensure_private_token() -> None:
     """Ray turns on token authentication for a new local cluster and writes the token, if none
     exists, with the default file mode (readable by every user). Write it first, mode 0600."""
@@ -147,6 +184,18 @@ def _ensure_private_token() -> None:
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))
     logger.info("wrote a Ray authentication token to %s (mode 600)", path)
+
+
+def _raylet_exited(before: set[int]) -> bool:
+    import psutil
+
+    try:
+        for p in psutil.Process().children(recursive=True):
+            if p.pid not in before and p.name() == "raylet":
+                return p.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.Error:
+        return False
+    return False
 
 
 def _descendant_pids() -> set[int]:
