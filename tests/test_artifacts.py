@@ -75,9 +75,11 @@ def test_deep_manifest_check_catches_changed_bytes(tmp_path):
     (out / "a.txt").write_text("abc")
     write_manifest(out, "test")
     (out / "a.txt").write_text("abd")
-    read_manifest(out)  # same size: the cheap check passes
+    read_manifest(out, deep=False)  # same size: the cheap check passes
     with pytest.raises(IncompleteOutputError, match="sha256"):
         read_manifest(out, deep=True)
+    with pytest.raises(IncompleteOutputError, match="changed since it was written"):
+        read_manifest(out)  # the default when a step opens an artifact (issue #17)
 
 
 def test_prepare_output_skip_resume_conflict(tmp_path):

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from densekit import __version__
 from densekit.errors import (
+    ChangedArtifactError,
     ConfigError,
     DensekitError,
     IncompleteOutputError,
@@ -199,9 +200,12 @@ def write_manifest(
     total_rows = 0
     for p in _listed_files(directory, tuple(exclude)):
         rel = p.relative_to(directory).as_posix()
-        entry: dict[str, Any] = {"bytes": p.stat().st_size}
+        st = p.stat()
+        entry: dict[str, Any] = {"bytes": st.st_size}
         if checksums:
             entry["sha256"] = sha256_file(p)
+            if p.stat().st_mtime_ns == st.st_mtime_ns:  # unchanged while hashed: a reader here need not redo it
+                _VERIFIED.add(_file_key(p, st))
         if p.suffix == ".parquet":
             entry["rows"] = pq.ParquetFile(p).metadata.num_rows
             if p.parent == directory:
@@ -219,12 +223,37 @@ def write_manifest(
     return manifest
 
 
-def read_manifest(directory: str | Path, deep: bool = False) -> dict:
+# Whether read_manifest checks every file's sha256 by default (sizes are always checked).
+# DENSEKIT_VERIFY_CHECKSUMS=0 turns the hashes off (e.g. for a huge input already checked).
+def _verify_default() -> bool:
+    return os.environ.get("DENSEKIT_VERIFY_CHECKSUMS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+# Files whose sha256 this process already checked, by (path, size, mtime, inode, ctime): a method
+# run or a step that opens its input twice hashes each file once.
+_VERIFIED: set[tuple] = set()
+
+
+def _file_key(p: Path, st: os.stat_result) -> tuple:
+    return (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+def read_manifest(directory: str | Path, deep: bool | None = None) -> dict:
     """Return the manifest of a complete output directory, or raise IncompleteOutputError.
 
-    Checks that every listed file exists with its recorded size; with `deep`, also its sha256.
+    Checks that every listed file exists with its recorded size and, with `deep` (the default
+    when a step opens an artifact to read it; DENSEKIT_VERIFY_CHECKSUMS=0 turns it off), its
+    sha256; a file checked once in this process is not hashed again while unchanged on disk.
+    Callers that only ask whether an output is complete (is_complete) or that re-open an artifact
+    its step already verified pass deep=False.
+
+    Raises:
+        IncompleteOutputError: no manifest or a listed file missing. ChangedArtifactError (a
+            subclass): a file's size or sha256 differs from the manifest's, naming the file.
     """
     directory = Path(directory)
+    if deep is None:
+        deep = _verify_default()
     path = directory / MANIFEST
     if not directory.exists():
         raise IncompleteOutputError(f"{directory}: does not exist")
@@ -238,22 +267,31 @@ def read_manifest(directory: str | Path, deep: bool = False) -> dict:
         files = manifest["files"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise IncompleteOutputError(f"{path}: not a valid densekit manifest ({e})") from e
+    step = manifest.get("step", "the step that wrote it") if isinstance(manifest, dict) else "its step"
+    redo = (f"it changed since it was written. Restore it, or rerun '{step}' for {directory} with "
+            "overwrite=true")
     for rel, entry in files.items():
         p = directory / rel
         if not p.is_file():
             raise IncompleteOutputError(f"{directory}: {rel} is listed in {MANIFEST} but missing")
-        if p.stat().st_size != entry.get("bytes"):
-            raise IncompleteOutputError(
-                f"{directory}: {rel} has {p.stat().st_size} bytes, {MANIFEST} says {entry.get('bytes')}"
+        st = p.stat()
+        if st.st_size != entry.get("bytes"):
+            raise ChangedArtifactError(
+                f"{p} has {st.st_size} bytes, {MANIFEST} says {entry.get('bytes')}: {redo}"
             )
-        if deep and "sha256" in entry and sha256_file(p) != entry["sha256"]:
-            raise IncompleteOutputError(f"{directory}: {rel} does not match its sha256 in {MANIFEST}")
+        if deep and "sha256" in entry:
+            key = _file_key(p, st)
+            if key in _VERIFIED:
+                continue
+            if sha256_file(p) != entry["sha256"]:
+                raise ChangedArtifactError(f"{p} does not match its sha256 in {MANIFEST}: {redo}")
+            _VERIFIED.add(key)
     return manifest
 
 
 def is_complete(directory: str | Path) -> bool:
     try:
-        read_manifest(directory)
+        read_manifest(directory, deep=False)
         return True
     except IncompleteOutputError:
         return False

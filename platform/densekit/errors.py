@@ -42,6 +42,11 @@ class IncompleteOutputError(DensekitError):
     """An input directory exists but was not finished (no or invalid manifest)."""
 
 
+class ChangedArtifactError(IncompleteOutputError):
+    """A file of a complete output no longer matches its manifest (size or sha256): it changed
+    after the step wrote it (disk corruption, an edit, a partial copy)."""
+
+
 class WriteError(DensekitError):
     """Writing an output failed part-way (disk full, quota, read-only file system). Nothing was
     marked complete: the output has no manifest, and a rerun resumes or starts over."""

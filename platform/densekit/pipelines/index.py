@@ -262,7 +262,7 @@ def _index(cfg, emb: dict, dim: int, metric: str, probe: Any, out: Path, sources
 
     shards = []
     for i in range(len(sources)):
-        m = read_manifest(shard_dir(out, i))
+        m = read_manifest(shard_dir(out, i), deep=False)  # shards this step just wrote
         shards.append({"dir": shard_dir(out, i).relative_to(out).as_posix(), "ntotal": m["ntotal"]})
     ntotal = sum(s["ntotal"] for s in shards)
     if ntotal != sum(rows):
@@ -291,7 +291,7 @@ def _shard_done(out: Path, shard: int, extra: dict) -> bool:
     d = shard_dir(out, shard)
     if not is_complete(d):
         return False
-    m = read_manifest(d)
+    m = read_manifest(d, deep=False)  # the step's own partial output
     same = all(m.get(k) == v for k, v in extra.items())
     if not same:
         logger.info("%s was built from other inputs: rebuilding it", d)
