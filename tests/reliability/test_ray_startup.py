@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+# Minutes (each case waits out real Ray time-outs; the load case ~4-5 min): not in the default run.
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.long]
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY_DAEMONS = {"gcs_server", "raylet"}
