@@ -11,7 +11,7 @@ from densekit.cli import STEPS
 from densekit.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "methods")
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "methods" not in p.relative_to(ROOT / "configs").parts)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT)) for p in CONFIGS])

@@ -57,8 +57,8 @@ class OptimConfig:
         for name in ("batch_size", "grad_accum", "max_steps"):
             if getattr(self, name) < 1:
                 bad.append(f"optim.{name}={getattr(self, name)} (at least 1)")
-        if not 0 <= self.warmup_steps <= max(self.max_steps, 0):
-            bad.append(f"optim.warmup_steps={self.warmup_steps} (0 .. max_steps={self.max_steps})")
+        if self.warmup_steps < 0:
+            bad.append(f"optim.warmup_steps={self.warmup_steps} (0 or more)")
         if self.weight_decay < 0 or not self.eps > 0:
             bad.append(f"optim.weight_decay={self.weight_decay} / optim.eps={self.eps} (>= 0 / > 0)")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
