@@ -30,7 +30,7 @@ from densekit.config import (
     load_config,
 )
 from densekit.data import records as R
-from densekit.errors import ConfigError, DensekitError, IncompleteOutputError, InputError
+from densekit.errors import ChangedArtifactError, ConfigError, DensekitError, IncompleteOutputError, InputError
 
 # Words of tests/conftest.py's TINY_TEXTS (the tiny tokenizer knows them).
 WORDS = ("dense retrieval trains small query and passage encoders a cross encoder teacher scores each "
@@ -199,7 +199,7 @@ def test_truncated_parquet_is_refused(world, tmp_path, no_ray, tally):
     tally.bad_input("truncated Parquet file read directly")
 
 
-def test_corrupt_parquet_footer_is_refused_before_ray(world, tmp_path, no_ray, tally):
+def test_corrupt_parquet_footer_is_refused_before_ray(world, tmp_path, no_ray, tally, monkeypatch):
     corpus = _corpus_copy(world, tmp_path)
     part = corpus / "part-00000.parquet"
     data = bytearray(part.read_bytes())
@@ -207,14 +207,22 @@ def test_corrupt_parquet_footer_is_refused_before_ray(world, tmp_path, no_ray, t
     part.write_bytes(bytes(data))
     cfg = load_config(EncodeConfig, overrides=[f"model={world['model']}", f"input={corpus}",
                                                f"output={tmp_path / 'emb'}"])
+    # The manifest's sha256 finds it first...
+    with pytest.raises(ChangedArtifactError, match=r"part-00000.parquet does not match its sha256"):
+        STEPS["encode"].function()(cfg)
+    tally.bad_input("corrupt Parquet footer (sha256)")
+    # ... and with checksums off (DENSEKIT_VERIFY_CHECKSUMS=0), Parquet's own footer check.
+    monkeypatch.setenv("DENSEKIT_VERIFY_CHECKSUMS", "0")
     with pytest.raises(InputError, match=r"part-00000.parquet: not a readable Parquet file"):
         STEPS["encode"].function()(cfg)
-    tally.bad_input("corrupt Parquet footer")
+    tally.bad_input("corrupt Parquet footer (checksums off)")
 
 
 @pytest.mark.ray
-def test_corrupt_parquet_data_is_named_by_the_worker(world, tmp_path, ray_session, tally):
-    """Footer intact, a data page garbage: found inside a Ray Data task, reported as itself."""
+def test_corrupt_parquet_data_is_named_by_the_worker(world, tmp_path, ray_session, tally, monkeypatch):
+    """Footer intact, a data page garbage: found inside a Ray Data task, reported as itself (with
+    checksums off; with them on the driver's sha256 check refuses it first, tested above)."""
+    monkeypatch.setenv("DENSEKIT_VERIFY_CHECKSUMS", "0")
     corpus = _corpus_copy(world, tmp_path)
     part = corpus / "part-00000.parquet"
     data = bytearray(part.read_bytes())

@@ -45,7 +45,9 @@ ray.shutdown()
 
 
 def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    # No RAY_* from this process: a Ray started in it earlier (the ray_session fixture) leaves
+    # RAY_AUTH_MODE=token behind, and `ray start` would then look for a token under the new HOME.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(HOME=str(home), PYTHONPATH=os.pathsep.join([str(ROOT / "platform"), env.get("PYTHONPATH", "")]),
                RAY_USAGE_STATS_ENABLED="0")
     return env
@@ -133,20 +135,21 @@ def test_an_existing_cluster_on_the_machine_is_not_joined_unless_named(tmp_path,
     kept = record.read_bytes() if record.is_file() else None
     port = _free_port()
     ray_cli = Path(sys.executable).parent / "ray"
+    log = tmp_path / "ray-start.log"
     head = subprocess.Popen(
         [str(ray_cli), "start", "--head", "--block", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
          "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
-        env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        env=_env(tmp_path), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     head_kids: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if record.is_file() and record.read_text().strip().endswith(f":{port}"):
                 break
-            assert head.poll() is None, "ray start --head failed"
+            assert head.poll() is None, f"ray start --head failed:\n{log.read_text(errors='replace')[-3000:]}"
             time.sleep(1)
         else:
-            raise AssertionError("ray start --head did not come up")
+            raise AssertionError(f"ray start --head did not come up:\n{log.read_text(errors='replace')[-3000:]}")
         head_kids = psutil.Process(head.pid).children(recursive=True)
         driver = Driver(tmp_path)
         try:
