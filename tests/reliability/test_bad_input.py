@@ -30,7 +30,13 @@ from densekit.config import (
     load_config,
 )
 from densekit.data import records as R
-from densekit.errors import ChangedArtifactError, ConfigError, DensekitError, IncompleteOutputError, InputError
+from densekit.errors import (
+    ChangedArtifactError,
+    ConfigError,
+    DensekitError,
+    IncompleteOutputError,
+    InputError,
+)
 
 # Words of tests/conftest.py's TINY_TEXTS (the tiny tokenizer knows them).
 WORDS = ("dense retrieval trains small query and passage encoders a cross encoder teacher scores each "
