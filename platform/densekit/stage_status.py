@@ -16,37 +16,72 @@ if TYPE_CHECKING:
 
 
 def input_fingerprints(inputs: dict[str, str]) -> dict[str, str]:
-    """What each input of a stage is now, cheaply: the sha256 of a densekit output's manifest (it
-    lists every file's size and sha256, so any change of content changes it), else the names,
-    sizes and modification times of the files of a folder (a model, a data folder) or of a file.
-    A missing path fingerprints as "missing"."""
+    """What each input of a stage is now, by content, so that a copied or re-cloned folder (new
+    modification times, same bytes) or a stage redone with the same result is not taken for a
+    change: a densekit output by its manifest's files (each one's path, size and sha256; nested
+    manifests and the manifest's creation time left out), any other folder (a model, a data folder)
+    or file by the sha256 of its files' contents (hashed once per process while a file is unchanged
+    on disk). A missing path fingerprints as "missing"."""
     import hashlib
 
     out = {}
     for key, raw in sorted(inputs.items()):
         path = Path(raw)
         h = hashlib.sha256()
-        if (path / "manifest.json").is_file():
-            h.update(b"manifest\0" + (path / "manifest.json").read_bytes())
+        manifest = path / "manifest.json"
+        listed = _manifest_files(manifest) if manifest.is_file() else None
+        if listed is not None:
+            h.update(b"manifest\0")
+            for rel, entry in sorted(listed.items()):
+                if Path(rel).name == "manifest.json":
+                    continue  # a nested table's manifest: its files are listed here too
+                h.update(f"{rel}\0{entry.get('bytes')}\0{entry.get('sha256', '')}\n".encode())
         elif path.is_dir():
             for p in sorted(path.rglob("*")):
                 if p.is_file():
-                    st = p.stat()
-                    h.update(f"{p.relative_to(path).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                    h.update(f"{p.relative_to(path).as_posix()}\0{_content_hash(p)}\n".encode())
         elif path.is_file():
-            st = path.stat()
-            h.update(f"file\0{st.st_size}\0{st.st_mtime_ns}".encode())
+            h.update(f"file\0{_content_hash(path)}".encode())
         else:
             out[key] = "missing"
             continue
-        out[key] = h.hexdigest()
+        out[key] = FINGERPRINT_PREFIX + h.hexdigest()
     return out
+
+
+# Fingerprints carry their scheme: ones recorded by an earlier scheme (sizes and modification
+# times) are not compared, so an upgrade does not redo a whole run.
+FINGERPRINT_PREFIX = "c1:"
+
+
+def _manifest_files(path: Path) -> dict | None:
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return files if isinstance(files, dict) else None
+
+
+# sha256 of files this process already hashed, by (path, size, mtime, inode): a method run
+# fingerprints the same model folder for several stages and hashes it once.
+_HASHED: dict[tuple, str] = {}
+
+
+def _content_hash(path: Path) -> str:
+    from densekit.artifacts import sha256_file
+
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _HASHED:
+        _HASHED[key] = sha256_file(path)
+    return _HASHED[key]
 
 
 def changed_inputs(recorded: dict[str, str] | None, now: dict[str, str]) -> list[str]:
     """Input keys whose fingerprint differs from the one recorded when the stage last ran (none
-    when nothing was recorded: a run folder from before fingerprints were kept)."""
-    if not recorded:
+    when nothing was recorded, or only fingerprints of an earlier scheme: a run folder from an
+    earlier densekit)."""
+    if not recorded or not all(v == "missing" or v.startswith(FINGERPRINT_PREFIX) for v in recorded.values()):
         return []
     return [k for k in sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)]
 
