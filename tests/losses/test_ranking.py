@@ -162,3 +162,17 @@ def test_adore_forward_retrieves_from_a_fixed_index(tiny_model_dir):
     loss = build_objective({"adore_lambda": {"params": {"metric_cut": 2}}})(out, batch)
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_star_and_adore_temperature_divides_the_scores(st, helpers):
+    """temperature T: the same loss as on scores / T (by hand above at T = 1)."""
+    s, _ = st
+    relevant = torch.tensor([[True, False, True], [False, True, False]])
+    out = helpers.global_output(s.clone(), torch.tensor([0, 1]), relevant, group_size=1)
+    t = 0.25
+    expected = (sp(-1 / t) + sp(-1 / t) + sp(-1.5 / t)) / 3
+    assert StarPairwise(temperature=t)(out, None).item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="temperature must be a positive number, got 0"):
+        StarPairwise(temperature=0)
+    with pytest.raises(ValueError, match="temperature must be a positive number, got -1"):
+        AdoreLambda(metric_cut=2, temperature=-1)

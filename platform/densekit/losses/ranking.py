@@ -105,9 +105,13 @@ class StarPairwise(Loss):
     name = "star_pairwise"
     modes = ("global",)
 
+    def __init__(self, temperature: float = 1.0):
+        super().__init__()
+        self.temperature = _positive_temperature(temperature)
+
     def forward(self, student: ModelOutput, batch, teacher=None, reference=None) -> Tensor:
         scores, cands = student.in_mode(self.pick_mode(student.mode))
-        return star_pairwise(scores, cands.target, cands.relevant, cands.valid)
+        return star_pairwise(scores / self.temperature, cands.target, cands.relevant, cands.valid)
 
 
 class AdoreLambda(Loss):
@@ -126,14 +130,24 @@ class AdoreLambda(Loss):
     name = "adore_lambda"
     modes = ("retrieved",)
 
-    def __init__(self, metric_cut: int):
+    def __init__(self, metric_cut: int, temperature: float = 1.0):
         super().__init__()
         if not isinstance(metric_cut, int) or metric_cut < 1:
             raise ValueError(
                 f"metric_cut must be a positive integer rank (DRhard's README uses 200), got {metric_cut!r}"
             )
         self.metric_cut = metric_cut
+        self.temperature = _positive_temperature(temperature)
 
     def forward(self, student: ModelOutput, batch, teacher=None, reference=None) -> Tensor:
         scores, cands = student.in_mode(self.pick_mode(student.mode))
-        return adore_lambda(scores, cands.relevant, cands.ranks, self.metric_cut, cands.valid)
+        return adore_lambda(scores / self.temperature, cands.relevant, cands.ranks, self.metric_cut, cands.valid)
+
+
+def _positive_temperature(temperature: float) -> float:
+    """STAR's and ADORE's scores are divided by `temperature` before the pairwise logistic cost:
+    1.0 (the default) is the paper's, on unnormalised dot products; cosine scores in [-1, 1] (a
+    normalised model such as all-MiniLM-L6-v2) need a small one (e.g. 0.05) for the same margins."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    return float(temperature)
