@@ -100,7 +100,7 @@ def test_an_input_that_changed_since_it_was_written_is_refused_before_ray(case, 
 def test_each_file_is_hashed_once_per_process_and_the_check_can_be_turned_off(tmp_path, monkeypatch):
     """Hashing is the cost of the check: a file is hashed once per process while unchanged on disk
     (write_manifest counts as a check), and DENSEKIT_VERIFY_CHECKSUMS=0 leaves only the sizes."""
-    import densekit.artifacts as A
+    import densekit.artifacts.manifest as A  # where read_manifest looks up sha256_file and _VERIFIED
 
     emb = _embeddings(tmp_path / "emb")
     monkeypatch.setattr(A, "_VERIFIED", set())  # as in a process that did not write it
