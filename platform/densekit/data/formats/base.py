@@ -2,18 +2,20 @@
 row), id/text/number checks, line decoding, and batching rows into Arrow record batches of bounded
 size, each with a `line` column (the 1-based source line of the row).
 
-A reader is a generator of row tuples `(nbytes, *values)` handed to `read_rows` (or `batched` with
-its own batcher); every check reports through one `ErrorPolicy`.
+A reader is a generator of row tuples `(nbytes, *values)` handed to `read_rows` (most through the
+`row_reader` decorator, or `batched` with its own batcher); every check reports through one
+`ErrorPolicy`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -229,6 +231,36 @@ def split_columns(line: str, sep: str | None, n: int, path, lineno, policy, layo
 def read_rows(rows: Iterable[tuple], schema: pa.Schema, batch_rows: int, batch_bytes: int) -> Iterator[pa.RecordBatch]:
     """The common reader tail: batches of `schema` from `(nbytes, *values)` row tuples."""
     yield from batched(rows, Batcher(schema, batch_rows, batch_bytes))
+
+
+RowSource = Callable[[str | Path, ErrorPolicy], Iterator[tuple]]
+Reader = Callable[..., Iterator[pa.RecordBatch]]
+
+
+def row_reader(schema: pa.Schema) -> Callable[[RowSource], Reader]:
+    """Make a format reader from a generator of `(nbytes, *values, line)` rows of `schema`.
+
+    The decorated `rows(path, policy)` becomes `reader(path, policy=None, batch_rows=BATCH_ROWS,
+    batch_bytes=BATCH_BYTES)`, yielding record batches of `schema` plus `line` (the default policy
+    raises on the first bad row).
+    """
+    full = with_line(schema)
+
+    def wrap(rows: RowSource) -> Reader:
+        def reader(
+            path: str | Path,
+            policy: ErrorPolicy | None = None,
+            batch_rows: int = BATCH_ROWS,
+            batch_bytes: int = BATCH_BYTES,
+        ) -> Iterator[pa.RecordBatch]:
+            yield from read_rows(rows(path, policy or ErrorPolicy()), full, batch_rows, batch_bytes)
+
+        # The reader takes the row source's name and doc, but keeps its own signature.
+        functools.update_wrapper(reader, rows, assigned=("__module__", "__name__", "__qualname__", "__doc__"))
+        del reader.__wrapped__
+        return reader
+
+    return wrap
 
 
 # --- JSON fields -----------------------------------------------------------------------------------

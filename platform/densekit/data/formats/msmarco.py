@@ -16,6 +16,7 @@ from densekit.data.formats.base import (
     check_text,
     iter_lines,
     read_rows,
+    row_reader,
     split_columns,
     with_line,
 )
@@ -53,62 +54,42 @@ def read_id_text(
     yield from read_rows(rows(), schema, batch_rows, batch_bytes)
 
 
-def read_msmarco_docs(
-    path: str | Path,
-    policy: ErrorPolicy | None = None,
-    batch_rows: int = BATCH_ROWS,
-    batch_bytes: int = BATCH_BYTES,
-) -> Iterator[pa.RecordBatch]:
+@row_reader(CORPUS_SCHEMA)
+def read_msmarco_docs(path: str | Path, policy: ErrorPolicy) -> Iterator[tuple]:
     """MS MARCO msmarco-docs.tsv: `docid<TAB>url<TAB>title<TAB>body` -> corpus (pid, text=body,
     title); the URL is dropped (as LEAD does)."""
-    policy = policy or ErrorPolicy()
-    schema = with_line(CORPUS_SCHEMA)
-
-    def rows() -> Iterator[tuple]:
-        for n, line in iter_lines(path, policy, "lines of docid<TAB>url<TAB>title<TAB>body"):
-            cols = split_columns(line, "\t", 4, path, n, policy, "docid<TAB>url<TAB>title<TAB>body")
-            if cols is None:
-                continue
-            id_, _url, title, body = cols
-            if not check_id(id_, path, n, "docid", policy) or not check_text(line, path, n, "line", policy):
-                continue
-            yield len(line), id_, body, title, n
-
-    yield from read_rows(rows(), schema, batch_rows, batch_bytes)
+    for n, line in iter_lines(path, policy, "lines of docid<TAB>url<TAB>title<TAB>body"):
+        cols = split_columns(line, "\t", 4, path, n, policy, "docid<TAB>url<TAB>title<TAB>body")
+        if cols is None:
+            continue
+        id_, _url, title, body = cols
+        if not check_id(id_, path, n, "docid", policy) or not check_text(line, path, n, "line", policy):
+            continue
+        yield len(line), id_, body, title, n
 
 
 DPR_HEADER = ["id", "text", "title"]
 
 
-def read_dpr_tsv(
-    path: str | Path,
-    policy: ErrorPolicy | None = None,
-    batch_rows: int = BATCH_ROWS,
-    batch_bytes: int = BATCH_BYTES,
-) -> Iterator[pa.RecordBatch]:
+@row_reader(CORPUS_SCHEMA)
+def read_dpr_tsv(path: str | Path, policy: ErrorPolicy) -> Iterator[tuple]:
     """DPR / LEAD psgs_w100.tsv: `id<TAB>text<TAB>title`. DPR's file has a header line `id text
     title`, LEAD's has none: a first line equal to that header is skipped, any other is data."""
-    policy = policy or ErrorPolicy()
-    schema = with_line(CORPUS_SCHEMA)
-
-    def rows() -> Iterator[tuple]:
-        first = True
-        for n, line in iter_lines(path, policy, "lines of id<TAB>text<TAB>title"):
-            if first:
-                first = False
-                head = line.split("\t")
-                if [h.strip().lower() for h in head] == DPR_HEADER:
-                    continue
-                if head and head[0].strip().lower() == "id":
-                    raise InputError(
-                        path, n, f"header {head} does not match; expected the columns {DPR_HEADER}"
-                    )
-            cols = split_columns(line, "\t", 3, path, n, policy, "id<TAB>text<TAB>title")
-            if cols is None:
+    first = True
+    for n, line in iter_lines(path, policy, "lines of id<TAB>text<TAB>title"):
+        if first:
+            first = False
+            head = line.split("\t")
+            if [h.strip().lower() for h in head] == DPR_HEADER:
                 continue
-            id_, text, title = cols
-            if not check_id(id_, path, n, "id", policy) or not check_text(line, path, n, "line", policy):
-                continue
-            yield len(line), id_, text, title, n
-
-    yield from read_rows(rows(), schema, batch_rows, batch_bytes)
+            if head and head[0].strip().lower() == "id":
+                raise InputError(
+                    path, n, f"header {head} does not match; expected the columns {DPR_HEADER}"
+                )
+        cols = split_columns(line, "\t", 3, path, n, policy, "id<TAB>text<TAB>title")
+        if cols is None:
+            continue
+        id_, text, title = cols
+        if not check_id(id_, path, n, "id", policy) or not check_text(line, path, n, "line", policy):
+            continue
+        yield len(line), id_, text, title, n
