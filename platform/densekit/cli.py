@@ -20,6 +20,7 @@ from densekit.errors import DensekitError, root_cause
 from densekit.logs import setup_logging
 
 logger = logging.getLogger("densekit")
+VERBOSE_FLAGS = ("-v", "--verbose")
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,9 @@ STEPS: dict[str, Step] = {
 def _usage() -> str:
     width = max(len(s) for s in STEPS)
     lines = [
-        "usage: densekit <step> [CONFIG.yaml] [key=value ...]",
+        "usage: densekit [-v] <step> [CONFIG.yaml] [key=value ...]",
         "       densekit <step> --help      list the step's config keys",
+        "       -v, --verbose               also show Ray's, Hugging Face's and workers' output",
         "",
         "Runs locally (Ray starts by itself) or inside `ray job submit` (jobs/<step>.py).",
         "",
@@ -172,6 +174,9 @@ def _step_help(name: str, step: Step) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `densekit` command and of every jobs/<step>.py script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # -v / --verbose (anywhere): Ray's, Hugging Face's and the workers' own output too.
+    verbose = any(a in VERBOSE_FLAGS for a in argv)
+    argv = [a for a in argv if a not in VERBOSE_FLAGS]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -192,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in rest):
         print(_step_help(name, step))
         return 0
-    setup_logging()
+    setup_logging(verbose_=True if verbose else None)
     # Which copy runs matters on a cluster: under `ray job submit` it is the one shipped by the
     # runtime env's py_modules (.../runtime_resources/py_modules_files/...), not an installed one.
     import densekit

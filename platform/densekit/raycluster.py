@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,15 +45,30 @@ def init_ray(resources: Any | None = None) -> None:
     """
     import ray
 
+    from densekit import logs
+
+    if "ray.train" in sys.modules:  # a Train driver (also inside a Tune trial, where Ray is up)
+        from densekit.raytrain_compat import patch_placement_group_cleaner
+
+        patch_placement_group_cleaner()
     if ray.is_initialized():
         return
     address = getattr(resources, "address", None) or os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    verbose = logs.verbose()
+    kwargs: dict[str, Any] = {
+        "logging_level": logging.INFO if verbose else logging.WARNING,
+        "log_to_driver": True,
+        "runtime_env": worker_runtime_env(),
+    }
     if address:
         logger.info("connecting to Ray at %s", address)
         ray.init(address=address, **kwargs)
     else:
         start_local_ray(**kwargs)
+    if not verbose:
+        logs.quiet_third_party()
+        logs.quiet_ray_data()
+        _quiet_worker_output()
     res = ray.cluster_resources()
     logger.info(
         "Ray: %d node(s), %g CPU, %g GPU",
@@ -59,6 +76,100 @@ def init_ray(resources: Any | None = None) -> None:
         res.get("CPU", 0),
         res.get("GPU", 0),
     )
+
+
+SETUP_HOOK = "densekit.raycluster.worker_setup"
+
+
+def worker_runtime_env() -> dict[str, Any]:
+    """The job's runtime_env: densekit's set-up hook in every worker, the verbosity and (quiet)
+    the quiet environment of the libraries. Under `ray job submit` the job's own runtime_env wins:
+    a key it already sets is left out (Ray refuses to merge two values of one key)."""
+    from densekit import logs
+
+    env = {logs.VERBOSE_ENV: "1" if logs.verbose() else "0"}
+    if not logs.verbose():
+        env.update({k: os.environ.get(k, v) for k, v in logs.QUIET_ENV.items()})
+    runtime_env: dict[str, Any] = {"env_vars": env, "worker_process_setup_hook": SETUP_HOOK}
+    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if job:
+        import json
+
+        try:
+            job_env = (json.loads(job).get("runtime_env") or {})
+        except (ValueError, AttributeError):
+            job_env = {}
+        taken = set((job_env.get("env_vars") or {}))
+        runtime_env["env_vars"] = {k: v for k, v in env.items() if k not in taken}
+        if "worker_process_setup_hook" in job_env or any("SETUP_HOOK" in k for k in taken):
+            runtime_env.pop("worker_process_setup_hook")
+    return runtime_env
+
+
+def worker_setup() -> None:
+    """Ray's worker_process_setup_hook: runs in every worker process of a densekit driver's job
+    before its first task.
+
+    - RAY_ADDRESS := this cluster's GCS address. Ray's State API inside a worker (Ray Train's
+      PlacementGroupCleaner) otherwise looks for "the" cluster among every Ray on the machine and
+      fails with "Found multiple active Ray instances" when another run's Ray is up.
+    - densekit's loggers write `HH:MM:SS LEVEL densekit.x: message` lines (what a quiet driver
+      passes through), and unless verbose, Ray's, Hugging Face's and FAISS's output is quiet.
+    """
+    import logging as _logging
+
+    from densekit import logs
+
+    try:
+        import ray
+
+        gcs = ray.get_runtime_context().gcs_address
+        if gcs:
+            os.environ["RAY_ADDRESS"] = gcs
+    except Exception:  # noqa: BLE001 - never fail a worker's start for this
+        pass
+    own = _logging.getLogger("densekit")
+    if not any(getattr(h, "_densekit", False) for h in own.handlers):
+        handler = _logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_logging.Formatter(logs.FORMAT, logs.DATEFMT))
+        handler._densekit = True  # type: ignore[attr-defined]
+        own.addHandler(handler)
+        own.propagate = False
+        own.setLevel(os.environ.get("DENSEKIT_LOG_LEVEL", "INFO"))
+    if not logs.verbose():
+        logs.quiet_third_party()
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _quiet_worker_output() -> None:
+    """A quiet driver prints, of its workers' output, only densekit's own log lines (without
+    Ray's `(Actor pid=...)` prefix); everything else stays in the session's worker log files.
+    `-v` keeps Ray's printing of all of it."""
+    try:
+        from ray._private import worker as ray_worker
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:  # another Ray layout: workers are quiet by their set-up hook
+        return
+
+    def print_own_lines(data: dict) -> None:
+        lines = [_ANSI.sub("", line) for line in data.get("lines", [])]
+        own = [line for line in lines if logs_own_line(line)]
+        if own:
+            sys.stderr.write("".join(line.rstrip("\n") + "\n" for line in own))
+            sys.stderr.flush()
+
+    if ray_worker.global_worker.mode != ray_worker.SCRIPT_MODE:
+        return  # a worker (a Tune trial's driver code): its output goes to its own log
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", print_own_lines)
+
+
+def logs_own_line(line: str) -> bool:
+    from densekit.logs import OWN_LINE
+
+    return bool(OWN_LINE.match(line))
 
 
 def start_local_ray(attempts: int = START_ATTEMPTS, **kwargs: Any) -> None:
