@@ -546,3 +546,164 @@ def test_ten_megabyte_document(world, tmp_path, tally):
     ce = build_model(ModelSpec(kind="cross_encoder"), world["model"]).save(tmp_path / "ce")
     scores = TeacherScorer(str(ce)).score(["dense retrieval"], [[{R.TEXT: big}, {R.TEXT: head}]])[0]
     assert np.isfinite(scores).all() and scores[0] == pytest.approx(scores[1], rel=1e-5, abs=1e-6)
+
+
+# --- BEIR files: relevance, missing fields, duplicate ids, an empty corpus -------------------------
+
+
+def _import(fmt: str, path: Path, out: Path, *extra: str):
+    from densekit.data.importer import import_data
+
+    return import_data(load_config(ImportConfig, overrides=[f"path={path}", f"format={fmt}", f"output={out}", *extra]))
+
+
+def test_beir_qrels_with_negative_relevance_read_as_not_relevant(tmp_path, caplog, tally):
+    """Decision (docs/reliability.md): a negative BEIR score (-1, Touché's -2) is a judgment of 'not
+    relevant': stored as 0, as trec_eval counts every score <= 0; the log names the file and line."""
+    qrels = tmp_path / "test.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t-1\nq2\td3\t-2\n")
+    caplog.set_level("WARNING")
+    _import("beir_qrels", qrels, tmp_path / "q")
+    got = read_table(tmp_path / "q").to_pydict()
+    assert list(zip(got[R.QID], got[R.PID], got[R.RELEVANCE])) == [("q1", "d1", 1), ("q1", "d2", 0), ("q2", "d3", 0)]
+    assert f"{qrels}: 2 judgment(s) with a negative score (first on line 3) read as 0" in caplog.text
+    tally.bad_input("BEIR qrels with relevance -1 (read as 0, not relevant)")
+
+
+def test_beir_qrels_with_a_non_integer_relevance(tmp_path, no_ray, tally):
+    qrels = tmp_path / "test.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t0.5\n")
+    with pytest.raises(InputError, match=rf"{re.escape(str(qrels))}:3: score '0.5' is not an integer"):
+        _import("beir_qrels", qrels, tmp_path / "q")
+    tally.bad_input("BEIR qrels with a non-integer relevance")
+    assert not is_complete(tmp_path / "q")
+
+
+def test_beir_queries_without_text(tmp_path, no_ray, tally):
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text('{"_id": "q1", "text": "dense retrieval"}\n{"_id": "q2", "title": "no text"}\n')
+    with pytest.raises(InputError, match=rf"{re.escape(str(queries))}:2: missing field 'text'; expected one JSON "
+                                         r'object per line with "_id" and "text"'):
+        _import("beir_queries", queries, tmp_path / "q")
+    tally.bad_input("BEIR queries record without its text field")
+    assert not is_complete(tmp_path / "q")
+
+
+def test_beir_corpus_with_duplicate_ids(tmp_path, no_ray, tally):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": "b"}\n{"_id": "d1", "text": "c"}\n')
+    with pytest.raises(InputError, match=rf"{re.escape(str(corpus))}:3: duplicate pid 'd1' \(first on line 1\); "
+                                         r"expected unique ids"):
+        _import("beir_corpus", corpus, tmp_path / "c")
+    tally.bad_input("BEIR corpus with duplicate doc ids")
+    assert not is_complete(tmp_path / "c")
+
+
+def test_empty_beir_corpus(tmp_path, no_ray, tally):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("")
+    with pytest.raises(InputError, match=rf"{re.escape(str(corpus))}: empty file; expected one JSON object per line"):
+        _import("beir_corpus", corpus, tmp_path / "c")
+    tally.bad_input("empty BEIR corpus.jsonl")
+    assert not (tmp_path / "c").exists()
+
+
+# --- method files and the command line ------------------------------------------------------------
+
+
+def _method(tmp_path: Path, name: str, body: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\noutput: {tmp_path / 'run'}\n" + body)
+    return path
+
+
+def test_method_with_an_unknown_stage_reference(tmp_path, no_ray, tally):
+    from densekit.methods import run
+
+    m = _method(tmp_path, "m", "stages:\n  emb: {step: generate}\n  ix: {step: index, set: {embeddings: '@nothere'}}\n")
+    with pytest.raises(ConfigError, match=r"stage 'ix': embeddings=@nothere names no stage"):
+        run([str(m)])
+    tally.bad_input("method stage referring to an unknown stage")
+    assert not (tmp_path / "run").exists()
+
+
+def test_method_include_cycle(tmp_path, no_ray, tally):
+    from densekit.methods import run
+
+    a = _method(tmp_path, "a", "include: [b.yaml]\nstages:\n  x: {step: generate}\n")
+    _method(tmp_path, "b", "include: [a.yaml]\nstages:\n  y: {step: generate}\n")
+    with pytest.raises(ConfigError, match=r"b.yaml: include a.yaml includes itself \(a cycle\)"):
+        run([str(a)])
+    tally.bad_input("method include cycle")
+
+
+def test_method_with_an_unknown_step(tmp_path, no_ray, tally):
+    from densekit.methods import run
+
+    m = _method(tmp_path, "m", "stages:\n  a: {step: encdoe}\n")
+    with pytest.raises(ConfigError, match=r"stage 'a': unknown step 'encdoe'. Did you mean 'encode'\?"):
+        run([str(m)])
+    tally.bad_input("method stage with an unknown step name")
+
+
+def test_unknown_step_on_the_command_line(capsys, tally):
+    from densekit.cli import main
+
+    assert main(["encdoe", "model=x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("densekit: unknown step 'encdoe'. Did you mean 'encode'?"), err
+    assert "Traceback" not in err
+    tally.bad_input("unknown step name (command line)")
+
+
+def test_yaml_syntax_errors_name_the_file_and_line(tmp_path, no_ray, tally):
+    from densekit.methods import run
+
+    m = _method(tmp_path, "m", "stages:\n  a: {step: generate\n  b: [\n")
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(m))}: not valid YAML: (.|\n)*line \d+"):
+        run([str(m)])
+    tally.bad_input("method file with a YAML syntax error")
+    cfg = tmp_path / "encode.yaml"
+    cfg.write_text("model: x\ninput: y\n  output: : z\n")
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(cfg))}: not valid YAML: (.|\n)*line 3"):
+        load_config(EncodeConfig, cfg, [])
+    tally.bad_input("step config with a YAML syntax error")
+
+
+# --- values no run can use: refused before Ray ----------------------------------------------------
+
+
+def test_search_with_a_negative_k(world, tmp_path, no_ray, tally):
+    with pytest.raises(ConfigError, match=r"k and batch_size must be >= 1"):
+        cfg = load_config(SearchConfig, overrides=[f"index={world['index']}", f"query_embeddings={world['emb']}",
+                                                   "k=-5", f"output={tmp_path / 's'}"])
+        STEPS["search"].function()(cfg)
+    tally.bad_input("search with a negative k")
+    with pytest.raises(ConfigError, match=r"invalid value for 'k': Value 'ten'"):
+        load_config(SearchConfig, overrides=[f"index={world['index']}", "k=ten", f"output={tmp_path / 's'}"])
+    tally.bad_input("config value of the wrong type (k=ten)")
+    assert not (tmp_path / "s").exists()
+
+
+def test_mine_more_negatives_than_its_rank_window_holds(world, tmp_path, no_ray, tally):
+    with pytest.raises(ConfigError, match=r"num_negatives=30 but ranks 5..20 hold at most 16 candidates; "
+                                          r"expected num_negatives <= 16"):
+        cfg = load_config(MineConfig, overrides=[f"run={world['run']}", f"qrels={world['qrels']}",
+                                                 f"queries={world['queries']}", f"corpus={world['corpus']}",
+                                                 "min_rank=5", "max_rank=20", "num_negatives=30",
+                                                 f"output={tmp_path / 'g'}"])
+        STEPS["mine"].function()(cfg)
+    tally.bad_input("mine num_negatives larger than the candidates")
+    assert not (tmp_path / "g").exists()
+
+
+def test_encode_max_length_beyond_the_models_positions(world, tmp_path, no_ray, tally):
+    base = [f"model={world['model']}", f"input={world['corpus']}", f"output={tmp_path / 'e'}"]
+    with pytest.raises(ConfigError, match=rf"max_length=4096: {re.escape(str(world['model']))}/config.json says "
+                                          r"the model has 128 positions; expected max_length <= 128"):
+        STEPS["encode"].function()(load_config(EncodeConfig, overrides=[*base, "max_length=4096"]))
+    tally.bad_input("encode max_length over the model's positions")
+    with pytest.raises(ConfigError, match=r"max_length must be >= 1 \(or unset: the model's own\), got 0"):
+        load_config(EncodeConfig, overrides=[*base, "max_length=0"])
+    tally.bad_input("encode max_length 0")
+    assert not is_complete(tmp_path / "e")

@@ -55,6 +55,8 @@ class EncodeConfig:
         for name in ("batch_size", "block_rows", "rows_per_shard"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_length is not None and self.max_length < 1:
+            raise ConfigError(f"max_length must be >= 1 (or unset: the model's own), got {self.max_length}")
 
 
 @dataclass
@@ -180,6 +182,12 @@ class MineConfig:
             raise ConfigError(f"need 1 <= min_rank <= max_rank, got {self.min_rank}..{self.max_rank}")
         if self.num_negatives < 1 or self.min_negatives < 0:
             raise ConfigError("num_negatives must be >= 1 and min_negatives >= 0")
+        window = self.max_rank - self.min_rank + 1
+        if self.num_negatives > window:
+            raise ConfigError(
+                f"num_negatives={self.num_negatives} but ranks {self.min_rank}..{self.max_rank} hold at most "
+                f"{window} candidates; expected num_negatives <= {window} (raise max_rank or lower num_negatives)"
+            )
         if self.positive_level < 1:
             raise ConfigError("positive_level must be >= 1 (relevance 0 means judged not relevant)")
 

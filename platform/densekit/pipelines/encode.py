@@ -13,6 +13,7 @@ holds more than one shard: the driver sees only row counts.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -265,6 +266,7 @@ def encode(cfg) -> None:
     from densekit.models import check_model_files
 
     check_model_files(cfg.model)  # a checkpoint whose configs do not fit its weights fails here
+    _check_max_length(cfg.model, cfg.max_length)
     fingerprint = model_fingerprint(cfg.model)
     files, slices, total = _plan(cfg.input, cfg.rows_per_shard)
     with writing(out, "encode", "finished shards are kept"):
@@ -443,6 +445,26 @@ def _read_json(path: Path) -> dict | None:
 
 def _arrow_dtype(cfg) -> pa.DataType:
     return pa.float16() if cfg.storage_dtype == "float16" else pa.float32()
+
+
+def _check_max_length(model: str, max_length: int | None) -> None:
+    """max_length beyond the model's position embeddings would fail inside the actors on the first
+    long text: refuse it before Ray starts (from the model's config.json, when it has one)."""
+    if max_length is None:
+        return
+    path = Path(model) / "config.json"
+    try:
+        conf = json.loads(path.read_text())
+        positions = int(conf["max_position_embeddings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if conf.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+        positions -= 2  # their first two positions are reserved (padding offset)
+    if max_length > positions:
+        raise ConfigError(
+            f"max_length={max_length}: {path} says the model has {positions} positions; "
+            f"expected max_length <= {positions}"
+        )
 
 
 def _model_dim(model: str) -> int:

@@ -57,8 +57,14 @@ BEIR_QRELS_HEADER = ["query-id", "corpus-id", "score"]
 
 @row_reader(QRELS_SCHEMA)
 def read_beir_qrels(path: str | Path, policy: ErrorPolicy) -> Iterator[tuple]:
-    """BEIR qrels/<split>.tsv: a header `query-id<TAB>corpus-id<TAB>score`, then integer judgments."""
+    """BEIR qrels/<split>.tsv: a header `query-id<TAB>corpus-id<TAB>score`, then integer judgments.
+
+    A negative score (Touché's -2, a -1 meaning "judged, not relevant") is read as 0, judged not
+    relevant, as trec_eval treats every score <= 0; the reader logs how many, and the first line.
+    A score that is not an integer ("0.5", "yes") is refused with the file and line.
+    """
     first = True
+    negative, first_negative = 0, None
     for n, line in iter_lines(path, policy, "a header query-id<TAB>corpus-id<TAB>score and judgments"):
         if first:
             first = False
@@ -79,4 +85,13 @@ def read_beir_qrels(path: str | Path, policy: ErrorPolicy) -> Iterator[tuple]:
         r = parse_int(rel, path, n, "score", policy)
         if r is None:
             continue
+        if r < 0:
+            negative += 1
+            first_negative = first_negative or n
+            r = 0
         yield len(line), qid, pid, r, n
+    if negative:
+        logger.warning(
+            "%s: %d judgment(s) with a negative score (first on line %d) read as 0: judged, not relevant",
+            path, negative, first_negative,
+        )
