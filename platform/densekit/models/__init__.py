@@ -2,7 +2,9 @@
 
 `load_model(path)` reads densekit_model.json when present; a sentence-transformers directory loads
 as a bi-encoder with ITS pooling, normalisation, head and max length; a plain Hugging Face
-directory loads as a bi-encoder (CLS, dot) unless `kind`/`overrides` say otherwise.
+directory loads as a bi-encoder only with a pooling said (`overrides["pooling"]`, or a
+1_Pooling/config.json in the folder; similarity dot unless overridden), or as the ColBERT or
+cross-encoder `kind` asks for.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def load_model(
 
     Args:
         path: a densekit save (densekit_model.json), a sentence-transformers directory, or a
-            plain Hugging Face encoder directory.
+            plain Hugging Face encoder directory (as a bi-encoder: with overrides["pooling"] or a
+            1_Pooling/config.json; refused otherwise).
         kind: expected kind; checked against a saved spec, or chosen for a plain HF directory
             (default bi_encoder).
         device: move the model there (e.g. "cuda:0"); default: stay on CPU.
@@ -93,7 +96,7 @@ def load_model(
             spec.normalized,
         )
     elif (root / "config.json").is_file():
-        spec = ModelSpec(kind=kind or "bi_encoder").replace(**overrides)
+        spec = ModelSpec(kind=kind or "bi_encoder").replace(**_plain_hf_pooling(root, kind, overrides))
         if (
             spec.head_dim is not None
             or spec.kind == "cross_encoder"
@@ -111,6 +114,35 @@ def load_model(
     if device is not None:
         model.to(device)
     return model
+
+
+POOLING_FILE = "1_Pooling/config.json"
+
+
+def _plain_hf_pooling(root: Path, kind: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The spec fields of a plain Hugging Face folder loaded as a bi-encoder: its pooling must be
+    said, by the caller (`overrides["pooling"]`, e.g. model.pooling=mean) or by the folder
+    (1_Pooling/config.json, as sentence-transformers writes it; `densekit build` writes one).
+    Guessing (CLS pooling and dot product, the old default) gave vectors that differ from what the
+    model was trained for, without a word. ColBERT and cross-encoders do not pool.
+
+    Raises:
+        ConfigError: naming the folder and how to say the pooling.
+    """
+    from densekit.models.spec import _pooling_mode
+
+    if (kind or "bi_encoder") != "bi_encoder" or overrides.get("pooling") is not None:
+        return overrides
+    if (root / POOLING_FILE).is_file():
+        return {**overrides, "pooling": _pooling_mode(root / POOLING_FILE)}
+    raise ConfigError(
+        f"{root}: a plain Hugging Face model folder (no {SPEC_FILE}, no sentence-transformers "
+        f"modules.json or {POOLING_FILE}) does not say how its token vectors are pooled into one "
+        "embedding, so densekit will not guess. Say it: model.pooling=cls or model.pooling=mean "
+        "(and model.similarity=dot or cosine; default dot) in a train config, or write "
+        f'{root / POOLING_FILE} holding {{"pooling_mode": "mean"}} (or "cls") for steps that take a '
+        "model folder (encode, search, score). Models densekit trained carry their pooling"
+    )
 
 
 def build_model(spec: ModelSpec, base_path: str | Path):

@@ -3,11 +3,13 @@ the quickstart and the generated task.
 
 `build_tiny_model` trains a WordPiece tokenizer on the given texts, builds a randomly initialised
 BERT / DistilBERT / RoBERTa-style encoder from a config, and writes both with `save_pretrained`,
-so every caller goes through the real `AutoModel.from_pretrained(directory)` path.
+so every caller goes through the real `AutoModel.from_pretrained(directory)` path, plus the
+1_Pooling/config.json that says how a bi-encoder pools it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -162,6 +164,7 @@ def build_tiny_model(
     max_positions: int = 128,
     seed: int = 0,
     tokenizer_from: str | Path | None = None,
+    pooling: Literal["cls", "mean"] = "cls",
 ) -> Path:
     """Write a randomly initialised encoder and its tokenizer to `out_dir` with save_pretrained.
 
@@ -175,6 +178,8 @@ def build_tiny_model(
         seed: weights are a deterministic function of the seed and the config.
         tokenizer_from: reuse the tokenizer saved in this directory (teacher and student of
             different sizes must share a tokenizer).
+        pooling: written to 1_Pooling/config.json: how the folder pools when loaded as a
+            bi-encoder without a pooling given (a plain HF folder without it is refused).
 
     Returns:
         The output directory.
@@ -202,6 +207,13 @@ def build_tiny_model(
     model = AutoModel.from_config(config)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    # How a bi-encoder pools it until a train config says otherwise (a plain HF folder must say):
+    # CLS, as densekit has always encoded a freshly built model. ColBERT and cross-encoders ignore it.
+    pooling_dir = out / "1_Pooling"
+    pooling_dir.mkdir(exist_ok=True)
+    (pooling_dir / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": hidden, "pooling_mode": pooling,
+    }, indent=2) + "\n")
     logger.info(
         "built %s encoder (%d layers, hidden %d, vocab %d) in %s", arch, layers, hidden, len(tokenizer), out
     )
