@@ -6,7 +6,10 @@ Tests never touch the network: models are built from configs with locally traine
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +21,18 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Test-only fault injection (tests/support/faultsite/densekit_faults.py): every Python process the
+# tests start from here on (subprocesses, the workers of a local Ray) imports its sitecustomize,
+# which hooks densekit's modules when DKTEST_FAULT_PLAN is set. The plan file is written by the
+# `fault_plan` fixture; the package itself reads no fault variable.
+FAULTSITE = Path(__file__).resolve().parent / "support" / "faultsite"
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in [str(FAULTSITE), os.environ.get("PYTHONPATH", "")] if p
+)
+os.environ.setdefault(
+    "DKTEST_FAULT_PLAN", str(Path(tempfile.gettempdir()) / f"densekit-fault-plan-{os.getpid()}.json")
+)
 
 
 def start_local_ray(num_cpus: int = 2) -> None:
@@ -58,6 +73,22 @@ def pytest_sessionfinish(session, exitstatus):
             ray.shutdown()
     except ImportError:
         pass
+
+
+@pytest.fixture
+def fault_plan():
+    """Set the fault plan every test-started process reads (tests/support/faultsite/densekit_faults.py):
+    fault_plan(kill_after_step=5, marker=str(path)). Removed after the test."""
+    path = Path(os.environ["DKTEST_FAULT_PLAN"])
+
+    def set_plan(**plan) -> Path:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(plan))
+        os.replace(tmp, path)
+        return path
+
+    yield set_plan
+    path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

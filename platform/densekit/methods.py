@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -407,7 +406,6 @@ def run(argv: list[str]) -> int:
         entry["seconds"] = round(seconds, 1)
         entry["inputs"] = inputs
         write_json_atomic(status_path, status)
-        _maybe_inject_fault(stage.name)
     logger.info("method %s: all %d stages complete in %s", method.name, len(stages), run_dir)
     if method.results and not args.only_stage:
         collect_results(method, stages)
@@ -416,20 +414,6 @@ def run(argv: list[str]) -> int:
 
         report_run(run_dir, [f"{k}={_format_value(v)}" for k, v in _flatten(method.report_set).items()])
     return 0
-
-
-def _maybe_inject_fault(stage: str) -> None:
-    """Fault injection for the reliability tests: DENSEKIT_FAULT_AFTER_STAGE=<stage> ends the
-    process at once (no clean-up, like kill -9) right after that stage completes, once per
-    marker file DENSEKIT_FAULT_MARKER."""
-    if os.environ.get("DENSEKIT_FAULT_AFTER_STAGE") != stage:
-        return
-    marker = Path(os.environ["DENSEKIT_FAULT_MARKER"])
-    if marker.exists():
-        return
-    marker.write_text(f"killed after stage {stage}\n")
-    logger.warning("fault injection: killing the run after stage %s", stage)
-    os._exit(137)
 
 
 def collect_results(method: MethodConfig, stages: list[PlannedStage]) -> dict:

@@ -1,5 +1,5 @@
-"""A method run killed between stages (kill -9 right after a stage completed, through the runner's
-fault injection) and rerun with the same command: the finished stages are skipped (the log names
+"""A method run killed between stages (kill -9 right after a stage completed, by the test-only fault
+hook of tests/support/faultsite/densekit_faults.py) and rerun with the same command: the finished stages are skipped (the log names
 each), the rest run, and the outputs equal those of an uninterrupted run of the same method."""
 
 from __future__ import annotations
@@ -87,16 +87,14 @@ def test_killed_between_stages_resumes_with_the_same_outputs(tmp_path, tally):
     faulty = tmp_path / "bad" / "run"
     marker = tmp_path / "fault.marker"
 
-    # The reference run gets the same fault variables (train forwards DENSEKIT_* to its workers'
-    # runtime env), with its marker already present, so it is never killed.
-    spent = tmp_path / "spent.marker"
-    spent.write_text("the reference run is not killed\n")
-    ref = densekit_run(write_method(tmp_path, reference), tmp_path,
-                       {"DENSEKIT_FAULT_AFTER_STAGE": KILL_AFTER, "DENSEKIT_FAULT_MARKER": str(spent)})
+    # The reference run has no fault plan at all.
+    ref = densekit_run(write_method(tmp_path, reference), tmp_path, {"DKTEST_FAULT_PLAN": ""})
     assert ref.returncode == 0, ref.stderr[-3000:]
 
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"kill_after_stage": KILL_AFTER, "marker": str(marker)}))
     method = write_method(tmp_path, faulty)
-    killed = densekit_run(method, tmp_path, {"DENSEKIT_FAULT_AFTER_STAGE": KILL_AFTER, "DENSEKIT_FAULT_MARKER": str(marker)})
+    killed = densekit_run(method, tmp_path, {"DKTEST_FAULT_PLAN": str(plan)})
     assert killed.returncode == 137, killed.stderr[-3000:]
     assert marker.exists()
     tally.fault(f"method run killed (exit 137) right after stage '{KILL_AFTER}'")
@@ -108,7 +106,7 @@ def test_killed_between_stages_resumes_with_the_same_outputs(tmp_path, tally):
     assert not (faulty / "results-tiny.json").exists()
     done = mtimes(faulty, BEFORE)
 
-    again = densekit_run(method, tmp_path, {"DENSEKIT_FAULT_AFTER_STAGE": KILL_AFTER, "DENSEKIT_FAULT_MARKER": str(marker)})
+    again = densekit_run(method, tmp_path, {"DKTEST_FAULT_PLAN": str(plan)})
     assert again.returncode == 0, again.stderr[-3000:]
     log = again.stderr
     for i, s in enumerate(BEFORE, 1):

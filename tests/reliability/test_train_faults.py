@@ -131,16 +131,16 @@ def checkpoints(out: Path) -> dict[Path, int | None]:
 # --- a worker, then the driver, killed; the same command again -------------------------------------
 
 
-def test_worker_then_driver_killed_resumes_and_ends_as_uninterrupted(task, reference, tmp_path, tally):
+def test_worker_then_driver_killed_resumes_and_ends_as_uninterrupted(task, reference, tmp_path, tally, fault_plan):
     import ray
 
     _ray_up()
     out = tmp_path / "run"
     # The driver is a process of its own, attached to the test's Ray as a job (like `ray job
     # submit`): killing it kills the job's actors (Train controller, workers), not the cluster.
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1",
-           "DENSEKIT_FAULT_AT_STEP": "4", "DENSEKIT_FAULT_DELAY_S": "5",
-           "DENSEKIT_FAULT_MARKER": str(tmp_path / "worker-killed"), "DENSEKIT_FAULT_HANG_AT_STEP": "7"}
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
+    # The workers belong to the test's Ray, whose processes read the fault plan (tests/conftest.py).
+    fault_plan(kill_after_step=4, delay_s=5, hang_after_step=7, marker=str(tmp_path / "worker-killed"))
     cmd = [sys.executable, "-m", "densekit.cli", "train", *overrides(task, out, "max_failures=2")]
     log = tmp_path / "first.log"
     with open(log, "wb") as f:
@@ -170,8 +170,7 @@ def test_worker_then_driver_killed_resumes_and_ends_as_uninterrupted(task, refer
     stray = out / "checkpoints" / "checkpoint_9999-12-31_23-59-59.999999"
     shutil.copytree(next(d for d, s in steps.items() if s == 6) / "model", stray / "model")
 
-    for k in ("DENSEKIT_FAULT_AT_STEP", "DENSEKIT_FAULT_HANG_AT_STEP"):
-        env.pop(k)
+    fault_plan()  # no more faults
     rerun = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
     text = rerun.stdout.decode(errors="replace")
     assert rerun.returncode == 0, text[-3000:]
@@ -182,16 +181,14 @@ def test_worker_then_driver_killed_resumes_and_ends_as_uninterrupted(task, refer
 # --- a checkpoint that fails half-written ----------------------------------------------------------
 
 
-def test_checkpoint_failing_half_written_keeps_the_previous_one(task, reference, tmp_path, monkeypatch, tally):
+def test_checkpoint_failing_half_written_keeps_the_previous_one(task, reference, tmp_path, fault_plan, tally):
     """The disk fills while step 6's checkpoint is written: the worker fails, Ray Train restarts it
     from step 3's checkpoint (untouched), and the run ends as the uninterrupted one."""
     from densekit.train import train
 
     _ray_up()
     marker = tmp_path / "fault-fired"
-    monkeypatch.setenv("DENSEKIT_FAULT_AT_STEP", "6")
-    monkeypatch.setenv("DENSEKIT_FAULT_KIND", "checkpoint_write")
-    monkeypatch.setenv("DENSEKIT_FAULT_MARKER", str(marker))
+    fault_plan(fail_checkpoint_at_step=6, marker=str(marker))
     out = tmp_path / "run"
     train(load_config(TrainConfig, None, overrides(task, out, "max_failures=1", "keep_checkpoints=5")))
     assert marker.read_text().startswith("checkpoint_write: rank 0, step 6")

@@ -122,7 +122,7 @@ def final_weights_start(student_dir):
 
 
 @pytest.mark.slow
-def test_killed_worker_resumes_from_last_checkpoint(tmp_path, train_task, student_dir, ray_session, monkeypatch):
+def test_killed_worker_resumes_from_last_checkpoint(tmp_path, train_task, student_dir, ray_session, fault_plan):
     """A worker process dies after step 5 (checkpoints at 3, 6, 9): Ray Train restarts it, it resumes
     from step 3, and the run ends exactly as an uninterrupted one: same steps, same data, same
     weights."""
@@ -132,8 +132,7 @@ def test_killed_worker_resumes_from_last_checkpoint(tmp_path, train_task, studen
     clean, faulty = tmp_path / "clean", tmp_path / "faulty"
     train(config(train_task, student_dir, clean, *common))
     marker = tmp_path / "fault-fired"
-    monkeypatch.setenv("DENSEKIT_FAULT_AT_STEP", "5")
-    monkeypatch.setenv("DENSEKIT_FAULT_MARKER", str(marker))
+    fault_plan(kill_after_step=5, marker=str(marker))  # tests/support/faultsite/densekit_faults.py
     train(config(train_task, student_dir, faulty, *common, "max_failures=1"))
     assert marker.exists(), "the fault was not injected"
     h1, h2 = history(clean), history(faulty)
@@ -173,4 +172,4 @@ def test_a_model_of_another_kind_is_refused_before_ray_starts(tmp_path, train_ta
     cfg = config(train_task, saved, tmp_path / "run", "model.kind=cross_encoder")
     with pytest.raises(ConfigError, match=r"model\.path=.*holds a bi_encoder model, but model\.kind=cross_encoder"):
         train(cfg)
-    assert not (tmp_path / "run" / "manifest.json").exists()
+    assert not (tmp_path / "run" / "_manifest.json").exists()

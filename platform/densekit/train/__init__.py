@@ -12,7 +12,7 @@ and checkpoints reported to Ray Train.
 
 The package: `driver` (train, fit, check_inputs, export), `worker` (the loop), `model` (models,
 objective, candidate modes, TrainModule), `step` (one step's loss, dev evaluation), `checkpoints`,
-`progress` and `faults`.
+and `progress`.
 """
 
 from __future__ import annotations

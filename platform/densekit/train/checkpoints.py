@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from densekit.errors import ConfigError
-from densekit.train.faults import maybe_inject_fault
 
 STATE_FILE = "trainer_state.json"  # written last into a checkpoint: its presence marks it complete
 
@@ -27,7 +26,6 @@ def report_checkpoint(metrics, state, inner, optimizer, scheduler, scaler, rank,
     with tempfile.TemporaryDirectory(prefix="densekit-ckpt-") as d:
         root = Path(d)
         inner.student.save(root / "model")
-        maybe_inject_fault(state["step"], rank, "checkpoint")
         if is_best:
             # A copy, so that keeping only the latest checkpoint still keeps the best model.
             shutil.copytree(root / "model", root / "best")

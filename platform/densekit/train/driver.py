@@ -27,6 +27,9 @@ from densekit.train.worker import train_loop_per_worker
 
 logger = logging.getLogger(__name__)
 
+# The package's own settings that Train's workers must see as the driver does.
+FORWARDED_ENV = ("DENSEKIT_LOG_LEVEL", "DENSEKIT_VERIFY_CHECKSUMS")
+
 
 def train(cfg: TrainConfig) -> None:
     """Train a student as `cfg` says; resume the run in `cfg.output` if one was interrupted."""
@@ -91,7 +94,7 @@ def fit(cfg: TrainConfig, callbacks: list | None = None):
         run_config=ray.train.RunConfig(
             name="checkpoints",
             worker_runtime_env={
-                "env_vars": {k: v for k, v in os.environ.items() if k.startswith("DENSEKIT_")}
+                "env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
             },
             storage_path=str(out),
             callbacks=list(callbacks or []),

@@ -17,7 +17,6 @@ import torch
 
 from densekit.config import TrainConfig
 from densekit.train.checkpoints import load_checkpoint, report_checkpoint
-from densekit.train.faults import maybe_inject_fault
 from densekit.train.model import (
     TrainModule,
     build_objective,
@@ -177,7 +176,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         scheduler.step()
         state["step"] += 1
         state["epoch"], state["step_in_epoch"] = pos.epoch, pos.step_in_epoch
-        maybe_inject_fault(state["step"], rank)
         if not math.isfinite(losses_since):
             raise FloatingPointError(f"loss is {losses_since} at step {state['step']} (lr too high? NaN teacher scores?)")
 
