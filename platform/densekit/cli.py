@@ -9,8 +9,10 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
 import textwrap
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -198,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_step_help(name, step))
         return 0
     setup_logging(verbose_=True if verbose else None)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     # Which copy runs matters on a cluster: under `ray job submit` it is the one shipped by the
     # runtime env's py_modules (.../runtime_resources/py_modules_files/...), not an installed one.
     import densekit
@@ -219,8 +223,12 @@ def main(argv: list[str] | None = None) -> int:
             check_output_paths(cfg)  # an output on an input destroys it: refuse before any work
             result = step.function()(cfg)
     except KeyboardInterrupt:
-        logger.error("interrupted")
-        return 130
+        return _stopped("interrupted (SIGINT)", 130)
+    except SystemExit as e:
+        # SIGTERM: our handler, or ray.init's (sys.exit(15)) once Ray is up in this process.
+        if e.code != signal.SIGTERM:
+            raise
+        return _stopped("terminated (SIGTERM)", 143)
     except Exception as e:
         # A user's problem raised inside a Ray task, actor or Train worker arrives wrapped (with
         # the remote traceback in its text): print the problem itself.
@@ -230,6 +238,26 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", cause)
         return 2
     return result if isinstance(result, int) else 0
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    sys.exit(signal.SIGTERM)  # unwinds as Ray's own handler (installed by ray.init) does
+
+
+def _stopped(how: str, code: int) -> int:
+    """Ctrl-C or SIGTERM: stop the Ray this process started (a cluster it joined keeps running),
+    say so in one line, no traceback. Outputs stay as they are: rerun the command to resume."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the shutdown
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ray = sys.modules.get("ray")
+    try:
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
+    except Exception:  # stopping anyway
+        pass
+    logger.error("%s: stopped; rerun the same command to resume", how)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover
