@@ -33,7 +33,7 @@ QUIET_ENV = {
 }
 # Loggers of other libraries held at WARNING in a quiet process (ERROR for the chattiest).
 QUIET_LOGGERS = {
-    "ray": logging.WARNING, "ray.train": logging.WARNING,
+    "ray": logging.ERROR, "ray.train": logging.WARNING,
     "ray.tune": logging.WARNING, "transformers": logging.ERROR, "huggingface_hub": logging.ERROR,
     "sentence_transformers": logging.WARNING, "faiss": logging.WARNING, "faiss.loader": logging.WARNING,
     "torch": logging.WARNING, "filelock": logging.WARNING, "fsspec": logging.WARNING,

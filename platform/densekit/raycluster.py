@@ -56,15 +56,16 @@ def init_ray(resources: Any | None = None) -> None:
     address = getattr(resources, "address", None) or os.environ.get("RAY_ADDRESS")
     verbose = logs.verbose()
     kwargs: dict[str, Any] = {
-        "logging_level": logging.INFO if verbose else logging.WARNING,
+        "logging_level": logging.INFO if verbose else logging.ERROR,
         "log_to_driver": True,
         "runtime_env": worker_runtime_env(),
     }
-    if address:
-        logger.info("connecting to Ray at %s", address)
-        ray.init(address=address, **kwargs)
-    else:
-        start_local_ray(**kwargs)
+    with _driver_log_level(None if verbose else "fatal"):
+        if address:
+            logger.info("connecting to Ray at %s", address)
+            ray.init(address=address, **kwargs)
+        else:
+            start_local_ray(**kwargs)
     if not verbose:
         logs.quiet_third_party()
         logs.quiet_ray_data()
@@ -215,6 +216,49 @@ def start_local_ray(attempts: int = START_ATTEMPTS, **kwargs: Any) -> None:
         "busy, or start Ray yourself (`ray start --head --node-ip-address=127.0.0.1`) and pass "
         "resources.address=auto"
     ) from last
+
+
+@contextlib.contextmanager
+def _driver_log_level(level: str | None) -> Iterator[None]:
+    """While ray.init connects this driver, RAY_BACKEND_LOG_LEVEL=`level` for its core worker
+    only (Ray's C++ log of the driver process, which writes to stderr, e.g. "core_worker.cc: Actor
+    with class name ... has constructor arguments in the object store"). The processes ray.init
+    starts before (GCS, raylet: their log files) keep their level. None: change nothing."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:
+        yield
+        return
+    original = getattr(ray_worker, "connect", None)
+    if level is None or original is None:
+        yield
+        return
+
+    def connect(*args: Any, **kwargs: Any) -> Any:
+        before = os.environ.get("RAY_BACKEND_LOG_LEVEL")
+        os.environ["RAY_BACKEND_LOG_LEVEL"] = level
+        # Ray announces the level it read ("logging.cc: Set ray log level from environment
+        # variable ...") on file descriptor 2: that one line goes to /dev/null. A failed connect
+        # raises, and says why, after the descriptor is back.
+        sys.stderr.flush()
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+            if before is None:
+                os.environ.pop("RAY_BACKEND_LOG_LEVEL", None)
+            else:
+                os.environ["RAY_BACKEND_LOG_LEVEL"] = before
+
+    ray_worker.connect = connect
+    try:
+        yield
+    finally:
+        ray_worker.connect = original
 
 
 @contextlib.contextmanager
