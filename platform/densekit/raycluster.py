@@ -100,7 +100,7 @@ def worker_runtime_env() -> dict[str, Any]:
             job_env = (json.loads(job).get("runtime_env") or {})
         except (ValueError, AttributeError):
             job_env = {}
-        taken = set((job_env.get("env_vars") or {}))
+        taken = set(job_env.get("env_vars") or {})
         runtime_env["env_vars"] = {k: v for k, v in env.items() if k not in taken}
         if "worker_process_setup_hook" in job_env or any("SETUP_HOOK" in k for k in taken):
             runtime_env.pop("worker_process_setup_hook")

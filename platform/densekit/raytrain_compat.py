@@ -21,9 +21,15 @@ import logging
 logger = logging.getLogger(__name__)
 
 try:
-    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-    from ray.train.v2._internal.execution.controller import placement_group_cleaner as _cleaner_module
-    from ray.train.v2._internal.execution.controller.placement_group_cleaner import PlacementGroupCleaner
+    from ray.train.v2._internal.callbacks.placement_group_callback import (
+        PlacementGroupCleanerCallback,
+    )
+    from ray.train.v2._internal.execution.controller import (
+        placement_group_cleaner as _cleaner_module,
+    )
+    from ray.train.v2._internal.execution.controller.placement_group_cleaner import (
+        PlacementGroupCleaner,
+    )
 except ImportError:  # pragma: no cover - another Ray layout
     PlacementGroupCleanerCallback = PlacementGroupCleaner = _cleaner_module = None  # type: ignore[assignment,misc]
 
