@@ -75,3 +75,58 @@ stages:
     out = loud.stdout + loud.stderr
     assert loud.returncode == 0, out[-4000:]
     assert RAY_PY.search(out), out[-4000:]
+
+
+def test_progress_is_log_lines_off_a_terminal_and_a_bar_on_one(caplog, capsys, monkeypatch):
+    import logging
+
+    from densekit.logs import Progress
+
+    log = logging.getLogger("densekit.test_progress")
+    monkeypatch.setenv("DENSEKIT_PROGRESS", "log")  # as in a log file, CI or a Ray job
+    with caplog.at_level(logging.INFO, logger=log.name):
+        p = Progress(log, "work", total=10, unit="rows", every=0.0)
+        assert p.bar is None
+        p.update(4)
+        p.update(6)
+        p.done()
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs[0].startswith("work: 4/10 rows (40.0%") and msgs[-1].startswith("work: done, 10/10 rows")
+    caplog.clear()
+    monkeypatch.setenv("DENSEKIT_PROGRESS", "bar")  # a terminal: a live bar, then the final line only
+    with caplog.at_level(logging.INFO, logger=log.name):
+        p = Progress(log, "work", total=10, unit="rows", every=0.0)
+        assert p.bar is not None
+        p.update(10)
+        p.done()
+    assert len(caplog.records) == 1 and caplog.records[0].getMessage().startswith("work: done, 10/10 rows")
+    assert "work" in capsys.readouterr().err
+
+
+def test_verbose_flag_anywhere(capsys):
+    assert main(["-v", "generate", "--help"]) == 0
+    assert "usage: densekit generate" in capsys.readouterr().out
+    assert main(["generate", "--help", "--verbose"]) == 0
+    assert "usage: densekit generate" in capsys.readouterr().out
+    assert main(["--help"]) == 0
+    assert "-v, --verbose" in capsys.readouterr().out
+
+
+def test_worker_runtime_env_leaves_a_jobs_own_keys_alone(monkeypatch):
+    import json
+
+    from densekit.raycluster import SETUP_HOOK, worker_runtime_env
+
+    monkeypatch.setenv("DENSEKIT_VERBOSE", "0")
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    env = worker_runtime_env()
+    assert env["worker_process_setup_hook"] == SETUP_HOOK
+    assert env["env_vars"]["DENSEKIT_VERBOSE"] == "0" and "HF_HUB_DISABLE_PROGRESS_BARS" in env["env_vars"]
+    # Under `ray job submit`: Ray refuses to merge a key both set, so the job's own keys win.
+    job = {"runtime_env": {"env_vars": {"HF_HUB_DISABLE_PROGRESS_BARS": "0"}, "worker_process_setup_hook": "x.y"}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
+    env = worker_runtime_env()
+    assert "worker_process_setup_hook" not in env and "HF_HUB_DISABLE_PROGRESS_BARS" not in env["env_vars"]
+    monkeypatch.setenv("DENSEKIT_VERBOSE", "1")
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    assert worker_runtime_env()["env_vars"] == {"DENSEKIT_VERBOSE": "1"}
