@@ -168,12 +168,17 @@ class Progress:
         self.count = 0
         self.start = self.last = time.monotonic()
         self.bar = None
+        self._redirect = None
         if (live_terminal() if live is None else live) and logger.isEnabledFor(logging.INFO):
             try:
                 from tqdm import tqdm
+                from tqdm.contrib.logging import logging_redirect_tqdm
 
                 self.bar = tqdm(total=total, desc=what, unit=f" {unit}", file=sys.stderr, leave=False,
                                 dynamic_ncols=True, mininterval=0.5, disable=False)
+                # Log lines written while the bar is drawn go above it, not through it.
+                self._redirect = logging_redirect_tqdm()
+                self._redirect.__enter__()
             except Exception:  # noqa: BLE001 - no tqdm, or no terminal after all: log lines
                 self.bar = None
 
@@ -203,7 +208,24 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None
 
     def done(self) -> None:
         self.close()
         self.logger.info("%s: done, %s", self.what, self._status(time.monotonic()))
+
+
+def write_line(line: str) -> None:
+    """Write one line to stderr, above a live progress bar if one is drawn."""
+    try:
+        from tqdm import tqdm
+
+        if getattr(tqdm, "_instances", None):
+            tqdm.write(line, file=sys.stderr)
+            return
+    except ImportError:
+        pass
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()

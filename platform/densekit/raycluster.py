@@ -148,6 +148,8 @@ def _quiet_worker_output() -> None:
     """A quiet driver prints, of its workers' output, only densekit's own log lines (without
     Ray's `(Actor pid=...)` prefix); everything else stays in the session's worker log files.
     `-v` keeps Ray's printing of all of it."""
+    from densekit import logs
+
     try:
         from ray._private import worker as ray_worker
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
@@ -157,9 +159,8 @@ def _quiet_worker_output() -> None:
     def print_own_lines(data: dict) -> None:
         lines = [_ANSI.sub("", line) for line in data.get("lines", [])]
         own = [line for line in lines if logs_own_line(line)]
-        if own:
-            sys.stderr.write("".join(line.rstrip("\n") + "\n" for line in own))
-            sys.stderr.flush()
+        for line in own:
+            logs.write_line(line.rstrip("\n"))
 
     if ray_worker.global_worker.mode != ray_worker.SCRIPT_MODE:
         return  # a worker (a Tune trial's driver code): its output goes to its own log
