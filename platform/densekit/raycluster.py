@@ -8,6 +8,11 @@ on the machine's network interfaces), the dashboard is off, densekit never joins
 someone started on the machine unless `resources.address` or RAY_ADDRESS names it, and the
 authentication token it creates for Ray is readable by its owner only (mode 0600). Start-up is
 retried on a busy machine, and what a failed attempt started is stopped before the next one.
+
+Output: unless `densekit -v`, Ray's own messages stay out of the run's output: the driver's Ray
+logger at ERROR and its C++ log at fatal, Ray Data's progress off, and of the workers' output only
+densekit's own log lines are printed (the rest stays in the session's worker log files). Every
+worker of the job runs `worker_setup` first (the runtime_env's worker_process_setup_hook).
 """
 
 from __future__ import annotations
