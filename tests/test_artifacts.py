@@ -47,7 +47,7 @@ def test_table_writer_parts_and_manifest(tmp_path):
         "part-00002.parquet",
     ]
     assert not is_complete(out)
-    with pytest.raises(IncompleteOutputError, match="no manifest.json"):
+    with pytest.raises(IncompleteOutputError, match="no _manifest.json"):
         read_manifest(out)
     m = write_manifest(out, "test", {"skipped": 0})
     assert m["rows"] == 10 and m["skipped"] == 0
@@ -86,7 +86,7 @@ def test_prepare_output_skip_resume_conflict(tmp_path):
     out = tmp_path / "task"
     cfg = GenerateConfig(output=str(out))
     assert prepare_output(out, cfg) is True
-    assert (out / "config.yaml").exists()
+    assert (out / "_config.yaml").exists()
     (out / "x.txt").write_text("partial")
     # Incomplete: wiped and redone.
     assert prepare_output(out, cfg) is True and not (out / "x.txt").exists()
@@ -112,9 +112,9 @@ def test_logging_and_resources_do_not_make_a_conflict(tmp_path):
     out = tmp_path / "train"
     cfg = TrainConfig(output=str(out), losses={"contrastive": LossConfig()})
     assert prepare_output(out, cfg) is True
-    saved = yaml.safe_load((out / "config.yaml").read_text())
+    saved = yaml.safe_load((out / "_config.yaml").read_text())
     del saved["progress_every_s"]  # as written by the version before the option
-    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    (out / "_config.yaml").write_text(yaml.safe_dump(saved))
     write_manifest(out, "train")
     assert prepare_output(out, cfg) is False
     quiet = dataclasses.replace(cfg, progress_every_s=0.0)

@@ -92,7 +92,7 @@ def test_job_wrappers_run_as_scripts_without_shadowing_the_stdlib(tmp_path):
         env={**os.environ, "PYTHONPATH": str(ROOT / "platform")},
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert (out / "manifest.json").is_file()
+    assert (out / "_manifest.json").is_file()
 
 
 def test_ruff_finds_nothing():

@@ -100,7 +100,7 @@ def test_quickstart_end_to_end_small(tmp_path, capsys, ray_session):
     status = json.loads((out / "method-quickstart.json").read_text())
     assert all("seconds" in s for s in status["stages"].values())
     # The index the students are evaluated on is sharded.
-    manifest = json.loads((out / "index_student_distilled" / "manifest.json").read_text())
+    manifest = json.loads((out / "index_student_distilled" / "_manifest.json").read_text())
     assert len(manifest["shards"]) > 1
     from PIL import Image
 

@@ -55,13 +55,13 @@ def test_runs_stages_then_skips_them(tmp_path, caplog):
     assert list(status["stages"]) == ["data", "qrels"]
     caplog.clear()
     caplog.set_level("INFO")
-    before = (out / "data" / "manifest.json").stat().st_mtime_ns
+    before = (out / "data" / "_manifest.json").stat().st_mtime_ns
     assert run([str(m)]) == 0
     assert "data (import): complete, skipping" in caplog.text
-    assert (out / "data" / "manifest.json").stat().st_mtime_ns == before
+    assert (out / "data" / "_manifest.json").stat().st_mtime_ns == before
     # --only reruns one stage on purpose.
     assert run([str(m), "--only", "data"]) == 0
-    assert (out / "data" / "manifest.json").stat().st_mtime_ns != before
+    assert (out / "data" / "_manifest.json").stat().st_mtime_ns != before
 
 
 def test_dry_run_without_data(tmp_path, capsys):

@@ -8,7 +8,14 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from densekit.artifacts import is_complete
+from densekit.artifacts import (
+    CONFIG,
+    LEGACY_CONFIG,
+    LEGACY_MANIFEST,
+    MANIFEST,
+    is_complete,
+    manifest_file,
+)
 from densekit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -28,13 +35,15 @@ def input_fingerprints(inputs: dict[str, str]) -> dict[str, str]:
     for key, raw in sorted(inputs.items()):
         path = Path(raw)
         h = hashlib.sha256()
-        manifest = path / "manifest.json"
+        manifest = manifest_file(path)  # or an older densekit's manifest.json
         listed = _manifest_files(manifest) if manifest.is_file() else None
         if listed is not None:
             h.update(b"manifest\0")
             for rel, entry in sorted(listed.items()):
-                if Path(rel).name == "manifest.json":
+                if Path(rel).name in (MANIFEST, LEGACY_MANIFEST):
                     continue  # a nested table's manifest: its files are listed here too
+                if Path(rel).name == LEGACY_CONFIG:  # the same saved config under its older name
+                    rel = rel[: -len(LEGACY_CONFIG)] + CONFIG
                 h.update(f"{rel}\0{entry.get('bytes')}\0{entry.get('sha256', '')}\n".encode())
         elif path.is_dir():
             for p in sorted(path.rglob("*")):
@@ -106,9 +115,9 @@ def stage_complete(stage: PlannedStage, cfg: Any) -> bool:
         return True
     if not is_complete(stage.output):
         return False
-    from densekit.artifacts import CONFIG, config_changes
+    from densekit.artifacts import config_changes, config_file
 
-    if not (stage.output / CONFIG).is_file():
+    if not config_file(stage.output).is_file():
         return True
     changed = config_changes(stage.output, cfg)
     if changed:

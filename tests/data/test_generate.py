@@ -116,9 +116,9 @@ def test_cli_and_rerun_is_a_no_op(tmp_path, caplog):
     args = ["generate", str(ROOT / "configs/generate/tiny.yaml"), f"output={out}", "num_docs=200",
             "num_train_queries=50", "num_dev_queries=10", "num_concepts=400"]
     assert main(args) == 0
-    before = (out / "manifest.json").read_text()
+    before = (out / "_manifest.json").read_text()
     assert main(args) == 0 and "nothing to do" in caplog.text
-    assert (out / "manifest.json").read_text() == before
+    assert (out / "_manifest.json").read_text() == before
 
 
 @pytest.mark.parametrize("bad", [{"num_docs": 0}, {"query_length": 3}, {"synonym_rate": 1.5},

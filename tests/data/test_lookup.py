@@ -31,7 +31,7 @@ def test_find_and_take_match_a_dict(tmp_path):
         assert lk.take(pos[pos >= 0], "text").to_pylist() == [f"text of {w}" for w in want if w in ref]
     # Nothing is written into the input table (issue #17): without a cache folder the lookup is
     # built in a temporary folder and removed on close.
-    assert sorted(p.name for p in c.iterdir()) == ["manifest.json", *(f"part-{i:05d}.parquet" for i in range(43))]
+    assert sorted(p.name for p in c.iterdir()) == ["_manifest.json", *(f"part-{i:05d}.parquet" for i in range(43))]
 
 
 def test_collisions_resolved_exactly(tmp_path, monkeypatch):

@@ -96,7 +96,7 @@ def test_encode_every_pid_once_and_resume(tmp_path, ray_session, tiny_model_dir,
     # Resume: shard 2 lost (and the manifest with it): only shard 2 is encoded again.
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     (out / "part-00002.parquet").unlink()
-    (out / "manifest.json").unlink()
+    (out / "_manifest.json").unlink()
     # Another pool shape (resources do not change what is computed): one actor holding every CPU
     # of the cluster, which also checks that the read stage is fused into the actors (an unfused
     # read task would wait forever for a CPU).

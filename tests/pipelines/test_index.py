@@ -49,7 +49,7 @@ def test_flat_shards_pid_maps_and_resume(tmp_path, ray_session, write_embeddings
     import shutil
 
     shutil.rmtree(shard_dir(out, 2))
-    (out / "manifest.json").unlink()
+    (out / "_manifest.json").unlink()
     index(_cfg(emb, out))
     after = {i: (shard_dir(out, i) / "index.faiss").stat().st_mtime_ns for i in range(4)}
     assert [before[i] == after[i] for i in range(4)] == [True, True, False, True]

@@ -81,7 +81,7 @@ def test_search_step_run_table_trec_and_model_check(tmp_path, flat_index, write_
     assert run[R.RANK] == list(range(1, 21)) * 30
     np.testing.assert_array_equal(np.array([int(p[1:]) for p in run[R.PID]]).reshape(30, 20), ref_rows)
     np.testing.assert_allclose(np.array(run[R.SCORE]).reshape(30, 20), ref_scores, rtol=1e-6)
-    lines = (tmp_path / "run" / "run.trec").read_text().splitlines()
+    lines = (tmp_path / "run" / "_run.trec").read_text().splitlines()
     assert len(lines) == 600
     qid, q0, pid, rank, score, tag = lines[21].split()
     assert (qid, q0, pid, rank, tag) == ("q1", "Q0", f"p{ref_rows[1, 1]}", "2", "densekit")

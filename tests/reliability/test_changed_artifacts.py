@@ -94,7 +94,7 @@ def test_an_input_that_changed_since_it_was_written_is_refused_before_ray(case, 
     tally.bad_input(f"{case} with {change} after it was written")
     msg = str(e.value)
     assert str(part) in msg and "changed since it was written" in msg, msg
-    assert not (inputs["out"] / "manifest.json").exists()
+    assert not (inputs["out"] / "_manifest.json").exists()
 
 
 def test_each_file_is_hashed_once_per_process_and_the_check_can_be_turned_off(tmp_path, monkeypatch):

@@ -192,9 +192,9 @@ def _no_complete_look(out: Path, message: str) -> None:
     assert re.search(rf"^(encode|index): writing {re.escape(str(out))} failed \(No space left on device\)\. "
                      rf"It has no manifest\.json", message), message
     assert "rerun the same command: finished shards are kept" in message, message
-    assert not (out / "manifest.json").exists()
+    assert not (out / "_manifest.json").exists()
     assert not is_complete(out)
-    with pytest.raises(IncompleteOutputError, match="no manifest.json"):
+    with pytest.raises(IncompleteOutputError, match="no _manifest.json"):
         read_manifest(out)
     assert not temporaries(out), f"temporary files left behind: {temporaries(out)}"
 
@@ -219,7 +219,7 @@ def test_encode_on_a_full_disk_fails_clearly_and_the_rerun_completes(disk, refer
         assert pq.ParquetFile(p).metadata.num_rows == ROWS_PER_SHARD
     before = snapshot(kept)
     # The next step refuses it.
-    with pytest.raises(IncompleteOutputError, match=rf"{re.escape(str(out))}: no manifest.json"):
+    with pytest.raises(IncompleteOutputError, match=rf"{re.escape(str(out))}: no _manifest.json"):
         index(index_cfg(out, tmp_path / "ix"))
 
     free_space(disk)
@@ -259,7 +259,7 @@ def test_index_on_a_full_disk_fails_clearly_and_the_rerun_completes(disk, refere
     # A reader refuses it.
     from densekit.pipelines.search import search as run_search
 
-    with pytest.raises(IncompleteOutputError, match=rf"{re.escape(str(out))}: no manifest.json"):
+    with pytest.raises(IncompleteOutputError, match=rf"{re.escape(str(out))}: no _manifest.json"):
         run_search(load_config(SearchConfig, overrides=[f"index={out}", f"query_embeddings={emb}",
                                                         f"output={tmp_path / 'run'}"]))
 
@@ -277,4 +277,4 @@ def test_index_on_a_full_disk_fails_clearly_and_the_rerun_completes(disk, refere
         ids += pq.read_table(shard_dir(out, i) / "ids.parquet").column(R.ID).to_pylist()
     tally.rows("index rerun after a full disk", [f"p{i}" for i in range(N)], ids)
     assert not temporaries(out)
-    assert os.path.exists(out / "manifest.json")
+    assert os.path.exists(out / "_manifest.json")

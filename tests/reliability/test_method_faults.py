@@ -78,7 +78,7 @@ def densekit_run(method: Path, cwd: Path, env_extra: dict[str, str]) -> subproce
 
 
 def mtimes(run_dir: Path, stages: list[str]) -> dict[str, int]:
-    return {s: (run_dir / s / "manifest.json").stat().st_mtime_ns for s in stages}
+    return {s: (run_dir / s / "_manifest.json").stat().st_mtime_ns for s in stages}
 
 
 def test_killed_between_stages_resumes_with_the_same_outputs(tmp_path, tally):
@@ -100,7 +100,7 @@ def test_killed_between_stages_resumes_with_the_same_outputs(tmp_path, tally):
     tally.fault(f"method run killed (exit 137) right after stage '{KILL_AFTER}'")
     # Killed between stages: everything up to the kill is complete, nothing after it exists.
     for s in BEFORE:
-        assert (faulty / s / "manifest.json").is_file(), s
+        assert (faulty / s / "_manifest.json").is_file(), s
     for s in AFTER:
         assert not (faulty / s).exists(), s
     assert not (faulty / "results-tiny.json").exists()

@@ -257,4 +257,4 @@ def test_search_actor_killed_without_restarts_fails_loudly(two_workers, index_an
     fault.check()
     tally.fault("search: search actor killed mid-run (no restarts: fails)")
     assert not is_complete(out)
-    assert not list(out.glob("part-*.parquet")) and not (out / "run.trec").exists()
+    assert not list(out.glob("part-*.parquet")) and not (out / "_run.trec").exists()

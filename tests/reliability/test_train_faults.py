@@ -163,7 +163,7 @@ def test_worker_then_driver_killed_resumes_and_ends_as_uninterrupted(task, refer
     assert "resumed at step 3" in text, "the restarted worker did not resume:\n" + text[-3000:]
     tally.fault("train: worker process killed after step 4")
     tally.fault("train: driver killed (SIGKILL) after step 7, last checkpoint at step 6")
-    assert not (out / "manifest.json").exists()
+    assert not (out / "_manifest.json").exists()
     steps = checkpoints(out)
     assert 6 in steps.values() and 9 not in steps.values()
     # A checkpoint left half-written in storage (as by a crash while Ray copies it): never used.

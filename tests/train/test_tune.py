@@ -154,16 +154,16 @@ def test_search_resumes_and_returns_the_best_config(
     cfg = tune_config(base, out, "report=true")
     with pytest.raises(Exception, match="interrupted by the test"):
         search(cfg, callbacks=[InterruptAfterFirstTrial()])
-    assert not (out / "manifest.json").exists()
+    assert not (out / "_manifest.json").exists()
     trials = sorted((out / "trials").iterdir())
-    assert len(trials) == 2 and (trials[0] / "manifest.json").exists(), "trial 1 finished"
-    assert not (trials[1] / "manifest.json").exists(), "ASHA stopped trial 2 before its export"
-    first_manifest = (trials[0] / "manifest.json").read_text()
+    assert len(trials) == 2 and (trials[0] / "_manifest.json").exists(), "trial 1 finished"
+    assert not (trials[1] / "_manifest.json").exists(), "ASHA stopped trial 2 before its export"
+    first_manifest = (trials[0] / "_manifest.json").read_text()
 
     tune(cfg)  # resumes: only the third trial runs
     manifest = read_manifest(out)
     assert len(json.loads((out / "report.json").read_text())["rows"]) >= 1  # report=true
-    assert (trials[0] / "manifest.json").read_text() == first_manifest, "a finished trial was rerun"
+    assert (trials[0] / "_manifest.json").read_text() == first_manifest, "a finished trial was rerun"
     rows = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     assert [r["params"]["optim.lr"] for r in rows] == [5.0e-3, 1.0e-5, 2.0e-3]
     for r in rows:

@@ -1,12 +1,14 @@
 """Step outputs on disk: atomic writes, Parquet table directories, manifests and the resolved config.
 
-Every step writes one output directory. A directory is *complete* only when its `manifest.json`
-exists and lists files that are all present with their recorded sizes: the manifest is written last,
-after every other file was renamed into place, so a crash at any moment leaves either the previous
-complete output or something that no reader will take for complete.
+Every step writes one output directory. A directory is *complete* only when its `_manifest.json`
+(`manifest.json` from an earlier densekit) exists and lists files that are all present with their
+recorded sizes: the manifest is written last, after every other file was renamed into place, so a
+crash at any moment leaves either the previous complete output or something that no reader will
+take for complete.
 
 A *table* is a directory of `part-NNNNN.parquet` files plus its own manifest; Ray Data, pyarrow and
-pandas all read such a directory directly.
+pandas all read such a directory directly (densekit's own files there start with `_` or `.`, which
+they skip).
 
 The code is split along its seams; every public name is importable from `densekit.artifacts`:
 names (the fixed file names), files (atomic writes, `writing`), manifest (write/read/verify),
@@ -27,7 +29,16 @@ from densekit.artifacts.files import (
     writing,
 )
 from densekit.artifacts.manifest import is_complete, read_manifest, sha256_file, write_manifest
-from densekit.artifacts.names import CONFIG, MANIFEST, MARKER, PART
+from densekit.artifacts.names import (
+    CONFIG,
+    LEGACY_CONFIG,
+    LEGACY_MANIFEST,
+    MANIFEST,
+    MARKER,
+    PART,
+    config_file,
+    manifest_file,
+)
 from densekit.artifacts.outputs import (
     NON_SEMANTIC_KEYS,
     WRITE_KEYS,
@@ -52,10 +63,10 @@ from densekit.artifacts.tables import (
 )
 
 __all__ = [
-    "CONFIG", "MANIFEST", "MARKER", "NON_SEMANTIC_KEYS", "PART", "WRITE_ERRNOS", "WRITE_KEYS",
-    "TableWriter", "atomic_path", "check_output_paths", "config_changes", "config_to_dict",
+    "CONFIG", "LEGACY_CONFIG", "LEGACY_MANIFEST", "MANIFEST", "MARKER", "NON_SEMANTIC_KEYS", "PART", "WRITE_ERRNOS", "WRITE_KEYS",
+    "TableWriter", "atomic_path", "check_output_paths", "config_changes", "config_file", "config_to_dict",
     "config_to_yaml", "fsync_dir", "input_paths", "is_complete", "is_write_failure", "is_write_key",
-    "iter_table", "open_part", "output_owner", "prepare_output", "read_manifest", "read_table",
+    "iter_table", "manifest_file", "open_part", "output_owner", "prepare_output", "read_manifest", "read_table",
     "scratch_dir", "sha256_file", "step_name", "table_parts", "table_rows", "tmp_name",
     "write_json_atomic", "write_manifest", "write_marker", "write_text_atomic", "writing",
 ]

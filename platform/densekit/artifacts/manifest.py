@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from densekit import __version__
 from densekit.artifacts.files import write_json_atomic
-from densekit.artifacts.names import MANIFEST, MARKER
+from densekit.artifacts.names import LEGACY_MANIFEST, MANIFEST, MARKER, manifest_file
 from densekit.errors import ChangedArtifactError, IncompleteOutputError
 
 
@@ -28,13 +28,13 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
 
 
 def _listed_files(directory: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
-    """Every regular file below `directory` except temporaries, the top manifest and `exclude`d
-    relative path prefixes."""
+    """Every regular file below `directory` except temporaries, the top manifest (either name), the
+    marker and `exclude`d relative path prefixes."""
     files = []
     for p in sorted(directory.rglob("*")):
         if not p.is_file() or ".tmp-" in p.name:
             continue
-        if p in (directory / MANIFEST, directory / MARKER):
+        if p in (directory / MANIFEST, directory / LEGACY_MANIFEST, directory / MARKER):
             continue
         if exclude and p.relative_to(directory).as_posix().startswith(exclude):
             continue
@@ -49,7 +49,9 @@ def write_manifest(
     checksums: bool = True,
     exclude: tuple[str, ...] = (),
 ) -> dict:
-    """Write `directory/manifest.json` last: every file's size, sha256 and (Parquet) row count.
+    """Write `directory/_manifest.json` last: every file's size, sha256 and (Parquet) row count.
+
+    An older densekit's `manifest.json` in `directory` is removed once the new manifest is in place.
 
     Args:
         directory: the finished output directory.
@@ -87,6 +89,7 @@ def write_manifest(
         **(dict(extra) if extra else {}),
     }
     write_json_atomic(directory / MANIFEST, manifest)
+    (directory / LEGACY_MANIFEST).unlink(missing_ok=True)
     return manifest
 
 
@@ -121,7 +124,7 @@ def read_manifest(directory: str | Path, deep: bool | None = None) -> dict:
     directory = Path(directory)
     if deep is None:
         deep = _verify_default()
-    path = directory / MANIFEST
+    path = manifest_file(directory)
     if not directory.exists():
         raise IncompleteOutputError(f"{directory}: does not exist")
     if not path.exists():
@@ -140,18 +143,18 @@ def read_manifest(directory: str | Path, deep: bool | None = None) -> dict:
     for rel, entry in files.items():
         p = directory / rel
         if not p.is_file():
-            raise IncompleteOutputError(f"{directory}: {rel} is listed in {MANIFEST} but missing")
+            raise IncompleteOutputError(f"{directory}: {rel} is listed in {path.name} but missing")
         st = p.stat()
         if st.st_size != entry.get("bytes"):
             raise ChangedArtifactError(
-                f"{p} has {st.st_size} bytes, {MANIFEST} says {entry.get('bytes')}: {redo}"
+                f"{p} has {st.st_size} bytes, {path.name} says {entry.get('bytes')}: {redo}"
             )
         if deep and "sha256" in entry:
             key = _file_key(p, st)
             if key in _VERIFIED:
                 continue
             if sha256_file(p) != entry["sha256"]:
-                raise ChangedArtifactError(f"{p} does not match its sha256 in {MANIFEST}: {redo}")
+                raise ChangedArtifactError(f"{p} does not match its sha256 in {path.name}: {redo}")
             _VERIFIED.add(key)
     return manifest
 

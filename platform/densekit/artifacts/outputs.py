@@ -14,7 +14,15 @@ from typing import Any
 from densekit import __version__
 from densekit.artifacts.files import write_json_atomic, write_text_atomic
 from densekit.artifacts.manifest import is_complete
-from densekit.artifacts.names import CONFIG, MANIFEST, MARKER
+from densekit.artifacts.names import (
+    CONFIG,
+    LEGACY_CONFIG,
+    LEGACY_MANIFEST,
+    MANIFEST,
+    MARKER,
+    config_file,
+    manifest_file,
+)
 from densekit.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -55,7 +63,7 @@ def config_changes(directory: str | Path, cfg: Any) -> list[str]:
     leaving out NON_SEMANTIC_KEYS (every key when no config was saved there)."""
     from omegaconf import OmegaConf
 
-    saved = Path(directory) / CONFIG
+    saved = config_file(directory)
     old = OmegaConf.to_container(OmegaConf.load(saved)) if saved.is_file() else {}
     return _diff_keys(_semantic(old), _semantic(config_to_dict(cfg)))  # type: ignore[arg-type]
 
@@ -146,7 +154,7 @@ def check_output_paths(cfg: Any, outputs: Mapping[str, Any] | None = None) -> No
 def output_owner(directory: str | Path) -> str | None:
     """The densekit step that wrote `directory` (its marker or its manifest says so), else None."""
     directory = Path(directory)
-    for name in (MARKER, MANIFEST):
+    for name in (MARKER, MANIFEST, LEGACY_MANIFEST):
         path = directory / name
         if not path.is_file():
             continue
@@ -182,7 +190,7 @@ def _claim_output(directory: Path, cfg: Any, overwrite: bool) -> None:
         if not any(directory.iterdir()):
             return  # an empty folder: nothing to lose
         # A partial output of an older densekit (no marker yet): its saved config is this very one.
-        if (directory / CONFIG).is_file() and not (directory / MANIFEST).exists():
+        if config_file(directory).is_file() and not manifest_file(directory).exists():
             with contextlib.suppress(Exception):
                 if not config_changes(directory, cfg):
                     return
@@ -233,7 +241,8 @@ def prepare_output(
             shutil.rmtree(directory)
         else:
             (directory / MANIFEST).unlink(missing_ok=True)
-            changed = config_changes(directory, cfg) if (directory / CONFIG).exists() else []
+            (directory / LEGACY_MANIFEST).unlink(missing_ok=True)
+            changed = config_changes(directory, cfg) if config_file(directory).exists() else []
             if changed:
                 logger.info(
                     "%s holds partial output of another config (differs in: %s): clearing it",
@@ -244,4 +253,5 @@ def prepare_output(
     directory.mkdir(parents=True, exist_ok=True)
     write_marker(directory, step_name(cfg))
     write_text_atomic(directory / CONFIG, config_to_yaml(cfg))
+    (directory / LEGACY_CONFIG).unlink(missing_ok=True)  # an older densekit's name for it
     return True

@@ -94,7 +94,7 @@ class SearchConfig:
     """Search a sharded index with query embeddings (or queries + a model); write a run."""
 
     index: str = opt(MISSING, "index directory written by `densekit index`")
-    output: str = opt(MISSING, "run table directory (qid, pid, rank, score) + run.trec")
+    output: str = opt(MISSING, "run table directory (qid, pid, rank, score) + _run.trec")
     query_embeddings: Optional[str] = opt(None, "query embeddings table (from `densekit encode`)")
     queries: Optional[str] = opt(None, "queries table (qid, text); encoded with `model` first")
     model: Optional[str] = opt(None, "query encoder, with `queries` (its embeddings go to output/query_embeddings)")

@@ -46,7 +46,7 @@ class GlobalBatchStream:
     """Yield this rank's slice of consecutive global batches of a Parquet table, forever (epochs).
 
     Args:
-        table: table directory (part-*.parquet + manifest.json).
+        table: table directory (part-*.parquet + _manifest.json).
         global_batch_size: rows per optimisation step over all ranks; must divide by world_size.
         rank, world_size: this worker's DDP rank and the world size.
         seed: shuffling seed; the order is a function of (seed, epoch) only.

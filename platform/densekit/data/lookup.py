@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from densekit.artifacts import MANIFEST, atomic_path, iter_table, read_manifest
+from densekit.artifacts import atomic_path, iter_table, manifest_file, read_manifest
 from densekit.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class HashRuns:
 
 
 def _manifest_digest(table_dir: Path) -> str:
-    return hashlib.sha256((table_dir / MANIFEST).read_bytes()).hexdigest()
+    return hashlib.sha256(manifest_file(table_dir).read_bytes()).hexdigest()
 
 
 class TableLookup:

@@ -43,7 +43,8 @@ from densekit.pipelines.embeddings import embeddings_batch, model_fingerprint
 logger = logging.getLogger(__name__)
 
 PIECES = ".pieces"
-PLAN = "plan.json"
+PLAN = "_plan.json"  # `_`: pandas, pyarrow and Ray Data skip it beside the parts
+LEGACY_PLAN = "plan.json"  # an earlier densekit's name, read when resuming its partial output
 ROW = "__row"  # global input row number, carried through the pipeline
 
 
@@ -282,12 +283,13 @@ def _encode(cfg, out: Path, kind: str, key: str, with_title: bool, spec, fingerp
     num_shards = max(1, -(-total // cfg.rows_per_shard))
     plan = {"input": str(cfg.input), "files": files, "rows": total, "rows_per_shard": cfg.rows_per_shard,
             "model_fingerprint": fingerprint, "kind": kind}
-    old_plan = _read_json(out / PLAN)
+    old_plan = _read_json(out / PLAN) if (out / PLAN).exists() else _read_json(out / LEGACY_PLAN)
     if old_plan is not None and old_plan != plan:
         logger.info("%s: input or model changed since the partial run: starting over", out)
         for p in out.glob("part-*.parquet"):
             p.unlink()
     write_json_atomic(out / PLAN, plan)
+    (out / LEGACY_PLAN).unlink(missing_ok=True)
     shutil.rmtree(out / PIECES, ignore_errors=True)  # pieces of unfinished shards: redone
 
     def expected(shard: int) -> int:
@@ -306,7 +308,7 @@ def _encode(cfg, out: Path, kind: str, key: str, with_title: bool, spec, fingerp
         with atomic_path(out / PART.format(0)) as tmp:
             pq.write_table(pa.Table.from_batches([], schema=R.embeddings_schema(dim, _arrow_dtype(cfg))), tmp)
     dim = pq.ParquetFile(out / PART.format(0)).schema_arrow.field(R.EMBEDDING).type.list_size
-    # plan.json stays (listed in the manifest): it says which input and model the shards hold.
+    # _plan.json stays (listed in the manifest): it says which input and model the shards hold.
     write_manifest(out, "encode", {
         "dim": dim,
         "metric": "ip",  # dot, or cosine on normalised vectors: both are inner products

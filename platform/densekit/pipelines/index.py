@@ -6,8 +6,8 @@ the trained empty index is shared by all shard builders through the object store
     <output>/trained.faiss                  the trained empty index (trained types only)
     <output>/shards/shard-NNNNN/index.faiss one FAISS index per embedding shard
     <output>/shards/shard-NNNNN/ids.parquet row i of the index -> its pid (column `id`)
-    <output>/shards/shard-NNNNN/manifest.json  factory, dim, metric, model fingerprint, ntotal
-    <output>/manifest.json                  the same facts plus the shard list (written last)
+    <output>/shards/shard-NNNNN/_manifest.json factory, dim, metric, model fingerprint, ntotal
+    <output>/_manifest.json                 the same facts plus the shard list (written last)
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,11 @@ from densekit.pipelines.index import load_shard, shard_ids
 
 logger = logging.getLogger(__name__)
 
-TREC_FILE = "run.trec"
-QUERY_EMBEDDINGS = "query_embeddings"
+# Beside the run's Parquet parts, named with `_` so that pandas, pyarrow and Ray Data skip them
+# (an earlier densekit named them run.trec and query_embeddings/).
+TREC_FILE = "_run.trec"
+QUERY_EMBEDDINGS = "_query_embeddings"
+LEGACY_NAMES = ("run.trec", "query_embeddings")
 
 
 class SearchActorError(DensekitError):
@@ -353,11 +357,11 @@ def check_models(index_dir: str | Path, index_manifest: dict, queries_dir: str |
 
 
 def search(cfg) -> None:
-    """Write the run table (qid, pid, rank, score) and run.trec into `cfg.output`.
+    """Write the run table (qid, pid, rank, score) and _run.trec into `cfg.output`.
 
     Args:
         cfg: a SearchConfig. With `queries` + `model`, the queries are first encoded (by the encode
-            step's Ray Data pipeline) into `<output>/query_embeddings`.
+            step's Ray Data pipeline) into `<output>/_query_embeddings`.
     """
     out = Path(cfg.output)
     index_manifest = read_manifest(cfg.index)
@@ -371,6 +375,11 @@ def search(cfg) -> None:
         return
     for stale in list(out.glob("*.parquet")) + [out / TREC_FILE]:
         stale.unlink(missing_ok=True)  # a previous, interrupted run's parts
+    for legacy in LEGACY_NAMES:  # an earlier densekit's interrupted run
+        if (out / legacy).is_dir():
+            shutil.rmtree(out / legacy)
+        else:
+            (out / legacy).unlink(missing_ok=True)
     if cfg.query_embeddings is None:
         _encode_queries(cfg, qdir)
     qman = read_embeddings_manifest(qdir)

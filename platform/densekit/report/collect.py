@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from densekit.artifacts import is_complete
+from densekit.artifacts import config_file, is_complete
 from densekit.errors import ConfigError, InputError
 from densekit.report.timing import Speed
 
@@ -105,19 +105,19 @@ class _Paths:
 
 def _trace(run: Path | None, paths: _Paths) -> tuple[Path | None, Path | None, Path | None]:
     """(query model, queries table, index model) behind the run an evaluate output evaluated, read
-    from the config.yaml each step writes beside its output: search -> (encode) -> index."""
+    from the config each step saves beside its output (_config.yaml): search -> (encode) -> index."""
     if run is None:
         return None, None, None
-    search = _read_yaml(run / "config.yaml")
+    search = _read_yaml(config_file(run))
     model, queries = search.get("model"), search.get("queries")
     if not model and search.get("query_embeddings"):
-        enc = _read_yaml(paths(search["query_embeddings"]) / "config.yaml")
+        enc = _read_yaml(config_file(paths(search["query_embeddings"])))
         model, queries = enc.get("model"), enc.get("input")
     index_model = None
     if search.get("index"):
-        emb = paths(_read_yaml(paths(search["index"]) / "config.yaml").get("embeddings"))
+        emb = paths(_read_yaml(config_file(paths(search["index"]))).get("embeddings"))
         if emb is not None:
-            index_model = _read_yaml(emb / "config.yaml").get("model")
+            index_model = _read_yaml(config_file(emb)).get("model")
     return paths(model), paths(queries), paths(index_model)
 
 
@@ -219,7 +219,7 @@ def _collect_method(d: Path) -> Report:
             rep.notes.append(f"evaluate stage '{name}' has no complete output yet")
             continue
         metrics = _read_json(out / "metrics.json").get("metrics", {})
-        runs[name] = paths(_read_yaml(out / "config.yaml").get("run"))
+        runs[name] = paths(_read_yaml(config_file(out)).get("run"))
         model, queries, index_model = _trace(runs[name], paths)
         label = paths.label(model) if model is not None else name
         about = ""
@@ -228,7 +228,7 @@ def _collect_method(d: Path) -> Report:
             about = producer.get("about", "")
         row = Row(label, metrics, name, str(model) if model else None, str(queries) if queries else None,
                   str(index_model) if index_model else None, about)
-        qrels = paths(_read_yaml(out / "config.yaml").get("qrels"))
+        qrels = paths(_read_yaml(config_file(out)).get("qrels"))
         if qrels is not None:
             row.eval_set = qrels.relative_to(d).as_posix() if qrels.is_relative_to(d) else str(qrels)
         if index_model is not None and model is not None and Path(index_model).resolve() != Path(model).resolve():
@@ -254,7 +254,7 @@ def _collect_method(d: Path) -> Report:
 
 
 def _collect_train(d: Path) -> Report:
-    cfg = _read_yaml(d / "config.yaml")
+    cfg = _read_yaml(config_file(d))
     rep = Report("train", str(d), d.name)
     t = _training(d.name, d)
     if t is not None:
