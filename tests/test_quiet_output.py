@@ -130,3 +130,26 @@ def test_worker_runtime_env_leaves_a_jobs_own_keys_alone(monkeypatch):
     monkeypatch.setenv("DENSEKIT_VERBOSE", "1")
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
     assert worker_runtime_env()["env_vars"] == {"DENSEKIT_VERBOSE": "1"}
+
+
+def test_quiet_driver_prints_densekit_lines_of_workers_and_says_a_crash(monkeypatch, capsys, caplog):
+    import logging
+
+    from ray._private import worker as ray_worker
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    from densekit import raycluster
+
+    monkeypatch.setattr(ray_worker.global_worker, "mode", ray_worker.SCRIPT_MODE)
+    monkeypatch.setattr(dispatcher, "handlers", list(dispatcher.handlers))  # restored afterwards
+    raycluster._quiet_worker_output()
+    with caplog.at_level(logging.WARNING, logger="densekit.raycluster"):
+        dispatcher.emit({"pid": 123, "task_name": "_build_shard", "is_err": True, "lines": [
+            "\x1b[36m04:00:00 INFO densekit.pipelines.index: shard 1 built\x1b[0m",
+            "2026-01-01 04:00:00,000\tINFO streaming_executor.py:215 -- Starting execution",
+            "Loading weights: 100%|##########| 39/39",
+            "Fatal Python error: Segmentation fault",
+        ]})
+    assert capsys.readouterr().err == "04:00:00 INFO densekit.pipelines.index: shard 1 built\n"
+    [crash] = [r.getMessage() for r in caplog.records]
+    assert "crashed (_build_shard, pid 123): Fatal Python error: Segmentation fault" in crash and "-v" in crash

@@ -166,6 +166,12 @@ def _quiet_worker_output() -> None:
         own = [line for line in lines if logs_own_line(line)]
         for line in own:
             logs.write_line(line.rstrip("\n"))
+        crash = next((line for line in lines if line.startswith(("Fatal Python error", "*** SIGSEGV"))), None)
+        if crash:  # not printed whole, but never hidden: a crashed worker is said in one line
+            who = data.get("actor_name") or data.get("task_name") or "worker"
+            logger.warning("a Ray worker crashed (%s, pid %s): %s; its full output is in the Ray session's "
+                           "logs/worker-*-%s.err (or rerun with -v)", who, data.get("pid"), crash.strip(),
+                           data.get("pid"))
 
     if ray_worker.global_worker.mode != ray_worker.SCRIPT_MODE:
         return  # a worker (a Tune trial's driver code): its output goes to its own log
