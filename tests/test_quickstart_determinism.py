@@ -26,7 +26,7 @@ def _sha256(path) -> str:
 @pytest.mark.slow
 @pytest.mark.long
 @pytest.mark.ray
-def test_quickstart_twice_gives_the_same_numbers(tmp_path, ray_session):
+def test_quickstart_twice_gives_the_same_numbers(tmp_path):  # Ray: densekit starts its own (patient start-up)
     runs = [tmp_path / "a", tmp_path / "b"]
     for out in runs:
         assert main(["quickstart", f"output={out}", *SMALL]) == 0
