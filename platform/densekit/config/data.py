@@ -76,16 +76,21 @@ class ImportConfig:
             raise ConfigError("batch_rows, batch_bytes and rows_per_part must be >= 1")
 
 
-EXPORT_FORMATS = ("trec_run", "trec_qrels", "margin_mse_tsv", "msmarco_collection", "beir")
+EXPORT_FORMATS = ("trec_run", "trec_qrels", "margin_mse_tsv", "msmarco_collection", "beir", "npy", "faiss")
 
 
 @dataclass
 class ExportConfig:
-    """Export a densekit table to a text format at the edges (TREC run/qrels, teacher TSV, ...)."""
+    """Export a densekit table to a format at the edges (TREC run/qrels, teacher TSV, .npy, one FAISS index, ...)."""
 
     format: str = opt(MISSING, f"output format: one of {', '.join(EXPORT_FORMATS)}")
-    input: str = opt(MISSING, "table directory to export (for beir: a folder with corpus/, queries/, qrels/<split>/)")
-    output: str = opt(MISSING, "output file (a folder for beir)")
+    input: str = opt(
+        MISSING, "table directory to export (beir: a folder with corpus/, queries/, qrels/<split>/; "
+        "npy: an embeddings table; faiss: an index folder)"
+    )
+    output: str = opt(
+        MISSING, "output file (a folder for beir; npy: embeddings.npy + ids.txt; faiss: index.faiss + ids.txt)"
+    )
     tag: str = opt("densekit", "run tag (trec_run)")
     overwrite: bool = opt(False, "replace an existing output file")
 

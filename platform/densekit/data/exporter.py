@@ -1,4 +1,5 @@
-"""`densekit export`: write a table (or a BEIR folder of tables) to a text format at the edges.
+"""`densekit export`: write a table (or a BEIR folder of tables) to a text format at the edges, an
+embeddings table to `.npy` and a sharded index to one FAISS index (densekit.data.export_arrays).
 
 Streams the table batch by batch and writes under a temporary name renamed on success, so a
 reader never sees half an export.
@@ -19,6 +20,7 @@ from densekit.artifacts import (
 )
 from densekit.config import ExportConfig
 from densekit.data import io
+from densekit.data.export_arrays import export_faiss, export_npy
 from densekit.data.records import PID, QID, QRELS_SCHEMA, RUN_SCHEMA, TEXT, TITLE
 from densekit.errors import ConfigError, InputError
 
@@ -45,7 +47,7 @@ def export_data(cfg: ExportConfig) -> None:
     if out.exists() and not cfg.overwrite:
         raise ConfigError(f"output={out} exists; pass overwrite=true to replace it")
     if out.is_dir() and output_owner(out) != "export":
-        # overwrite=true replaces a file; a folder only when densekit exported it (beir).
+        # overwrite=true replaces a file; a folder only when densekit exported it (beir, npy, faiss).
         raise ConfigError(
             f"output={out} is a folder that densekit export did not write; densekit never replaces "
             "it: choose another output (or move the folder away yourself)"
@@ -76,6 +78,10 @@ def _export(fmt: str, src: Path, tmp: Path, tag: str) -> int:
         return n
     if fmt == "beir":
         return _export_beir(src, tmp)
+    if fmt == "npy":
+        return export_npy(src, tmp)
+    if fmt == "faiss":
+        return export_faiss(src, tmp)
     raise ConfigError(f"unknown export format {fmt!r}")
 
 
