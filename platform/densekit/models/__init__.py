@@ -129,12 +129,12 @@ def _plain_hf_pooling(root: Path, kind: str | None, overrides: dict[str, Any]) -
     Raises:
         ConfigError: naming the folder and how to say the pooling.
     """
-    from densekit.models.spec import _pooling_mode
+    from densekit.models.spec import pooling_mode
 
     if (kind or "bi_encoder") != "bi_encoder" or overrides.get("pooling") is not None:
         return overrides
     if (root / POOLING_FILE).is_file():
-        return {**overrides, "pooling": _pooling_mode(root / POOLING_FILE)}
+        return {**overrides, "pooling": pooling_mode(root / POOLING_FILE)}
     raise ConfigError(
         f"{root}: a plain Hugging Face model folder (no {SPEC_FILE}, no sentence-transformers "
         f"modules.json or {POOLING_FILE}) does not say how its token vectors are pooled into one "

@@ -165,7 +165,7 @@ def spec_from_sentence_transformers(directory: str | Path) -> ModelSpec | None:
                     f"module {i}: the Transformer must be at the top level, not in '{module.get('path')}'",
                 )
         elif kind == "Pooling":
-            spec["pooling"] = _pooling_mode(mpath / "config.json")
+            spec["pooling"] = pooling_mode(mpath / "config.json")
         elif kind == "Normalize":
             spec["normalize"] = True
         elif kind == "Dense":
@@ -226,7 +226,7 @@ def spec_from_sentence_transformers(directory: str | Path) -> ModelSpec | None:
     return ModelSpec(**spec).validate()
 
 
-def _pooling_mode(path: Path) -> str:
+def pooling_mode(path: Path) -> str:
     cfg = _read_json(path)
     mode = cfg.get("pooling_mode")
     if mode is None:  # legacy flags
