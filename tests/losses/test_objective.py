@@ -69,11 +69,14 @@ def test_candidate_modes_are_resolved_up_front():
     ):
         star.candidates("cross_encoder")
     with pytest.raises(
-        ConfigError, match="adore_lambda needs retrieved candidates.*which contrastive cannot use"
+        ConfigError, match="adore_lambda needs retrieved candidates.*which margin_mse cannot use"
     ):
         build_objective(
-            {"adore_lambda": {"params": {"metric_cut": 200}}, "contrastive": {}}
+            {"adore_lambda": {"params": {"metric_cut": 200}}, "margin_mse": {}}
         ).candidates("bi_encoder")
+    assert build_objective(
+        {"adore_lambda": {"params": {"metric_cut": 200}}, "contrastive": {}}
+    ).candidates("bi_encoder") == ("retrieved", None)
     assert build_objective({"adore_lambda": {"params": {"metric_cut": 200}}, "nll": {}}).candidates(
         "bi_encoder"
     ) == ("retrieved", None)

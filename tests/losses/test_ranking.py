@@ -112,6 +112,21 @@ def test_adore_module_on_retrieved_scores():
     assert q.grad.abs().sum() > 0
 
 
+def test_contrastive_on_retrieved_scores_by_hand():
+    """The labels-only twin of query-encoder distillation: InfoNCE over a fixed index's top k,
+    padding left out, a second retrieved positive masked, the best-ranked positive the target."""
+    _, cands = retrieved_candidates([["a", "b", "c"], ["d", "e"]], [["b", "c"], ["x"]])
+    # q0: [a, b, c], b and c relevant, target b; q1: [d, e, x(appended)], target x
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    docs = torch.tensor([[[0.5, 0.0], [1.0, 0.0], [0.2, 0.0]], [[0.0, 0.3], [0.0, -0.1], [0.0, 0.9]]])
+    scores = score_retrieved(q, docs, cands)
+    out = ModelOutput(scores=scores, candidates=cands, query_emb=q)
+    T = 0.1
+    row0 = math.log(math.exp(0.5 / T) + math.exp(1.0 / T)) - 1.0 / T  # c dropped
+    row1 = math.log(math.exp(0.3 / T) + math.exp(-0.1 / T) + math.exp(0.9 / T)) - 0.9 / T
+    assert Contrastive(temperature=T)(out, None).item() == pytest.approx((row0 + row1) / 2, rel=1e-5)
+
+
 def test_contrastive_masks_other_relevant_passages(st, helpers):
     s, _ = st
     relevant = torch.tensor([[True, False, True], [False, False, False]])

@@ -33,7 +33,8 @@ def info_nce(
 class Contrastive(Loss):
     """InfoNCE with temperature over the candidates the student was scored on: with global
     candidates, every query against all passages of the all-gathered batch (its positive, the
-    other queries' positives and every hard negative).
+    other queries' positives and every hard negative); with retrieved candidates, against a fixed
+    index's top k (the labels-only twin of query-encoder distillation and ADORE).
 
     Passages judged relevant to a query other than its sampled positive (the same passage in two
     groups, a second positive) are left out of its softmax unless `mask_relevant` is false.
@@ -47,7 +48,7 @@ class Contrastive(Loss):
     """
 
     name = "contrastive"
-    modes = ("global", "group")
+    modes = ("global", "group", "retrieved")
 
     def __init__(self, temperature: float = 0.05, mask_relevant: bool = True):
         super().__init__()

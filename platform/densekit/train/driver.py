@@ -54,6 +54,27 @@ def warn_if_no_node_fits(per_worker: dict[str, float]) -> None:
         )
 
 
+def search_actor_cpus(num_workers: int, cpus_per_worker: float, num_actors: int) -> float:
+    """CPUs each search actor of `candidates: retrieved` reserves: half a train worker's, or what the
+    cluster has left beside the train workers when that is less, down to none (the actors search small
+    batches while the workers wait for them). Reserving more than is left made Ray Train wait forever
+    for its workers."""
+    import ray
+
+    want = cpus_per_worker / 2
+    total = float(ray.cluster_resources().get("CPU", 0.0))
+    left = total - num_workers * cpus_per_worker
+    if total and left < want * num_actors:
+        got = max(int(100 * left / max(1, num_actors)) / 100, 0.0)
+        logger.info(
+            "train: the %d train worker(s) take %g of the cluster's %g CPUs; each of the %d search actor(s) "
+            "reserves %g CPU (a train worker's half would not fit)",
+            num_workers, num_workers * cpus_per_worker, total, num_actors, got,
+        )  # fmt: skip
+        return got
+    return want
+
+
 def fit(cfg: TrainConfig, callbacks: list | None = None):
     """The `train` step with extra Ray Train callbacks (`tune` passes its TuneReportCallback).
 
@@ -83,7 +104,8 @@ def fit(cfg: TrainConfig, callbacks: list | None = None):
         from densekit.pipelines.search import ShardedSearcher
 
         searcher = ShardedSearcher(
-            cfg.retrieved.index, num_actors=cfg.retrieved.num_actors, cpus_per_actor=res.cpus_per_worker / 2
+            cfg.retrieved.index, num_actors=cfg.retrieved.num_actors,
+            cpus_per_actor=search_actor_cpus(res.num_workers, res.cpus_per_worker, cfg.retrieved.num_actors),
         )
     trainer = TorchTrainer(
         train_loop_per_worker,

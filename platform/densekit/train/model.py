@@ -53,6 +53,12 @@ def candidate_modes(cfg: TrainConfig, objective=None) -> tuple[str, str | None]:
     student, teacher = objective.candidates(model_kind(cfg.model), model_kind(cfg.teacher))
     if cfg.candidates != "auto":
         student = cfg.candidates
+        for name, loss in objective.terms.items():  # before any worker starts, not in its first step
+            if loss.needs_scores:
+                try:
+                    loss.pick_mode(student, teacher if (loss.needs_teacher or loss.needs_layers) else None)
+                except ValueError as e:
+                    raise ConfigError(f"candidates: {student}: {e}") from None
     if cfg.data.teacher_embeddings is not None:
         if cfg.teacher is not None:
             raise ConfigError("give either `teacher` (run online) or data.teacher_embeddings (read from disk), not both")
