@@ -53,7 +53,7 @@ def candidate_modes(cfg: TrainConfig, objective=None) -> tuple[str, str | None]:
     student, teacher = objective.candidates(model_kind(cfg.model), model_kind(cfg.teacher))
     if cfg.candidates != "auto":
         student = cfg.candidates
-        for name, loss in objective.terms.items():  # before any worker starts, not in its first step
+        for loss in objective.terms.values():  # before any worker starts, not in its first step
             if loss.needs_scores:
                 try:
                     loss.pick_mode(student, teacher if (loss.needs_teacher or loss.needs_layers) else None)
