@@ -4,10 +4,11 @@ no-distillation baseline (same start, steps and data, contrastive only) on the d
 results-<name>.json and the merged report must show both.
 
 The scale is reduced (fewer documents and queries, shorter warm-ups and students) to fit a few
-minutes on a 2-core CPU; the README's table comes from the full small configs
-(`densekit run configs/methods/<method>.yaml`). Every method runs end to end; the student
-must beat the baseline for the methods of TESTED, and the others are strict expected failures
-(NOT_TESTED says why), so a change that makes one of them win is seen.
+minutes on a 2-core CPU. Every method runs end to end (the mechanics); the student must beat the
+baseline only for the methods of TESTED. Whether a method pays is measured on pretrained encoders
+and real text, not here: configs/methods/real/ and docs/real-tier.md. The toy tier's randomly
+initialised models cannot show it (margin_mse, PROD and STAR/ADORE lose to the baseline here, for
+the reasons docs/benchmarks.md#toy-tier-methods measures), so those three have no quality test.
 """
 
 from __future__ import annotations
@@ -42,16 +43,7 @@ STUDENT = {"query_align": "query_align_student", "lead": "lead_student", "star_a
            "margin_mse": "margin_mse_student", "prod": "prod_student"}
 TESTED = ["query_align", "lead"]
 # Measured at this scale (450 documents, sparse training labels; baseline nDCG@10 0.7380, DE teacher
-# 0.8081): query_align 0.8037, lead 0.7787. The others are below the baseline; why, in the README.
-NOT_TESTED = {
-    "star_adore": "below the baseline: STAR 0.7310, ADORE 0.7311 (level: p=0.50); not a distillation method, "
-                  "and random negatives give 0.7369 too: on this task the negatives do not matter",
-    "margin_mse": "below the baseline: 0.1419 (its cross-encoder reranks the DE teacher's top 30 at 0.37 "
-                  "against 0.8081); even the DE teacher's exact scores lower the student when it learns "
-                  "from each query's group only (0.4577 in pairs, 0.5355 over groups of 8)",
-    "prod": "below the baseline: 0.4609; its CEs rerank near a random order (0.2043, 0.2577), and its CE-stage "
-            "loss on the DE teacher's exact group scores gives 0.5814 from a 0.6222 start",
-}
+# 0.8081): query_align 0.8037, lead 0.7787.
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +58,6 @@ def run_method(name: str, run_dir: Path) -> dict:
 
 
 ORDER = ["query_align", "lead", "star_adore", "margin_mse", "prod"]  # the first one makes the common stages
-
-
-def beats(name):
-    """A method of NOT_TESTED is expected to lose: strict, so the day it wins the test says so."""
-    if name in TESTED:
-        return name
-    return pytest.param(name, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=NOT_TESTED[name]))
 
 
 @pytest.mark.parametrize("name", ORDER)
@@ -94,7 +79,7 @@ def test_small_method_runs_end_to_end(name, run_dir, ray_session, caplog):
         assert "baseline (train): complete, skipping" in caplog.text
 
 
-@pytest.mark.parametrize("name", [beats(n) for n in ORDER])
+@pytest.mark.parametrize("name", TESTED)
 def test_small_method_student_beats_the_baseline(name, run_dir, ray_session):
     # Rerunning the finished method is a no-op (every stage complete): read its results.
     results = run_method(name, run_dir)["results"]
