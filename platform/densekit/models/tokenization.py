@@ -81,16 +81,13 @@ class Tokenization:
     def _encode(
         tokenizer, inputs: set[str], first, second, max_length: int, padding="longest"
     ) -> dict[str, Tensor]:
-        first = clip_long_texts(tokenizer, first, max_length)
-        if second is not None:
-            second = clip_long_texts(tokenizer, second, max_length)
-        enc = tokenizer(
+        enc = tokenize_long_texts(
+            tokenizer,
             first,
             second,
+            max_length,
             padding=padding,
             truncation="only_second" if second is not None else True,
-            max_length=max_length,
-            return_tensors="pt",
         )
         return {k: v for k, v in enc.items() if k in inputs}
 
@@ -110,7 +107,10 @@ class Tokenization:
                 augment=self.spec.query_augmentation,
             )
         return self._encode(
-            self.query_tokenizer, self.query_inputs, texts, None,
+            self.query_tokenizer,
+            self.query_inputs,
+            texts,
+            None,
             self._cap(self.spec.max_query_length, self.query_limit),
         )
 
@@ -128,7 +128,10 @@ class Tokenization:
                 augment=False,
             )
         return self._encode(
-            self.passage_tokenizer, self.passage_inputs, first, second,
+            self.passage_tokenizer,
+            self.passage_inputs,
+            first,
+            second,
             self._cap(self.spec.max_passage_length, self.passage_limit),
         )
 
@@ -142,7 +145,9 @@ class Tokenization:
         tok = self.query_tokenizer
         if second is not None:  # title and text become one segment joined by the separator token
             first = [f"{a} {tok.sep_token} {b}" for a, b in zip(first, second)]
-        budget = self._cap(self.spec.max_query_length + self.spec.max_passage_length, self.query_limit)
+        budget = self._cap(
+            self.spec.max_query_length + self.spec.max_passage_length, self.query_limit
+        )
         enc = tok(
             clip_long_texts(tok, self._query_texts(list(queries)), budget),
             clip_long_texts(tok, first, budget),
@@ -226,16 +231,74 @@ def clip_long_texts(tokenizer, texts: list[str], n_tokens: int) -> list[str]:
     for i in long:
         text, size = texts[i], limit
         while size < len(text):
-            # Only at whitespace: a word cut in two may split into other tokens than the whole word.
-            cut = max(text.rfind(c, size // 2, size) for c in " \n\t")
+            cut = _whitespace_cut(text, size)
             if cut > 0:
                 prefix = text[:cut]
-                ids = tokenizer(prefix, add_special_tokens=False, truncation=True, max_length=n_tokens)
+                ids = tokenizer(
+                    prefix, add_special_tokens=False, truncation=True, max_length=n_tokens
+                )
                 if len(ids["input_ids"]) >= n_tokens:
                     out[i] = prefix
                     break
             size *= 4
     return out
+
+
+def _whitespace_cut(text: str, size: int) -> int:
+    """The last whitespace in text[size // 2 : size], or -1. Texts are cut only at whitespace: a
+    word cut in two may split into other tokens than the whole word."""
+    return max(text.rfind(c, size // 2, size) for c in " \n\t")
+
+
+def tokenize_long_texts(
+    tokenizer, first: list[str], second: list[str] | None, max_length: int, **kwargs
+):
+    """`tokenizer(first, second, max_length=max_length, return_tensors="pt", **kwargs)` (kwargs:
+    padding, truncation), with the same result, but every text is tokenised about once.
+
+    A text longer than `max_length * CHARS_PER_TOKEN` characters is cut at a whitespace to about
+    that many characters *without* tokenising it first, and the batch is tokenised once. A row
+    built from a cut text that still fills all `max_length` positions holds exactly the tokens the
+    whole text gives: the cut is at a word boundary, so the prefix's tokens are the first tokens
+    of the whole text, and truncation keeps only as many as the prefix yielded. Only the rows that
+    do not fill them (a prefix of unusually long tokens: more than CHARS_PER_TOKEN characters
+    each) are cut again by `clip_long_texts`, which checks its prefix, and the batch is tokenised
+    a second time. `clip_long_texts` alone tokenised every long text twice: once to check its
+    prefix, once in the batch.
+    """
+    segments = [list(first)] + ([list(second)] if second is not None else [])
+    limit = max_length * CHARS_PER_TOKEN
+    cut_rows: set[int] = set()
+    for seg in segments:
+        for i, text in enumerate(seg):
+            if text is None or len(text) <= limit:
+                continue
+            cut = _whitespace_cut(text, limit)
+            if cut > 0:
+                seg[i] = text[:cut]
+                cut_rows.add(i)
+            else:  # no whitespace near the budget: the checked cut (which grows it) at once
+                seg[i] = clip_long_texts(tokenizer, [text], max_length)[0]
+
+    def run():
+        return tokenizer(*segments, max_length=max_length, return_tensors="pt", **kwargs)
+
+    enc = run()
+    if cut_rows:
+        mask = enc.get("attention_mask")
+        if mask is None:  # a tokenizer set not to return it: no row can be told complete
+            redo = sorted(cut_rows)
+        else:
+            filled = mask.sum(dim=1) >= max_length
+            redo = sorted(i for i in cut_rows if not bool(filled[i]))
+        if redo:
+            originals = [list(first)] + ([list(second)] if second is not None else [])
+            for seg, orig in zip(segments, originals):
+                for i in redo:
+                    if orig[i] is not None and len(orig[i]) > limit:
+                        seg[i] = clip_long_texts(tokenizer, [orig[i]], max_length)[0]
+            enc = run()
+    return enc
 
 
 def _tokenizer_id(tok) -> str:
