@@ -75,16 +75,28 @@ class TextEncoder:
         use_gpu: put the model on CUDA when available.
     """
 
-    def __init__(self, model: str, kind: str, batch_size: int = 128, title: str = "model",
-                 max_length: int | None = None, precision: str = "auto", use_gpu: bool = False):
+    def __init__(
+        self,
+        model: str,
+        kind: str,
+        batch_size: int = 128,
+        title: str = "model",
+        max_length: int | None = None,
+        precision: str = "auto",
+        use_gpu: bool = False,
+    ):
         import torch
 
         from densekit.models import load_model
 
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         key = "max_query_length" if kind == "queries" else "max_passage_length"
-        self.model = load_model(model, kind="bi_encoder", device=self.device,
-                                overrides={key: max_length} if max_length else None)
+        self.model = load_model(
+            model,
+            kind="bi_encoder",
+            device=self.device,
+            overrides={key: max_length} if max_length else None,
+        )
         self.kind, self.batch_size, self.title = kind, batch_size, title
         self.amp = autocast_dtype(self.device, precision)
 
@@ -104,13 +116,21 @@ class TextEncoder:
             if self.kind == "queries":
                 enc = self.model.tokenize_queries(chunk)
             else:
-                enc = self.model.tokenize_passages(chunk, [titles[i] for i in idx] if titles else None)
+                enc = self.model.tokenize_passages(
+                    chunk, [titles[i] for i in idx] if titles else None
+                )
             enc = {k: v.to(self.device, non_blocking=True) for k, v in enc.items()}
-            with torch.inference_mode(), torch.autocast(
-                "cuda", dtype=self.amp or torch.float16, enabled=self.amp is not None
+            with (
+                torch.inference_mode(),
+                torch.autocast(
+                    "cuda", dtype=self.amp or torch.float16, enabled=self.amp is not None
+                ),
             ):
-                emb = (self.model.encode_queries(**enc) if self.kind == "queries"
-                       else self.model.encode_passages(**enc))
+                emb = (
+                    self.model.encode_queries(**enc)
+                    if self.kind == "queries"
+                    else self.model.encode_passages(**enc)
+                )
             out[idx] = emb.float().cpu().numpy()
         return out
 
@@ -160,7 +180,7 @@ class _Slice:
 
 def _plan(input_dir: str | Path, rows_per_shard: int) -> tuple[list[dict], list[_Slice], int]:
     """The input files (name, rows, bytes) and the read slices (row group ∩ shard) of all rows."""
-    files, slices, row = [], [], 0
+    files, slices, row = [], [], 0  # row: the global number of the current row group's first row
     for part in table_parts(input_dir):
         meta = open_part(part).metadata
         files.append({"name": part.name, "rows": meta.num_rows, "bytes": part.stat().st_size})
@@ -172,29 +192,36 @@ def _plan(input_dir: str | Path, rows_per_shard: int) -> tuple[list[dict], list[
                 stop = min(n, (shard + 1) * rows_per_shard - row)
                 slices.append(_Slice(str(part), g, start, stop, row + start, shard))
                 start = stop
-        row += meta.num_rows
+            row += n
     return files, slices, row
 
 
 def _chunks(s: _Slice, n: int) -> list[_Slice]:
     """`s` cut into slices of at most n rows (same file, row group and shard)."""
-    return [dataclasses.replace(s, start=a, stop=min(a + n, s.stop), first=s.first + (a - s.start))
-            for a in range(s.start, s.stop, n)]
+    return [
+        dataclasses.replace(s, start=a, stop=min(a + n, s.stop), first=s.first + (a - s.start))
+        for a in range(s.start, s.stop, n)
+    ]
 
 
 def _read_slices(batch: dict[str, np.ndarray], key: str, with_title: bool) -> pa.Table:
     """Ray Data task: the rows of each slice, as (__row, id, text[, title])."""
     tables = []
     columns = [key, R.TEXT] + ([R.TITLE] if with_title else [])
-    for path, g, start, stop, first in zip(batch["path"], batch["row_group"], batch["start"],
-                                           batch["stop"], batch["first"]):
+    for path, g, start, stop, first in zip(
+        batch["path"], batch["row_group"], batch["start"], batch["stop"], batch["first"]
+    ):
         try:
             t = pq.ParquetFile(str(path)).read_row_group(int(g), columns=columns)
         except (pa.ArrowException, OSError) as e:
-            raise InputError(path, None, f"row group {int(g)}: corrupt Parquet data ({e})") from None
+            raise InputError(
+                path, None, f"row group {int(g)}: corrupt Parquet data ({e})"
+            ) from None
         t = t.slice(int(start), int(stop - start))
         t = t.rename_columns([R.ID] + columns[1:])
-        tables.append(t.append_column(ROW, pa.array(np.arange(first, first + len(t), dtype=np.int64))))
+        tables.append(
+            t.append_column(ROW, pa.array(np.arange(first, first + len(t), dtype=np.int64)))
+        )
     return pa.concat_tables(tables)
 
 
@@ -207,8 +234,9 @@ def _write_pieces(batch: dict[str, np.ndarray], out: str, rows_per_shard: int, d
         sel = np.flatnonzero(shards == shard)
         sel = sel[np.argsort(rows[sel])]
         r = rows[sel]
-        table = pa.Table.from_batches([embeddings_batch(batch[R.ID][sel].tolist(),
-                                                        batch[R.EMBEDDING][sel], dtype)])
+        table = pa.Table.from_batches(
+            [embeddings_batch(batch[R.ID][sel].tolist(), batch[R.EMBEDDING][sel], dtype)]
+        )
         table = table.append_column(ROW, pa.array(r))
         d = Path(out) / PIECES / f"shard-{int(shard):05d}"
         d.mkdir(parents=True, exist_ok=True)
@@ -258,11 +286,15 @@ def encode(cfg) -> None:
     key = R.QID if kind == "queries" else R.PID
     for col in (key, R.TEXT):
         if col not in schema.names:
-            raise InputError(cfg.input, None, f"expected a column '{col}' for kind={kind}; has {schema.names}")
+            raise InputError(
+                cfg.input, None, f"expected a column '{col}' for kind={kind}; has {schema.names}"
+            )
     with_title = kind == "passages" and R.TITLE in schema.names
     spec = read_spec(cfg.model) or spec_from_sentence_transformers(cfg.model)
     if spec is not None and spec.kind != "bi_encoder":
-        raise ConfigError(f"{cfg.model} is a {spec.kind}; encode needs a bi-encoder (one vector per text)")
+        raise ConfigError(
+            f"{cfg.model} is a {spec.kind}; encode needs a bi-encoder (one vector per text)"
+        )
 
     from densekit.models import check_model_files
 
@@ -274,15 +306,31 @@ def encode(cfg) -> None:
         _encode(cfg, out, kind, key, with_title, spec, fingerprint, files, slices, total)
 
 
-def _encode(cfg, out: Path, kind: str, key: str, with_title: bool, spec, fingerprint: str,
-            files: list[dict], slices: list[_Slice], total: int) -> None:
+def _encode(
+    cfg,
+    out: Path,
+    kind: str,
+    key: str,
+    with_title: bool,
+    spec,
+    fingerprint: str,
+    files: list[dict],
+    slices: list[_Slice],
+    total: int,
+) -> None:
     from densekit.raycluster import init_ray
 
     if not prepare_output(out, cfg, overwrite=cfg.overwrite, keep_partial=True):
         return
     num_shards = max(1, -(-total // cfg.rows_per_shard))
-    plan = {"input": str(cfg.input), "files": files, "rows": total, "rows_per_shard": cfg.rows_per_shard,
-            "model_fingerprint": fingerprint, "kind": kind}
+    plan = {
+        "input": str(cfg.input),
+        "files": files,
+        "rows": total,
+        "rows_per_shard": cfg.rows_per_shard,
+        "model_fingerprint": fingerprint,
+        "kind": kind,
+    }
     old_plan = _read_json(out / PLAN) if (out / PLAN).exists() else _read_json(out / LEGACY_PLAN)
     if old_plan is not None and old_plan != plan:
         logger.info("%s: input or model changed since the partial run: starting over", out)
@@ -297,8 +345,16 @@ def _encode(cfg, out: Path, kind: str, key: str, with_title: bool, spec, fingerp
 
     done = {s for s in range(num_shards) if _part_ok(out, s, expected(s))}
     todo = [s for s in slices if s.shard not in done]
-    logger.info("encode %s (%s, %d rows) -> %s: %d shards, %d complete, %d to encode",
-                cfg.input, kind, total, out, num_shards, len(done), num_shards - len(done))
+    logger.info(
+        "encode %s (%s, %d rows) -> %s: %d shards, %d complete, %d to encode",
+        cfg.input,
+        kind,
+        total,
+        out,
+        num_shards,
+        len(done),
+        num_shards - len(done),
+    )
     if todo:
         init_ray(cfg.resources)
         check_fits(max(1, cfg.resources.num_workers), cfg.resources)
@@ -306,26 +362,34 @@ def _encode(cfg, out: Path, kind: str, key: str, with_title: bool, spec, fingerp
     if total == 0:  # keep the schema: one empty shard
         dim = _model_dim(cfg.model)
         with atomic_path(out / PART.format(0)) as tmp:
-            pq.write_table(pa.Table.from_batches([], schema=R.embeddings_schema(dim, _arrow_dtype(cfg))), tmp)
+            pq.write_table(
+                pa.Table.from_batches([], schema=R.embeddings_schema(dim, _arrow_dtype(cfg))), tmp
+            )
     dim = pq.ParquetFile(out / PART.format(0)).schema_arrow.field(R.EMBEDDING).type.list_size
     # _plan.json stays (listed in the manifest): it says which input and model the shards hold.
-    write_manifest(out, "encode", {
-        "dim": dim,
-        "metric": "ip",  # dot, or cosine on normalised vectors: both are inner products
-        "normalized": bool(spec.normalized) if spec is not None else False,
-        "model": str(cfg.model),
-        "model_fingerprint": fingerprint,
-        "kind": kind,
-        "count": total,
-        "num_shards": num_shards,
-        "rows_per_shard": cfg.rows_per_shard,
-        "storage_dtype": cfg.storage_dtype,
-        "input": str(cfg.input),
-    })
+    write_manifest(
+        out,
+        "encode",
+        {
+            "dim": dim,
+            "metric": "ip",  # dot, or cosine on normalised vectors: both are inner products
+            "normalized": bool(spec.normalized) if spec is not None else False,
+            "model": str(cfg.model),
+            "model_fingerprint": fingerprint,
+            "kind": kind,
+            "count": total,
+            "num_shards": num_shards,
+            "rows_per_shard": cfg.rows_per_shard,
+            "storage_dtype": cfg.storage_dtype,
+            "input": str(cfg.input),
+        },
+    )
     logger.info("encode: %d %s -> %s (%d dims, %d shards)", total, kind, out, dim, num_shards)
 
 
-def _run_pipeline(cfg, out: Path, kind: str, key: str, with_title: bool, todo: list[_Slice], expected) -> None:
+def _run_pipeline(
+    cfg, out: Path, kind: str, key: str, with_title: bool, todo: list[_Slice], expected
+) -> None:
     import ray
 
     ctx = ray.data.DataContext.get_current()
@@ -338,7 +402,9 @@ def _run_pipeline(cfg, out: Path, kind: str, key: str, with_title: bool, todo: l
         ctx.raise_original_map_exception = keep_raise
 
 
-def _stream(cfg, out: Path, kind: str, key: str, with_title: bool, todo: list[_Slice], expected) -> None:
+def _stream(
+    cfg, out: Path, kind: str, key: str, with_title: bool, todo: list[_Slice], expected
+) -> None:
     import ray
 
     res = cfg.resources
@@ -358,16 +424,31 @@ def _stream(cfg, out: Path, kind: str, key: str, with_title: bool, todo: list[_S
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 10_000)))
     # The read stage asks for exactly the actors' resources so Ray Data fuses it into them: no
     # extra hop, and no read task waiting for a CPU that the actors hold (a deadlock otherwise).
-    actor_res = {"num_cpus": res.cpus_per_worker, "num_gpus": res.gpus_per_worker if res.use_gpu else 0}
-    ds = ds.map_batches(_read_slices, batch_size=1, fn_kwargs={"key": key, "with_title": with_title},
-                        batch_format="numpy", **actor_res)
+    actor_res = {
+        "num_cpus": res.cpus_per_worker,
+        "num_gpus": res.gpus_per_worker if res.use_gpu else 0,
+    }
+    ds = ds.map_batches(
+        _read_slices,
+        batch_size=1,
+        fn_kwargs={"key": key, "with_title": with_title},
+        batch_format="numpy",
+        **actor_res,
+    )
     ds = ds.map_batches(
         _EncodeAndWrite,
-        fn_constructor_kwargs={"out": str(out), "rows_per_shard": cfg.rows_per_shard,
-                               "dtype": cfg.storage_dtype, "model": str(cfg.model), "kind": kind,
-                               "batch_size": cfg.batch_size, "title": cfg.title,
-                               "max_length": cfg.max_length, "precision": cfg.precision,
-                               "use_gpu": res.use_gpu},
+        fn_constructor_kwargs={
+            "out": str(out),
+            "rows_per_shard": cfg.rows_per_shard,
+            "dtype": cfg.storage_dtype,
+            "model": str(cfg.model),
+            "kind": kind,
+            "batch_size": cfg.batch_size,
+            "title": cfg.title,
+            "max_length": cfg.max_length,
+            "precision": cfg.precision,
+            "use_gpu": res.use_gpu,
+        },
         # None: one read slice (<= batch_rows rows) per call. A row count here would also be the
         # fused read stage's input bundle size, counted in slice descriptors (one row each): all
         # slices would then go to ONE task, i.e. one actor, the others idle.
@@ -393,7 +474,9 @@ def _stream(cfg, out: Path, kind: str, key: str, with_title: bool, todo: list[_S
                 remaining[shard] -= n
                 progress.update(n)
                 if remaining[shard] == 0:
-                    merges.append(merge.remote(str(out), shard, shard * cfg.rows_per_shard, expected(shard)))
+                    merges.append(
+                        merge.remote(str(out), shard, shard * cfg.rows_per_shard, expected(shard))
+                    )
                 elif remaining[shard] < 0:
                     raise DensekitError(f"shard {shard} received more rows than it holds")
     finally:
@@ -422,7 +505,11 @@ def check_fits(actors: int, resources) -> None:
         logger.warning(
             "%d actors need %g %s but the Ray cluster has %g: the pipeline waits until that many "
             "are available (lower resources.num_workers or resources.%s_per_worker)",
-            actors, need, what, total.get(what, 0), what.lower() + "s",
+            actors,
+            need,
+            what,
+            total.get(what, 0),
+            what.lower() + "s",
         )
 
 
@@ -475,8 +562,13 @@ def _model_dim(model: str) -> int:
     return int(load_model(model, kind="bi_encoder").dim)
 
 
-def encode_texts(model_dir: str | Path, texts: list[str], kind: str = "passages",
-                 titles: list[str] | None = None, batch_size: int = 128) -> np.ndarray:
+def encode_texts(
+    model_dir: str | Path,
+    texts: list[str],
+    kind: str = "passages",
+    titles: list[str] | None = None,
+    batch_size: int = 128,
+) -> np.ndarray:
     """In-process encoding (no Ray): `[N, D]` float32. For small inputs, tests and benchmarks."""
     enc = TextEncoder(str(model_dir), kind, batch_size=batch_size)
     return enc.encode(list(texts), titles)
