@@ -290,7 +290,12 @@ def written(paths: list[Path]) -> tuple[int, int]:
 
 
 def measure(name: str, fn, outputs: list[Path], rows: int, queries: int | None = None) -> dict:
-    """Run `fn()` under a TreeSampler; its record (wall time, rates, RSS, bytes and files written)."""
+    """Run `fn()` under a TreeSampler; its record (wall time, rates, RSS, bytes and files written).
+
+    The driver runs every stage and size in turn: its RSS at the stage's start is recorded beside
+    its peak (memory an earlier stage left behind shows in both).
+    """
+    start_rss = psutil.Process().memory_info().rss
     with TreeSampler() as sampler:
         t0 = time.perf_counter()
         info = fn() or {}
@@ -301,6 +306,7 @@ def measure(name: str, fn, outputs: list[Path], rows: int, queries: int | None =
         "wall_s": round(wall, 3),
         "rows": rows,
         "rows_per_s": round(rows / wall, 1),
+        "driver_start_rss_mb": round(start_rss / MB, 1),
         **sampler.result(),
         "bytes_written": size,
         "files_written": files,
@@ -389,7 +395,7 @@ def write_hashed_embeddings(
     columns = [id_column, R.TEXT] + ([R.TITLE] if with_title else [])
     n = 0
     with TableWriter(out, R.embeddings_schema(HASH_DIM), rows_per_part=rows_per_part) as w:
-        for batch in iter_table(table_dir, columns, batch_size=16_384):
+        for batch in iter_table(table_dir, columns, batch_size=4_096):
             text = batch.column(R.TEXT)
             if with_title:
                 text = pc.binary_join_element_wise(batch.column(R.TITLE), text, " ")
