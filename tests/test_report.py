@@ -5,6 +5,7 @@ is timed the same way for every model (warm-up, interleaved passes, best of N)."
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 
@@ -50,8 +51,12 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     texts = list(QUERIES.values()) + ["the quick brown fox jumps over the lazy dog"] * 2
     return {
-        "teacher": build_tiny_model(root / "teacher", texts, layers=2, hidden=64, heads=2, intermediate=128, seed=0),
-        "student": build_tiny_model(root / "student", texts, layers=1, hidden=32, heads=2, intermediate=64, seed=1),
+        "teacher": build_tiny_model(
+            root / "teacher", texts, layers=2, hidden=64, heads=2, intermediate=128, seed=0
+        ),
+        "student": build_tiny_model(
+            root / "student", texts, layers=1, hidden=32, heads=2, intermediate=64, seed=1
+        ),
     }
 
 
@@ -60,15 +65,31 @@ def inputs(tmp_path, models):
     """Queries and qrels tables, and for each model a search output (its config.yaml names the
     model and the queries, as `densekit search` writes it) holding the run above."""
     data = tmp_path / "data"
-    queries = _table(data / "queries", R.QUERIES_SCHEMA, {R.QID: list(QUERIES), R.TEXT: list(QUERIES.values())})
+    queries = _table(
+        data / "queries", R.QUERIES_SCHEMA, {R.QID: list(QUERIES), R.TEXT: list(QUERIES.values())}
+    )
     rows = [(q, p, r) for q, d in QRELS.items() for p, r in d.items()]
-    qrels = _table(data / "qrels", R.QRELS_SCHEMA, {R.QID: [r[0] for r in rows], R.PID: [r[1] for r in rows],
-                                                     R.RELEVANCE: [r[2] for r in rows]})
+    qrels = _table(
+        data / "qrels",
+        R.QRELS_SCHEMA,
+        {
+            R.QID: [r[0] for r in rows],
+            R.PID: [r[1] for r in rows],
+            R.RELEVANCE: [r[2] for r in rows],
+        },
+    )
     runs = {}
     for name, run_ in RUNS.items():
         out = data / f"search_{name}"
-        prepare_output(out, SearchConfig(index=str(data / "index"), output=str(out), queries=str(queries),
-                                         model=str(models[name])))
+        prepare_output(
+            out,
+            SearchConfig(
+                index=str(data / "index"),
+                output=str(out),
+                queries=str(queries),
+                model=str(models[name]),
+            ),
+        )
         cols = {R.QID: [], R.PID: [], R.RANK: [], R.SCORE: []}
         for qid, pids in run_.items():
             for rank, pid in enumerate(pids, 1):
@@ -112,7 +133,9 @@ def test_method_run_report_has_the_evaluated_numbers(tmp_path, inputs, models):
     for name, expected in EXPECTED.items():
         cells = _numbers(md, name)
         # | model | layers x hidden | params | nDCG@10 | MRR@10 | Recall@100 | queries/s | speed-up |
-        assert [float(c) for c in cells[3:6]] == [round(expected[k], 4) for k in ("ndcg@10", "mrr@10", "recall@100")]
+        assert [float(c) for c in cells[3:6]] == [
+            round(expected[k], 4) for k in ("ndcg@10", "mrr@10", "recall@100")
+        ]
         for k, v in expected.items():
             assert rows[name]["metrics"][k] == pytest.approx(v, abs=1e-12)
         assert rows[name]["model"] == str(models[name])
@@ -149,15 +172,20 @@ def test_comparison_with_a_baseline_run_is_reported_by_row(tmp_path, inputs):
 
     out = tmp_path / "run"
     m = _method(tmp_path, inputs, out)
-    m.write_text(m.read_text().replace(
-        f"{{run: {inputs['runs']['student']}, qrels: {inputs['qrels']}}}",
-        f"{{run: {inputs['runs']['student']}, qrels: {inputs['qrels']}, baseline: {inputs['runs']['teacher']}}}"))
+    m.write_text(
+        m.read_text().replace(
+            f"{{run: {inputs['runs']['student']}, qrels: {inputs['qrels']}}}",
+            f"{{run: {inputs['runs']['student']}, qrels: {inputs['qrels']}, baseline: {inputs['runs']['teacher']}}}",
+        )
+    )
     assert run([str(m), "report_set.speed.enabled=false"]) == 0
     rep = Report.load(out / "report.json")
     teacher, student = rep.rows
     assert teacher.comparison is None and student.comparison["baseline"] == "teacher"
     for k in ("ndcg@10", "mrr@10", "recall@100"):
-        assert student.comparison["metrics"][k]["diff"] == pytest.approx(EXPECTED["student"][k] - EXPECTED["teacher"][k])
+        assert student.comparison["metrics"][k]["diff"] == pytest.approx(
+            EXPECTED["student"][k] - EXPECTED["teacher"][k]
+        )
     [line] = comparison_lines(rep)
     assert line.startswith("student vs teacher (2 queries, paired): ")
     assert f"mrr@10 {1 / 6 - 0.75:+.4f} (t-test p=" in line
@@ -186,7 +214,17 @@ def test_rerun_keeps_stage_times_and_moved_run_still_reports(tmp_path, inputs, m
 
 def test_only_one_stage_still_lists_all_stages(tmp_path, inputs):
     out = tmp_path / "run"
-    assert run([str(_method(tmp_path, inputs, out)), "--only", "eval_student", "report_set.speed.enabled=false"]) == 0
+    assert (
+        run(
+            [
+                str(_method(tmp_path, inputs, out)),
+                "--only",
+                "eval_student",
+                "report_set.speed.enabled=false",
+            ]
+        )
+        == 0
+    )
     md = (out / "report.md").read_text()
     assert "| 1 | eval_teacher | evaluate | – | not run |" in md
     assert "evaluate stage 'eval_teacher' has no complete output yet" in md
@@ -200,11 +238,20 @@ def test_train_output_report(tmp_path, models):
     shutil.copytree(models["student"], out / "best")
     (out / "config.yaml").write_text(f"eval:\n  queries: {tmp_path / 'q'}\n")
     _table(tmp_path / "q", R.QUERIES_SCHEMA, {R.QID: ["a", "b"], R.TEXT: ["lazy dog", "quick fox"]})
-    final = {"step": 20, "loss": 0.5, "loss/contrastive": 0.3, "loss/kl_distill": 0.125, "queries_per_s": 100.0,
-             "ndcg@10": 0.4, "mrr@10": 0.3, "recall@100": 0.9}
+    final = {
+        "step": 20,
+        "loss": 0.5,
+        "loss/contrastive": 0.3,
+        "loss/kl_distill": 0.125,
+        "queries_per_s": 100.0,
+        "ndcg@10": 0.4,
+        "mrr@10": 0.3,
+        "recall@100": 0.9,
+    }
     best = {**final, "step": 10, "ndcg@10": 0.45}
-    (out / "summary.json").write_text(json.dumps({"step": 20, "final": final, "best_step": 10, "best": best,
-                                                  "metric": "ndcg@10"}))
+    (out / "summary.json").write_text(
+        json.dumps({"step": 20, "final": final, "best_step": 10, "best": best, "metric": "ndcg@10"})
+    )
     assert main(["report", str(out), "speed.repeats=1", "speed.batch_size=1"]) == 0
     md = (out / "report.md").read_text()
     assert _numbers(md, "model (step 20)")[3:6] == ["0.4000", "0.3000", "0.9000"]
@@ -242,8 +289,14 @@ def test_time_encoders_warms_up_interleaves_and_keeps_the_fastest_pass():
 
         return encode
 
-    speeds = time_encoders({"A": encoder("A"), "B": encoder("B")}, ["q"] * 5, batch_size=3, repeats=3,
-                           warmup=1, clock=lambda: now[0])
+    speeds = time_encoders(
+        {"A": encoder("A"), "B": encoder("B")},
+        ["q"] * 5,
+        batch_size=3,
+        repeats=3,
+        warmup=1,
+        clock=lambda: now[0],
+    )
     # Warm-up (A, A, B, B: the 9 s calls are not timed), then passes interleaved A, B, A, B, ...
     assert [c[0] for c in calls] == ["A", "A", "B", "B"] + ["A", "A", "B", "B"] * 3
     assert [c[1] for c in calls[:2]] == [3, 2]  # consecutive batches of batch_size
@@ -257,22 +310,62 @@ def test_time_encoders_warms_up_interleaves_and_keeps_the_fastest_pass():
 def test_one_table_per_evaluation_set(tmp_path, inputs, models):
     """Evaluations against different qrels (an in-domain and a zero-shot collection) get a table
     each, every table with its own speed-up base; the numbers stay those of their evaluation."""
-    other = _table(tmp_path / "data" / "qrels_other", R.QRELS_SCHEMA,
-                   {R.QID: ["q1"], R.PID: ["d5"], R.RELEVANCE: [1]})  # teacher rank 2, student rank 1
+    other = _table(
+        tmp_path / "data" / "qrels_other",
+        R.QRELS_SCHEMA,
+        {R.QID: ["q1"], R.PID: ["d5"], R.RELEVANCE: [1]},
+    )  # teacher rank 2, student rank 1
     m = tmp_path / "m.yaml"
     stages = "".join(
         f"  eval_{name}_{tag}:\n    step: evaluate\n    set: {{run: {inputs['runs'][name]}, qrels: {qrels}}}\n"
-        for tag, qrels in (("a", inputs["qrels"]), ("b", other)) for name in ("teacher", "student")
+        for tag, qrels in (("a", inputs["qrels"]), ("b", other))
+        for name in ("teacher", "student")
     )
     out = tmp_path / "run"
-    m.write_text(f"name: demo\noutput: {out}\nreport_set: {{speed: {{num_queries: 3, batch_size: 2, repeats: 2}}}}\n"
-                 f"stages:\n{stages}")
+    m.write_text(
+        f"name: demo\noutput: {out}\nreport_set: {{speed: {{num_queries: 3, batch_size: 2, repeats: 2}}}}\n"
+        f"stages:\n{stages}"
+    )
     assert run([str(m)]) == 0
     md = (out / "report.md").read_text()
-    first, second = md.index(f"### Evaluated on `{inputs['qrels']}`"), md.index(f"### Evaluated on `{other}`")
+    first, second = (
+        md.index(f"### Evaluated on `{inputs['qrels']}`"),
+        md.index(f"### Evaluated on `{other}`"),
+    )
     assert first < second
-    in_a, in_b = md[first:second], md[second:md.index("##", second + 4)]
+    in_a, in_b = md[first:second], md[second : md.index("##", second + 4)]
     assert "| teacher [eval_teacher_a] | 2 x 64 | " in in_a and "[eval_teacher_b]" not in in_a
-    assert _numbers(in_b, "student [eval_student_b]")[3:5] == ["1.0000", "1.0000"]  # nDCG@10, MRR@10
+    assert _numbers(in_b, "student [eval_student_b]")[3:5] == [
+        "1.0000",
+        "1.0000",
+    ]  # nDCG@10, MRR@10
     assert _numbers(in_b, "teacher [eval_teacher_b]")[4] == "0.5000"
     assert _numbers(in_b, "teacher [eval_teacher_b]")[7] == "1.0x"
+
+
+def test_a_model_evaluated_twice_is_timed_once(tmp_path, inputs, models, caplog):
+    """A teacher evaluated on several collections is one model: its query encoding is timed once
+    and every row of it shows that timing (the real tier's report timed 18 rows for 8 models)."""
+    out = tmp_path / "run"
+    m = tmp_path / "m.yaml"
+    stages = "".join(
+        f"  {stage}:\n    step: evaluate\n    set: {{run: {inputs['runs'][name]}, qrels: {inputs['qrels']}}}\n"
+        for stage, name in (
+            ("eval_teacher", "teacher"),
+            ("eval_teacher_again", "teacher"),
+            ("eval_student", "student"),
+        )
+    )
+    m.write_text(
+        f"name: demo\noutput: {out}\nreport_set: {{speed: {{num_queries: 3, batch_size: 2, repeats: 2}}}}\n"
+        f"stages:\n{stages}"
+    )
+    caplog.set_level(logging.INFO, logger="densekit.report.timing")
+    assert run([str(m)]) == 0
+    assert "timing query encoding of 2 model(s)" in caplog.text
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert len(rows) == 3
+    teacher_rows = [r for r in rows if r["model"] == str(models["teacher"])]
+    assert (
+        len(teacher_rows) == 2 and teacher_rows[0]["speed"] == teacher_rows[1]["speed"] is not None
+    )

@@ -41,9 +41,13 @@ REPORT_MD, REPORT_JSON, PLOT_PNG = "report.md", "report.json", "quality_vs_speed
 
 
 def _timing_queries(rep: Report, sc: QuerySpeedConfig) -> list[str]:
-    table = sc.queries or next((r.queries for r in rep.rows if r.queries and Path(r.queries).is_dir()), None)
+    table = sc.queries or next(
+        (r.queries for r in rep.rows if r.queries and Path(r.queries).is_dir()), None
+    )
     if table is None:
-        raise ConfigError(f"{rep.run_dir}: no queries table found to time the models; set speed.queries=<table>")
+        raise ConfigError(
+            f"{rep.run_dir}: no queries table found to time the models; set speed.queries=<table>"
+        )
     t = read_table(table, ["text"] if "query" not in _columns(table) else ["query"])
     texts = [x for x in t.column(0).to_pylist() if x][: sc.num_queries]
     if not texts:
@@ -67,14 +71,20 @@ def build_report(cfg: ReportConfig) -> Report:
         rep.title = cfg.title
     for row in rep.rows:
         model_facts(row)
-    timed = {r.label: r.model for r in rep.rows if r.model and Path(r.model).is_dir()}
-    if cfg.speed.enabled and timed:
+    # One timing per model folder: a teacher evaluated on three collections is timed once, not thrice.
+    first_label: dict[Path, str] = {}
+    for r in rep.rows:
+        if r.model and Path(r.model).is_dir():
+            first_label.setdefault(Path(r.model).resolve(), r.label)
+    if cfg.speed.enabled and first_label:
         texts = _timing_queries(rep, cfg.speed)
-        speeds = measure_query_speed(timed, texts, cfg.speed)
+        speeds = measure_query_speed(
+            {label: str(path) for path, label in first_label.items()}, texts, cfg.speed
+        )
         for row in rep.rows:
-            row.speed = speeds.get(row.label)
+            if row.model and Path(row.model).is_dir():
+                row.speed = speeds.get(first_label[Path(row.model).resolve()])
     return rep
-
 
 
 def write_report(cfg: ReportConfig) -> Report:
@@ -83,7 +93,9 @@ def write_report(cfg: ReportConfig) -> Report:
     out = Path(cfg.output or cfg.run)
     out.mkdir(parents=True, exist_ok=True)
     plotted = plot_quality_vs_speed(rep, cfg.metric, out / PLOT_PNG)
-    write_text_atomic(out / REPORT_MD, render_markdown(rep, cfg.speed, PLOT_PNG if plotted else None))
+    write_text_atomic(
+        out / REPORT_MD, render_markdown(rep, cfg.speed, PLOT_PNG if plotted else None)
+    )
     write_json_atomic(out / REPORT_JSON, {**asdict(rep), "speed_config": asdict(cfg.speed)})
     logger.info("report: %s%s", out / REPORT_MD, f" and {out / PLOT_PNG}" if plotted else "")
     return rep
