@@ -19,15 +19,16 @@ against the size ratio, and peak RSS at the largest size / at the next one per p
 The documents: each starts with 24 words drawn uniformly from a 6,000-word vocabulary (its first
 6 are the title), then a window of Zipf-distributed text; body lengths are log-normal (median
 ~4 KB, mean ~6.4 KB, 1% over ~40 KB, cut at 400 KB). A query is 6 of its document's 24 opening
-words, shuffled, judged relevant to that document only: retrieval by word overlap can find it,
-so the metrics measure something even with a randomly initialised model (mean pooling).
+words, shuffled, judged relevant to that document only: retrieval by word overlap finds it
+(the hashed vectors below do; the default model's random weights retrieve at chance level).
 
 Embeddings: with `encode` among --stages, densekit encode with --model (default: a 2-layer,
 64-wide BERT with random weights built offline, its WordPiece vocabulary the generator's words,
-so the curve is affordable on a CPU). Without it (e.g. the full 3.2M for import/index/search),
-hashed bag-of-words vectors (the first 32 words of title + body, each word a fixed random
-128-dim vector by its CRC-32, summed and normalised) are written as the embeddings table in
-numpy: the result says which. Stages left out but needed by a later one (import before index)
+so the curve is affordable on a CPU); the queries are encoded in the driver by the same
+TextEncoder class the encode actors run (--queries-by-step: by the encode step). Without it
+(e.g. the full 3.2M for import/index/search), hashed bag-of-words vectors (the first 32 words
+of title + body, each word a fixed random 128-dim vector by its CRC-32, summed and normalised)
+are written as the embeddings table in numpy: the result says which. Stages left out but needed by a later one (import before index)
 run as preparation, timed apart.
 
 --compare [N]: at size N (default the largest), one FAISS index built and searched in this
@@ -418,6 +419,32 @@ def write_hashed_embeddings(
     return {"embeddings": "hashed bag-of-words (not a model)"}
 
 
+def encode_queries_in_driver(model: str, queries: Path, out: Path, batch_size: int) -> dict:
+    """The queries table encoded in this process by densekit's TextEncoder (the class each encode
+    actor runs), written as an embeddings table with the manifest the encode step writes."""
+    from densekit.artifacts import TableWriter, read_table, write_manifest
+    from densekit.data import records as R
+    from densekit.models.spec import read_spec, spec_from_sentence_transformers
+    from densekit.pipelines.embeddings import embeddings_batch, model_fingerprint
+    from densekit.pipelines.encode import TextEncoder
+
+    if out.exists():
+        shutil.rmtree(out)
+    table = read_table(queries, [R.QID, R.TEXT])
+    vectors = TextEncoder(model, "queries", batch_size=batch_size).encode(
+        table.column(R.TEXT).to_pylist()
+    )
+    with TableWriter(out, R.embeddings_schema(vectors.shape[1])) as w:
+        w.write(embeddings_batch(table.column(R.QID).to_pylist(), vectors))
+    spec = read_spec(model) or spec_from_sentence_transformers(model)
+    write_manifest(out, "encode", {
+        "dim": int(vectors.shape[1]), "metric": "ip", "model": str(model),
+        "normalized": bool(spec.normalized) if spec is not None else False,
+        "model_fingerprint": model_fingerprint(model), "kind": "queries", "count": len(vectors),
+    })  # fmt: skip
+    return {"where": "in the driver (TextEncoder, no Ray)"}
+
+
 # --- the stages ------------------------------------------------------------------------------------
 
 
@@ -589,17 +616,18 @@ class SizeRun:
             **common,
         )
         self.stage("encode", True, lambda: encode(cfg), [self.d["emb"]])
-        qcfg = _cfg(
-            EncodeConfig, input=self.d["queries"], output=self.d["qemb"], kind="queries", **common
-        )
-        self.stage(
-            "encode_queries",
-            True,
-            lambda: encode(qcfg),
-            [self.d["qemb"]],
-            rows=a.queries,
-            group="extra",
-        )
+
+        def queries() -> dict | None:
+            if a.queries_by_step:
+                encode(_cfg(EncodeConfig, input=self.d["queries"], output=self.d["qemb"],
+                            kind="queries", **common))  # fmt: skip
+                return None
+            # A few hundred short texts: a Ray Data pipeline would cost more than its work.
+            return encode_queries_in_driver(
+                self.model, self.d["queries"], self.d["qemb"], a.batch_size
+            )
+
+        self.stage("encode_queries", True, queries, [self.d["qemb"]], rows=a.queries, group="extra")
 
     def _index(self, timed: bool) -> None:
         from densekit.config import IndexConfig
@@ -976,6 +1004,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--keep",
         action="store_true",
         help="keep every size's folder (default: removed when measured)",
+    )
+    ap.add_argument(
+        "--queries-by-step",
+        action="store_true",
+        help="encode the queries with the encode step (Ray Data) too; default: in the driver",
     )
     ap.add_argument(
         "--one-ray",
