@@ -531,29 +531,20 @@ class SizeRun:
         from densekit.config import ImportConfig
         from densekit.data.importer import import_data
 
-        cfg = _cfg(
-            ImportConfig,
-            format="msmarco_docs",
-            path=self.input / "msmarco-docs.tsv",
-            output=self.d["corpus"],
-            overwrite="true",
-        )
+        def imp(fmt: str, name: str, out: Path, **more) -> ImportConfig:
+            return _cfg(
+                ImportConfig,
+                format=fmt,
+                path=self.input / name,
+                output=out,
+                overwrite="true",
+                **more,
+            )
+
+        cfg = imp("msmarco_docs", "msmarco-docs.tsv", self.d["corpus"])
         self.stage("import", timed, lambda: import_data(cfg), [self.d["corpus"]])
-        q = _cfg(
-            ImportConfig,
-            format="msmarco_collection",
-            kind="queries",
-            path=self.input / "queries.tsv",
-            output=self.d["queries"],
-            overwrite="true",
-        )
-        r = _cfg(
-            ImportConfig,
-            format="trec_qrels",
-            path=self.input / "qrels.tsv",
-            output=self.d["qrels"],
-            overwrite="true",
-        )
+        q = imp("msmarco_collection", "queries.tsv", self.d["queries"], kind="queries")
+        r = imp("trec_qrels", "qrels.tsv", self.d["qrels"])
 
         def queries_and_qrels() -> None:
             import_data(q)

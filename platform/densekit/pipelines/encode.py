@@ -18,7 +18,6 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -39,112 +38,18 @@ from densekit.data import records as R
 from densekit.errors import ConfigError, DensekitError, InputError
 from densekit.logs import Progress
 from densekit.pipelines.embeddings import embeddings_batch, model_fingerprint
+from densekit.pipelines.text_encoder import ROW, TextEncoder, autocast_dtype, encode_texts
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["ROW", "TextEncoder", "autocast_dtype", "check_fits", "encode", "encode_texts"]
 
 PIECES = ".pieces"
 PLAN = "_plan.json"  # `_`: pandas, pyarrow and Ray Data skip it beside the parts
 LEGACY_PLAN = "plan.json"  # an earlier densekit's name, read when resuming its partial output
-ROW = "__row"  # global input row number, carried through the pipeline
 
 
-# --- the model actor -------------------------------------------------------------------------------
-
-
-def autocast_dtype(device: str, precision: str) -> Any:
-    """The autocast dtype for `precision` on `device`, or None (no autocast: fp32, or CPU)."""
-    import torch
-
-    if not str(device).startswith("cuda") or precision == "fp32":
-        return None
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
-class TextEncoder:
-    """Callable class for Ray Data's map_batches: texts -> embeddings, with one model per actor.
-
-    Also usable without Ray: `TextEncoder(model_dir, "passages")(batch)` on a dict of columns.
-
-    Args:
-        model: a bi-encoder directory (densekit checkpoint, sentence-transformers or plain HF).
-        kind: "passages" or "queries" (which tower and tokenisation).
-        batch_size: texts per forward pass.
-        title: "model" (the spec's title handling), "prepend" (title + " " + text) or "ignore".
-        max_length: override the spec's max length for this kind.
-        precision: "auto" | "fp32" | "fp16" | "bf16" (autocast on CUDA only).
-        use_gpu: put the model on CUDA when available.
-    """
-
-    def __init__(
-        self,
-        model: str,
-        kind: str,
-        batch_size: int = 128,
-        title: str = "model",
-        max_length: int | None = None,
-        precision: str = "auto",
-        use_gpu: bool = False,
-    ):
-        import torch
-
-        from densekit.models import load_model
-
-        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        key = "max_query_length" if kind == "queries" else "max_passage_length"
-        self.model = load_model(
-            model,
-            kind="bi_encoder",
-            device=self.device,
-            overrides={key: max_length} if max_length else None,
-        )
-        self.kind, self.batch_size, self.title = kind, batch_size, title
-        self.amp = autocast_dtype(self.device, precision)
-
-    def encode(self, texts: list[str], titles: list[str] | None = None) -> np.ndarray:
-        """`[N, D]` float32 embeddings of `texts`, in input order.
-
-        Texts are sorted by length (longest first) so each forward pass pads to a similar length;
-        the first batch is the longest, so an out-of-memory error shows up at once.
-        """
-        import torch
-
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        out = np.zeros((len(texts), self.model.dim), np.float32)
-        for s in range(0, len(texts), self.batch_size):
-            idx = order[s : s + self.batch_size]
-            chunk = [texts[i] for i in idx]
-            if self.kind == "queries":
-                enc = self.model.tokenize_queries(chunk)
-            else:
-                enc = self.model.tokenize_passages(
-                    chunk, [titles[i] for i in idx] if titles else None
-                )
-            enc = {k: v.to(self.device, non_blocking=True) for k, v in enc.items()}
-            with (
-                torch.inference_mode(),
-                torch.autocast(
-                    "cuda", dtype=self.amp or torch.float16, enabled=self.amp is not None
-                ),
-            ):
-                emb = (
-                    self.model.encode_queries(**enc)
-                    if self.kind == "queries"
-                    else self.model.encode_passages(**enc)
-                )
-            out[idx] = emb.float().cpu().numpy()
-        return out
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Ray Data batch (numpy dict with __row, id, text[, title]) -> __row, id, embedding `[n, D]`."""
-        texts = [t if t is not None else "" for t in batch[R.TEXT].tolist()]
-        titles = None
-        if self.kind == "passages" and R.TITLE in batch and self.title != "ignore":
-            raw = [t if t is not None else "" for t in batch[R.TITLE].tolist()]
-            if self.title == "prepend":
-                texts = [f"{ti} {t}" if ti else t for ti, t in zip(raw, texts)]
-            else:
-                titles = raw
-        return {ROW: batch[ROW], R.ID: batch[R.ID], R.EMBEDDING: self.encode(texts, titles)}
+# --- the model actor (TextEncoder, in text_encoder.py) -------------------------------------------
 
 
 class _EncodeAndWrite(TextEncoder):
@@ -560,15 +465,3 @@ def _model_dim(model: str) -> int:
     from densekit.models import load_model
 
     return int(load_model(model, kind="bi_encoder").dim)
-
-
-def encode_texts(
-    model_dir: str | Path,
-    texts: list[str],
-    kind: str = "passages",
-    titles: list[str] | None = None,
-    batch_size: int = 128,
-) -> np.ndarray:
-    """In-process encoding (no Ray): `[N, D]` float32. For small inputs, tests and benchmarks."""
-    enc = TextEncoder(str(model_dir), kind, batch_size=batch_size)
-    return enc.encode(list(texts), titles)
