@@ -10,17 +10,11 @@ import faiss
 import numpy as np
 import pytest
 
-from densekit.pipelines.index import new_index, skip_polysemous_training
+from densekit.pipelines.index import new_index, pq_parts, skip_polysemous_training
 
 
 def _flags(index) -> list[bool]:
-    parts = [index]
-    if isinstance(index, faiss.IndexPreTransform):
-        parts.append(faiss.downcast_index(index.index))
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        parts.append(faiss.downcast_index(ivf))
-    return [p.do_polysemous_training for p in parts if hasattr(p, "do_polysemous_training")]
+    return [p.do_polysemous_training for p in pq_parts(index)]
 
 
 @pytest.mark.parametrize("factory", ["PQ8", "IVF16,PQ8", "OPQ8,IVF16,PQ8", "IVF16,PQ8np"])
