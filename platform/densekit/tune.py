@@ -340,6 +340,8 @@ def _trial_rows(grid, cfg: TuneConfig, metric: str, spec: dict) -> list[dict]:
             "best_step": None,
             "last": float(evals[-1][metric]) if evals else None,
             "history": [{"step": int(e["step"]), metric: float(e[metric])} for e in evals],
+            # Tune's clock of the trial up to its last evaluation (a resumed trial's time adds up).
+            "seconds": _seconds(evals[-1]) if evals else None,
             "error": None,
         }
         if evals:
@@ -358,6 +360,11 @@ def _trial_rows(grid, cfg: TuneConfig, metric: str, spec: dict) -> list[dict]:
             row["status"] = "finished" if row["steps"] >= row["max_steps"] else "stopped"
         rows.append(row)
     return sorted(rows, key=lambda r: r["trial_id"])
+
+
+def _seconds(result: dict) -> float | None:
+    v = result.get("time_total_s")
+    return float(v) if v is not None and math.isfinite(float(v)) else None
 
 
 def _plain(v: Any) -> Any:

@@ -199,3 +199,19 @@ def test_search_resumes_and_returns_the_best_config(
     before = (out / "trials.jsonl").stat().st_mtime_ns
     tune(cfg)
     assert (out / "trials.jsonl").stat().st_mtime_ns == before
+
+    # The report's search section names the same chosen trial, and records each trial's time.
+    search_report = json.loads((out / "report.json").read_text())["search"]
+    assert search_report["chosen"] == manifest["best_trial"]
+    assert all(t["seconds"] and t["seconds"] > 0 for t in search_report["trials"])
+
+    # The same search, never interrupted, with the same seed: the same trials, the same best one.
+    whole = tmp_path / "whole"
+    tune(tune_config(base, whole))
+    whole_rows = [json.loads(line) for line in (whole / "trials.jsonl").read_text().splitlines()]
+    assert [(r["params"], r["status"], r["steps"]) for r in whole_rows] == [
+        (r["params"], r["status"], r["steps"]) for r in rows
+    ]
+    whole_best = read_manifest(whole)
+    assert whole_rows[[r["trial_id"] for r in whole_rows].index(whole_best["best_trial"])]["params"] == best["params"]
+    assert whole_best["best"] == pytest.approx(manifest["best"], abs=1e-6)

@@ -27,6 +27,7 @@ from densekit.report.render import (
     render_markdown,
     speed_range,
 )
+from densekit.report.search import plot_search
 from densekit.report.timing import Speed, measure_query_speed, time_encoders
 
 __all__ = [
@@ -93,11 +94,14 @@ def write_report(cfg: ReportConfig) -> Report:
     out = Path(cfg.output or cfg.run)
     out.mkdir(parents=True, exist_ok=True)
     plotted = plot_quality_vs_speed(rep, cfg.metric, out / PLOT_PNG)
+    search_plots = plot_search(rep.search, out) if rep.search else []
     write_text_atomic(
-        out / REPORT_MD, render_markdown(rep, cfg.speed, PLOT_PNG if plotted else None)
+        out / REPORT_MD,
+        render_markdown(rep, cfg.speed, PLOT_PNG if plotted else None, search_plots),
     )
     write_json_atomic(out / REPORT_JSON, {**asdict(rep), "speed_config": asdict(cfg.speed)})
-    logger.info("report: %s%s", out / REPORT_MD, f" and {out / PLOT_PNG}" if plotted else "")
+    plots = ([PLOT_PNG] if plotted else []) + search_plots
+    logger.info("report: %s%s", out / REPORT_MD, f" and {', '.join(str(out / p) for p in plots)}" if plots else "")
     return rep
 
 

@@ -48,6 +48,7 @@ class Report:
     stages: list[dict] = field(default_factory=list)  # name, step, seconds, status, about
     trainings: list[dict] = field(default_factory=list)  # name, steps, best_step, loss, dev metrics
     notes: list[str] = field(default_factory=list)
+    search: dict | None = None  # a tune output's trials, chosen and default config (report.search)
 
     @classmethod
     def load(cls, path: str | Path) -> Report:
@@ -276,10 +277,13 @@ def _collect_train(d: Path) -> Report:
 
 
 def _collect_tune(d: Path) -> Report:
+    from densekit.report.search import collect_search
+
     rep = Report("tune", str(d), d.name)
     metric = None
     base = _read_yaml(d / "base_config.yaml")
     queries = (base.get("eval") or {}).get("queries")
+    lines = []
     for line_no, line in enumerate((d / "trials.jsonl").read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -287,6 +291,9 @@ def _collect_tune(d: Path) -> Report:
             t = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(d / "trials.jsonl", line_no, f"not valid JSON ({e.msg})") from None
+        if not isinstance(t, dict) or "trial_id" not in t:
+            raise InputError(d / "trials.jsonl", line_no, "expected a JSON object with a 'trial_id'")
+        lines.append((line_no, t))
         metric = t.get("metric", metric)
         out = Path(t.get("output", d / "trials" / t["trial_id"]))
         summary = _read_json(out / "summary.json") if (out / "summary.json").is_file() else {}
@@ -301,4 +308,5 @@ def _collect_tune(d: Path) -> Report:
         rep.trainings.append({"name": t["trial_id"], "steps": t.get("steps"), "best_step": t.get("best_step"),
                               "metric": t.get("metric"), "loss": None, "queries_per_s": None,
                               "dev": {k: v for k, v in metrics.items() if k in COLUMNS}})
+    rep.search = collect_search(d, base, lines)
     return rep

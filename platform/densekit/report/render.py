@@ -93,8 +93,14 @@ def quality_table(rep: Report, rows: list[Row] | None = None) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(rep: Report, sc: QuerySpeedConfig, plot: str | None) -> str:
+def render_markdown(
+    rep: Report, sc: QuerySpeedConfig, plot: str | None, search_plots: list[str] | None = None
+) -> str:
     out = [f"# {rep.title}", "", f"Report of the {rep.kind} in `{rep.run_dir}`.", ""]
+    if rep.search:
+        from densekit.report.search import render_search
+
+        out += render_search(rep.search, search_plots or [])
     if rep.rows:
         groups = eval_sets(rep)
         if len(groups) > 1:  # one table per evaluation set (e.g. in-domain and zero-shot collections)
