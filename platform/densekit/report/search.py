@@ -113,6 +113,13 @@ def _fmt_params(params: dict) -> str:
     return ", ".join(f"{k}={_fmt_value(v)}" for k, v in params.items())
 
 
+def _legend(params: dict) -> str:
+    """A trial's label in a plot: its values (with their keys only when several are searched)."""
+    if len(params) == 1:
+        return _fmt_value(next(iter(params.values())))
+    return _fmt_params(params)
+
+
 def _curve_steps(trials: list[dict]) -> list[int]:
     steps = sorted({h["step"] for t in trials for h in t["history"]})
     if len(steps) <= MAX_CURVE_COLUMNS:
@@ -203,16 +210,19 @@ def plot_search(s: dict, out: Path) -> list[str]:
         written.append(name)
 
     fig, ax = plt.subplots(figsize=(7.2, 4.6), dpi=120)
-    for t in trials:
+    # Past 10 trials the default colour cycle repeats: 20 distinct colours, then repeats.
+    colors = plt.get_cmap("tab20" if len(trials) > 10 else "tab10").colors
+    for i, t in enumerate(trials):
         xs = [h["step"] for h in t["history"]]
         ys = [h[metric] for h in t["history"]]
         chosen = t["trial_id"] == s["chosen"]
-        ax.plot(xs, ys, marker="o", ms=3, lw=2.4 if chosen else 1.0,
+        ax.plot(xs, ys, marker="o", ms=3, lw=2.4 if chosen else 1.0, color=colors[i % len(colors)],
                 ls="--" if t["status"] == "stopped" else "-", zorder=3 if chosen else 2,
-                label=_fmt_params(t["params"]) + (" (chosen)" if chosen else ""))
+                label=_legend(t["params"]) + (" (chosen)" if chosen else ""))
     ax.set_xlabel("training step")
     ax.set_ylabel(f"dev {metric}")
-    ax.set_title(f"{len(s['trials'])} trials (dashed: stopped by ASHA)", fontsize=10)
+    ax.set_title(f"{len(s['trials'])} trials over {', '.join(s['keys'])} (dashed: stopped by ASHA)",
+                 fontsize=10)
     ax.grid(True, alpha=0.3)
     if len(trials) <= 16:
         ax.legend(fontsize=6, loc="lower right", ncol=2 if len(trials) > 8 else 1)
