@@ -372,14 +372,15 @@ def _plain(v: Any) -> Any:
 
 
 def _best_row(rows: list[dict]) -> dict:
-    scored = [r for r in rows if r["best"] is not None and math.isfinite(r["best"])]
-    if not scored:
+    from densekit.report.search import best_trial  # the rule the tune report reads back
+
+    best = best_trial(rows)
+    if best is None:
         errors = "; ".join(f"{r['trial_id']}: {r['error']}" for r in rows if r["error"])
         raise DensekitError(
             f"tune: no trial reported {rows[0]['metric'] if rows else 'the metric'} ({errors})"
         )
-    # Highest metric; ties go to the earlier best step, then the lower trial id.
-    return min(scored, key=lambda r: (-r["best"], r["best_step"], r["trial_id"]))
+    return best
 
 
 def _best_model_dir(row: dict) -> Path:

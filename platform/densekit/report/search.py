@@ -46,14 +46,19 @@ def _trial_seconds(search_dir: Path) -> dict[str, float]:
     return seconds
 
 
+def best_trial(trials: list[dict]) -> dict | None:
+    """The rule `densekit tune` chooses by: the highest best metric, then the earlier best step,
+    then the lower trial id (None if no trial has a finite metric)."""
+    scored = [t for t in trials if t.get("best") is not None and math.isfinite(t["best"])]
+    return min(scored, key=lambda t: (-t["best"], t["best_step"], t["trial_id"])) if scored else None
+
+
 def _chosen(trials: list[dict], manifest: dict) -> dict | None:
-    """The trial `densekit tune` chose (its manifest), else by its rule: the highest best metric,
-    then the earlier best step, then the lower trial id."""
+    """The trial `densekit tune` chose (its manifest), else by its rule (`best_trial`)."""
     by_id = {t["trial_id"]: t for t in trials}
     if manifest.get("best_trial") in by_id:
         return by_id[manifest["best_trial"]]
-    scored = [t for t in trials if t.get("best") is not None and math.isfinite(t["best"])]
-    return min(scored, key=lambda t: (-t["best"], t["best_step"], t["trial_id"])) if scored else None
+    return best_trial(trials)
 
 
 def collect_search(d: Path, base: dict, lines: list[tuple[int, dict]]) -> dict:
@@ -64,7 +69,7 @@ def collect_search(d: Path, base: dict, lines: list[tuple[int, dict]]) -> dict:
     recorded = _trial_seconds(d / "search") if (d / "search").is_dir() else {}
     trials, keys = [], []
     for line_no, t in lines:
-        for field in ("trial_id", "params", "status"):
+        for field in ("params", "status"):  # trial_id: checked by the caller
             if field not in t:
                 raise InputError(d / "trials.jsonl", line_no, f"a trial row needs '{field}'")
         for k in t["params"]:
