@@ -137,3 +137,69 @@ def test_l2_index(tmp_path, ray_session, write_embeddings):
         scores, pids = searcher.search(q, 7)
     np.testing.assert_array_equal(np.vectorize(lambda p: int(p[1:]))(pids), rows)
     np.testing.assert_allclose(scores, -dist, rtol=1e-5)  # higher is better: negated distances
+
+
+@pytest.mark.ray
+def test_ivf_shards_assign_each_query_once_and_equal_one_ivf_index(tmp_path, ray_session, write_embeddings,
+                                                                   make_clustered):
+    """IVF shards trained once share their coarse quantizer: an actor assigns each query to its lists
+    once for all its shards. The answer equals one IVF index (the same trained.faiss) holding every
+    vector, searched with the same nprobe: same ids, same scores."""
+    from densekit.pipelines.index import shard_dir, shard_ids
+    from densekit.pipelines.search import _ShardGroup
+
+    x = make_clustered(3000, 32, clusters=20, seed=3)
+    q = make_clustered(60, 32, clusters=20, seed=4)
+    emb = write_embeddings(tmp_path / "emb", x, ids=[f"p{i}" for i in range(len(x))], rows_per_part=500)
+    out = tmp_path / "ivf"
+    index(load_config(IndexConfig, overrides=[f"embeddings={emb}", f"output={out}", "factory='IVF24,Flat'",
+                                              "train_size=2000"]))
+    n_shards = len(read_manifest(out)["shards"])
+    assert n_shards >= 4
+    # The reference: trained.faiss filled with every vector in the shards' row order.
+    ref = faiss.read_index(str(out / "trained.faiss"))
+    order = [int(p[1:]) for i in range(n_shards) for p in shard_ids(shard_dir(out, i)).to_pylist()]
+    ref.add(x[order])
+    faiss.extract_index_ivf(ref).nprobe = 5
+    ref_scores, ref_rows = ref.search(q, 20)
+    ref_pids = np.array([[f"p{order[r]}" for r in row] for row in ref_rows], dtype=object)
+
+    with ShardedSearcher(out, num_actors=0, nprobe=5) as local:
+        assert local.local.coarse is not None and local.local.coarse[1] == 5  # the shared path is taken
+        scores, pids = local.search(q, 20)
+    np.testing.assert_array_equal(pids, ref_pids)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-5)
+    with ShardedSearcher(out, num_actors=2, nprobe=5) as searcher:
+        a_scores, a_pids = searcher.search(q, 20)
+    np.testing.assert_array_equal(a_pids, ref_pids)
+    np.testing.assert_allclose(a_scores, ref_scores, rtol=1e-5, atol=1e-5)
+    # Each shard searched on its own (no shared assignment) gives the same answer.
+    group = _ShardGroup(str(out), local.groups[0], "IVF24,Flat", "ip", True, 5, None, 1)
+    group.coarse = None
+    alone = group.search(q, 20, False)
+    np.testing.assert_array_equal(np.asarray(alone["pids"].to_pylist(), dtype=object).reshape(60, 20), ref_pids)
+
+
+def test_shared_coarse_quantizer_only_for_ivf_shards_trained_together():
+    from densekit.pipelines.search import shared_coarse_quantizer
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 16)).astype("float32")
+    trained = faiss.index_factory(16, "IVF8,Flat", faiss.METRIC_INNER_PRODUCT)
+    trained.train(x)
+    a, b = (faiss.deserialize_index(faiss.serialize_index(trained)) for _ in range(2))
+    a.add(x[:1000])
+    b.add(x[1000:])
+    quantizer, nprobe = shared_coarse_quantizer([a, b])
+    np.testing.assert_array_equal(quantizer.reconstruct_n(0, 8), faiss.extract_index_ivf(a).quantizer.reconstruct_n(0, 8))
+    assert nprobe == 1
+    apart = faiss.index_factory(16, "IVF8,Flat", faiss.METRIC_INNER_PRODUCT)
+    apart.train(x[::-1].copy())  # other centroids
+    assert shared_coarse_quantizer([a, apart]) is None
+    faiss.extract_index_ivf(b).nprobe = 3
+    assert shared_coarse_quantizer([a, b]) is None  # different nprobe
+    assert shared_coarse_quantizer([a]) is None  # one shard: nothing to share
+    assert shared_coarse_quantizer([faiss.IndexFlatIP(16), faiss.IndexFlatIP(16)]) is None
+    wrapped = faiss.index_factory(16, "PCA16,IVF8,Flat", faiss.METRIC_INNER_PRODUCT)
+    wrapped.train(x)
+    assert shared_coarse_quantizer([wrapped, wrapped]) is None  # queries must be transformed first
