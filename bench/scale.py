@@ -730,17 +730,24 @@ class SizeRun:
             .get("index", self.record["prep"].get("index", {}))
             .get("train_size", a.train_size)
         )
-        t0 = time.perf_counter()
-        single = new_index(self.factory, x.shape[1], "ip")
-        skip_polysemous_training(single)  # as densekit's index step trains it
-        if not single.is_trained:
-            ivf = faiss.try_extract_index_ivf(single)
-            if ivf is not None:
-                ivf.cp.seed = a.seed
-            rng = np.random.default_rng(a.seed)
-            single.train(x[rng.choice(len(x), size=min(len(x), train_size), replace=False)])
-        single.add(x)
-        single_build = time.perf_counter() - t0
+
+        def build_single(n_threads: int):
+            faiss.omp_set_num_threads(n_threads)
+            t0 = time.perf_counter()
+            index = new_index(self.factory, x.shape[1], "ip")
+            skip_polysemous_training(index)  # as densekit's index step trains it
+            if not index.is_trained:
+                ivf = faiss.try_extract_index_ivf(index)
+                if ivf is not None:
+                    ivf.cp.seed = a.seed
+                rng = np.random.default_rng(a.seed)
+                index.train(x[rng.choice(len(x), size=min(len(x), train_size), replace=False)])
+            index.add(x)
+            return index, time.perf_counter() - t0
+
+        # One worker's share (1 thread): what adding workers is measured against; then all threads.
+        single_1 = build_single(1)[1] if threads > 1 else None
+        single, single_build = build_single(threads)
         if self.nprobe and faiss.try_extract_index_ivf(single) is not None:
             faiss.ParameterSpace().set_index_parameter(single, "nprobe", self.nprobe)
         t0 = time.perf_counter()
@@ -771,6 +778,10 @@ class SizeRun:
             "single_build_s": round(single_build, 3),
             "sharded_build_s": sharded_build,
             "build_speed_ratio_sharded_over_single": round(single_build / sharded_build, 3),
+            "single_build_1thread_s": None if single_1 is None else round(single_1, 3),
+            "build_speed_ratio_sharded_over_single_1thread": (
+                None if single_1 is None else round(single_1 / sharded_build, 3)
+            ),
             "single_qps": round(single_qps, 1),
             "sharded_qps": round(sharded_qps, 1),
             "qps_ratio_sharded_over_single": round(sharded_qps / single_qps, 3),
@@ -832,6 +843,11 @@ def print_compare(c: dict) -> None:
         f"   build: one index {c['single_build_s']:.2f} s ({c['threads']} threads); densekit index stage "
         f"{c['sharded_build_s']:.2f} s -> sharded is {c['build_speed_ratio_sharded_over_single']:.2f}x as fast"
     )
+    if c.get("single_build_1thread_s") is not None:
+        print(
+            f"          one index on 1 thread (one worker's share) {c['single_build_1thread_s']:.2f} s -> "
+            f"sharded is {c['build_speed_ratio_sharded_over_single_1thread']:.2f}x as fast"
+        )
     print(
         f"   search: one index {c['single_qps']:,.0f} q/s; densekit {c['search_actors']} actors "
         f"{c['sharded_qps']:,.0f} q/s -> {c['qps_ratio_sharded_over_single']:.2f}x"

@@ -69,6 +69,7 @@ def test_flat_search_equals_one_in_process_index(result):
     assert compare["identical_ids"] == 1.0
     assert compare["sharded_judged_in_top10"] == compare["single_judged_in_top10"]
     assert compare["single_qps"] > 0 and compare["sharded_qps"] > 0
+    assert "single_build_1thread_s" in compare and "build_speed_ratio_sharded_over_single_1thread" in compare
 
 
 def test_ratios_are_reported(result):

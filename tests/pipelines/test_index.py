@@ -4,6 +4,8 @@ once and shared, a rerun rebuilding only missing shards; approximate types' reca
 from __future__ import annotations
 
 import json
+import re
+import time
 
 import faiss
 import numpy as np
@@ -107,3 +109,34 @@ def test_float16_storage_round_trip():
     back = to_matrix(batch.column(1))
     assert back.dtype == np.float32 and back.shape == (5, 8)
     np.testing.assert_array_equal(back, x.astype(np.float16).astype(np.float32))
+
+
+@pytest.mark.ray
+def test_training_task_gets_a_whole_node_not_one_builders_share(tmp_path, ray_session, write_embeddings,
+                                                                 make_clustered, caplog):
+    """k-means runs alone before the builders: by default it takes the CPUs free on the largest node
+    (it used to run on cpus_per_worker, one thread on any cluster); train_cpus sets it; more CPUs
+    than any node has is refused before any work."""
+    import logging
+
+    import ray
+
+    from densekit.pipelines.index import training_cpus
+
+    node_max = max(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"])
+    deadline = time.time() + 60  # an earlier test's actors may still be releasing their CPUs
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.time() < deadline:
+        time.sleep(0.5)
+    expected = float(int(node_max))  # one node, all of it free
+    assert expected >= 2  # else this test could not tell a whole node from one builder's share
+    emb = write_embeddings(tmp_path / "emb", make_clustered(1200, 16, clusters=8, seed=5), rows_per_part=400)
+    assert training_cpus(_cfg(emb, tmp_path / "a")) == expected
+    assert training_cpus(_cfg(emb, tmp_path / "a", "train_cpus=1")) == 1.0
+    with pytest.raises(ConfigError, match="train_cpus=1000: no node"):
+        training_cpus(_cfg(emb, tmp_path / "a", "train_cpus=1000"))
+    with pytest.raises(ConfigError, match="train_cpus must be >= 1"):
+        _cfg(emb, tmp_path / "a", "train_cpus=0")
+    with caplog.at_level(logging.INFO, logger="densekit.pipelines.index"):
+        index(_cfg(emb, tmp_path / "ivf", "factory='IVF8,Flat'", "train_size=800"))
+    assert re.search(rf"training IVF8,Flat on 80[01] vectors \({int(expected)} threads\)", caplog.text)
+    assert read_manifest(tmp_path / "ivf")["ntotal"] == 1200

@@ -374,12 +374,36 @@ def _shard_done(out: Path, shard: int, extra: dict) -> bool:
     return same
 
 
+def training_cpus(cfg) -> float:
+    """CPUs of the index training task: `cfg.train_cpus`, or the CPUs free on the largest alive node
+    of the (initialised) Ray cluster, at least `cfg.resources.cpus_per_worker`."""
+    import ray
+
+    node_cpus = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+    if cfg.train_cpus is not None:
+        if cfg.train_cpus > max(node_cpus, default=0.0):
+            raise ConfigError(
+                f"train_cpus={cfg.train_cpus:g}: no node of the Ray cluster has that many CPUs "
+                f"(largest: {max(node_cpus, default=0.0):g}); the training task could never start"
+            )
+        return float(cfg.train_cpus)
+    floor = float(cfg.resources.cpus_per_worker)
+    free = float(ray.available_resources().get("CPU", 0.0))
+    best = min(max(node_cpus, default=0.0), free)
+    return max(floor, float(int(best)))
+
+
 def _train_remote(sources, rows, cfg, dim, metric, task_opts, threads, use_gpu) -> np.ndarray:
     """Draw the training sample evenly from every shard (one task each), then train once."""
     import ray
 
     total = sum(rows)
     want = min(cfg.train_size, total)
+    # Training runs alone (the builders wait for it): give its k-means a whole node, not the one
+    # builder's share (cpus_per_worker) that it used to run on.
+    train_cpus = training_cpus(cfg)
+    task_opts = {**task_opts, "num_cpus": train_cpus}
+    threads = max(1, int(train_cpus))
     per_shard = [int(round(want * r / total)) for r in rows]
     sample_task = ray.remote(num_cpus=1)(_sample_shard)
     parts = ray.get(
@@ -390,7 +414,7 @@ def _train_remote(sources, rows, cfg, dim, metric, task_opts, threads, use_gpu) 
         ]
     )
     sample = np.concatenate([p for p in parts if len(p)])
-    logger.info("training %s on %d vectors", cfg.factory, len(sample))
+    logger.info("training %s on %d vectors (%d threads)", cfg.factory, len(sample), threads)
     train_task = ray.remote(**task_opts)(_train)
     return ray.get(train_task.remote(sample, cfg.factory, dim, metric, cfg.seed, use_gpu, threads))
 
