@@ -76,7 +76,7 @@ class IndexConfig:
     train_cpus: Optional[float] = opt(
         None,
         "CPUs (and FAISS threads) of the one training task, which runs alone before the shard "
-        "builders; default: the CPUs free on the largest node (at least cpus_per_worker)",
+        "builders; default: all the CPUs of the largest node (at least cpus_per_worker)",
     )
     add_batch_rows: int = opt(65_536, "vectors read and added per step by a shard builder")
     use_gpu_faiss: bool = opt(False, "train (and add) on GPU with faiss-gpu when it is importable")
@@ -93,7 +93,7 @@ class IndexConfig:
         if self.train_size < 1 or self.add_batch_rows < 1:
             raise ConfigError("train_size and add_batch_rows must be >= 1")
         if self.train_cpus is not None and self.train_cpus < 1:
-            raise ConfigError(f"train_cpus must be >= 1 (or null for the largest node's free CPUs), got {self.train_cpus}")
+            raise ConfigError(f"train_cpus must be >= 1 (or null for the largest node's CPUs), got {self.train_cpus}")
 
 
 @dataclass

@@ -375,22 +375,21 @@ def _shard_done(out: Path, shard: int, extra: dict) -> bool:
 
 
 def training_cpus(cfg) -> float:
-    """CPUs of the index training task: `cfg.train_cpus`, or the CPUs free on the largest alive node
-    of the (initialised) Ray cluster, at least `cfg.resources.cpus_per_worker`."""
+    """CPUs of the index training task: `cfg.train_cpus`, or all the CPUs of the largest alive node
+    of the (initialised) Ray cluster, at least `cfg.resources.cpus_per_worker`. The task waits for
+    them like any task: on a cluster busy with other work, set train_cpus lower."""
     import ray
 
     node_cpus = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+    largest = max(node_cpus, default=0.0)
     if cfg.train_cpus is not None:
-        if cfg.train_cpus > max(node_cpus, default=0.0):
+        if cfg.train_cpus > largest:
             raise ConfigError(
                 f"train_cpus={cfg.train_cpus:g}: no node of the Ray cluster has that many CPUs "
-                f"(largest: {max(node_cpus, default=0.0):g}); the training task could never start"
+                f"(largest: {largest:g}); the training task could never start"
             )
         return float(cfg.train_cpus)
-    floor = float(cfg.resources.cpus_per_worker)
-    free = float(ray.available_resources().get("CPU", 0.0))
-    best = min(max(node_cpus, default=0.0), free)
-    return max(floor, float(int(best)))
+    return max(float(cfg.resources.cpus_per_worker), float(int(largest)))
 
 
 def _train_remote(sources, rows, cfg, dim, metric, task_opts, threads, use_gpu) -> np.ndarray:
