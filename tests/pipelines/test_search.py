@@ -181,7 +181,7 @@ def test_ivf_shards_assign_each_query_once_and_equal_one_ivf_index(tmp_path, ray
 
 
 def test_shared_coarse_quantizer_only_for_ivf_shards_trained_together():
-    from densekit.pipelines.search import shared_coarse_quantizer
+    from densekit.pipelines.index import shared_coarse_quantizer
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2000, 16)).astype("float32")

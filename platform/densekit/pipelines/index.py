@@ -441,6 +441,33 @@ def load_shard(path: str | Path, factory: str, mmap: bool = True) -> Any:
         return faiss.read_index(path)
 
 
+def shared_coarse_quantizer(indexes: list) -> tuple[Any, int] | None:
+    """(quantizer, nprobe) when every index is a plain IVF index with one and the same coarse
+    quantizer (equal centroids) and nprobe; None otherwise (single shard, other types, wrappers
+    such as OPQ, or shards trained apart), where each shard is searched on its own."""
+    import faiss
+
+    if len(indexes) < 2:
+        return None
+    ivfs = []
+    for index in indexes:
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is None or int(ivf.this) != int(index.this):  # not IVF, or wrapped (OPQ, id map...)
+            return None
+        ivfs.append(ivf)
+    first = ivfs[0]
+    try:
+        centroids = first.quantizer.reconstruct_n(0, first.nlist)
+        for other in ivfs[1:]:
+            if other.nlist != first.nlist or other.nprobe != first.nprobe:
+                return None
+            if not np.array_equal(other.quantizer.reconstruct_n(0, other.nlist), centroids):
+                return None
+    except RuntimeError:  # a quantizer that cannot give back its centroids
+        return None
+    return first.quantizer, int(first.nprobe)
+
+
 def shard_ids(path: str | Path) -> pa.Array:
     """A shard's row -> pid map (a pyarrow string array: compact, and `take` is vectorised)."""
     return pq.read_table(Path(path) / IDS_FILE, columns=[R.ID]).column(R.ID).combine_chunks()

@@ -33,7 +33,7 @@ from densekit.data.io import trec_run_lines, write_lines
 from densekit.errors import ConfigError, DensekitError
 from densekit.logs import Progress
 from densekit.pipelines.embeddings import iter_embeddings, read_embeddings_manifest
-from densekit.pipelines.index import load_shard, shard_ids
+from densekit.pipelines.index import load_shard, shard_ids, shared_coarse_quantizer
 
 logger = logging.getLogger(__name__)
 
@@ -140,33 +140,6 @@ class _ShardGroup:
         if vectors is not None:
             vectors = vectors.reshape(b, k, -1)
         return {"shards": self.ready(), "scores": heap.D, "ids": ids, "pids": pids, "vectors": vectors}
-
-
-def shared_coarse_quantizer(indexes: list) -> tuple[Any, int] | None:
-    """(quantizer, nprobe) when every index is a plain IVF index with one and the same coarse
-    quantizer (equal centroids) and nprobe; None otherwise (single shard, other types, wrappers
-    such as OPQ, or shards trained apart), where each shard is searched on its own."""
-    import faiss
-
-    if len(indexes) < 2:
-        return None
-    ivfs = []
-    for index in indexes:
-        ivf = faiss.try_extract_index_ivf(index)
-        if ivf is None or int(ivf.this) != int(index.this):  # not IVF, or wrapped (OPQ, id map...)
-            return None
-        ivfs.append(ivf)
-    first = ivfs[0]
-    try:
-        centroids = first.quantizer.reconstruct_n(0, first.nlist)
-        for other in ivfs[1:]:
-            if other.nlist != first.nlist or other.nprobe != first.nprobe:
-                return None
-            if not np.array_equal(other.quantizer.reconstruct_n(0, other.nlist), centroids):
-                return None
-    except RuntimeError:  # a quantizer that cannot give back its centroids
-        return None
-    return first.quantizer, int(first.nprobe)
 
 
 @dataclass
