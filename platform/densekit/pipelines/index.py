@@ -298,7 +298,7 @@ def _index(
             logger.info("reusing %s", trained_path)
             trained = np.fromfile(trained_path, dtype=np.uint8)
         else:
-            trained = _train_remote(sources, rows, cfg, dim, metric, task_opts, threads, use_gpu)
+            trained = _train_remote(sources, rows, cfg, dim, metric, task_opts, use_gpu)
             with atomic_path(trained_path) as tmp:
                 trained.tofile(tmp)
         trained_ref = ray.put(trained)
@@ -392,7 +392,7 @@ def training_cpus(cfg) -> float:
     return max(float(cfg.resources.cpus_per_worker), float(int(largest)))
 
 
-def _train_remote(sources, rows, cfg, dim, metric, task_opts, threads, use_gpu) -> np.ndarray:
+def _train_remote(sources, rows, cfg, dim, metric, task_opts, use_gpu) -> np.ndarray:
     """Draw the training sample evenly from every shard (one task each), then train once."""
     import ray
 
