@@ -332,6 +332,10 @@ def test_method_run_killed_at_a_random_moment_resumes_to_the_same_results(world,
 # --- Ctrl-C and SIGTERM ----------------------------------------------------------------------------
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_a_method_run_at_once_without_a_traceback(sig, code, world, tmp_path, tally):
     """The run starts its own local Ray (RAY_ADDRESS=local); the signal goes to its process group,
@@ -343,7 +347,10 @@ def test_a_signal_stops_a_method_run_at_once_without_a_traceback(sig, code, worl
     env = env_for("local")
     log = tmp_path / "run.log"
     with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        # A terminal's foreground job has Ctrl-C at its default; a test run started in the background
+        # (`pytest &`, nohup) ignores SIGINT, and its children inherit that, so reset it as a shell does.
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_sigint_default)
         try:
             deadline = time.time() + 600
             # Stop it while it works: when the encode stage started (Ray is up, actors run).
