@@ -217,9 +217,52 @@ def check_command(command: str, capsys) -> None:
         path = None
         if rest and "=" not in rest[0] and not rest[0].startswith("~"):
             path, rest = rest[0], rest[1:]
+            if not (ROOT / path).is_file():
+                path, fixed = written_by_a_search(path)  # a search's best_config.yaml: its base stands in
+                rest = [*fixed, *rest]
             assert (ROOT / path).is_file(), f"{path}: no such config file"
         load_config(step.config_cls(), path and ROOT / path, rest)
     capsys.readouterr()
+
+
+def written_by_a_search(path: str) -> tuple[str, list[str]]:
+    """`densekit tune` writes `<output>/best_config.yaml`, its base train config with the search's
+    overrides and chosen values: a page that trains from it names a file no checkout has. If a
+    search config of the repository writes that file, return its base and overrides (what the file
+    holds but the chosen values); otherwise the path unchanged."""
+    import json
+
+    import yaml
+
+    p = Path(path)
+    if p.name == "best_config.yaml":
+        for search in sorted((ROOT / "configs").rglob("*.yaml")):
+            doc = yaml.safe_load(search.read_text(encoding="utf-8")) or {}
+            if isinstance(doc, dict) and "base" in doc and Path(str(doc.get("output", ""))) == p.parent:
+                from densekit.tune import RETRAIN_DIR
+
+                fixed = [f"{k}={json.dumps(v)}" for k, v in (doc.get("overrides") or {}).items()]
+                return str(doc["base"]), [*fixed, f"output={p.parent / RETRAIN_DIR}"]
+    return path, []
+
+
+def test_a_search_s_best_config_is_checked_against_its_base(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    import yaml
+
+    outs = []
+    for search in sorted((ROOT / "configs" / "tune").rglob("*.yaml")):  # each search's file parses
+        out = yaml.safe_load(search.read_text(encoding="utf-8"))["output"]
+        if out != "???":  # not a search whose output the user names on the command line
+            check_command(f"densekit train {out}/best_config.yaml", capsys)
+            outs.append(out)
+    assert outs
+    out = outs[0]
+    check_command(f"densekit train {out}/best_config.yaml optim.max_steps=3", capsys)
+    with pytest.raises(Exception, match="optim.no_such_key|no_such_key"):
+        check_command(f"densekit train {out}/best_config.yaml optim.no_such_key=3", capsys)
+    with pytest.raises(AssertionError, match="no such config file"):
+        check_command("densekit train runs/nowhere/best_config.yaml", capsys)
 
 
 def test_pages_have_commands():
