@@ -22,7 +22,9 @@ import logging
 import os
 import re
 import secrets
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +73,7 @@ def init_ray(resources: Any | None = None) -> None:
             ray.init(address=address, **kwargs)
         else:
             start_local_ray(**kwargs)
+    _python_handles_sigterm()
     if not verbose:
         logs.quiet_third_party()
         logs.quiet_ray_data()
@@ -183,6 +186,17 @@ def logs_own_line(line: str) -> bool:
     from densekit.logs import OWN_LINE
 
     return bool(OWN_LINE.match(line))
+
+
+def _python_handles_sigterm() -> None:
+    """ray.init's core worker installs abseil's failure-signal handler for SIGTERM as well as for
+    crashes; on a SIGTERM to the driver it printed a C++ stack and the driver died of SIGABRT (134)
+    instead of stopping as densekit does (143, one line, the Ray it started shut down). Hand SIGTERM
+    back to Python's handler (Ray's own sys.exit(15)); crash signals keep abseil's stack dumps."""
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.getsignal(signal.SIGTERM)
+        if callable(handler):
+            signal.signal(signal.SIGTERM, handler)  # sigaction again: the OS calls Python's handler
 
 
 def start_local_ray(attempts: int = START_ATTEMPTS, **kwargs: Any) -> None:

@@ -336,10 +336,18 @@ def _sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _started_ray(log: Path) -> bool:
+    return log.exists() and b" node(s), " in log.read_bytes()  # raycluster's "Ray: N node(s), ..."
+
+
+@pytest.mark.parametrize("moment", ["encode_planned", "ray_up"])
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_stops_a_method_run_at_once_without_a_traceback(sig, code, world, tmp_path, tally):
+def test_a_signal_stops_a_method_run_at_once_without_a_traceback(sig, code, moment, world, tmp_path, tally):
     """The run starts its own local Ray (RAY_ADDRESS=local); the signal goes to its process group,
-    as a terminal's Ctrl-C does; it must end within seconds and leave no Ray process behind."""
+    as a terminal's Ctrl-C does; it must end within seconds and leave no Ray process behind. Two
+    moments: as the encode stage has planned its shards (the run is importing and starting Ray: a
+    signal there once went unnoticed, "Exception ignored in ..." inside `import ray`) and once Ray
+    is up (its own processes get the signal too)."""
     import psutil
 
     out = tmp_path / "run"
@@ -353,8 +361,10 @@ def test_a_signal_stops_a_method_run_at_once_without_a_traceback(sig, code, worl
                                 preexec_fn=_sigint_default)
         try:
             deadline = time.time() + 600
-            # Stop it while it works: when the encode stage started (Ray is up, actors run).
+            # Stop it while it works: the encode stage has planned its shards (and, for "ray_up", Ray is up).
             while proc.poll() is None and not (out / "emb" / "_plan.json").exists() and time.time() < deadline:
+                time.sleep(0.05)
+            while moment == "ray_up" and proc.poll() is None and not _started_ray(log) and time.time() < deadline:
                 time.sleep(0.05)
             assert proc.poll() is None, log.read_text()[-3000:]
             children = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
@@ -367,7 +377,7 @@ def test_a_signal_stops_a_method_run_at_once_without_a_traceback(sig, code, worl
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     text = log.read_text(errors="replace")
-    tally.fault(f"method run: {sig.name} while encoding")
+    tally.fault(f"method run: {sig.name} while encoding ({moment.replace('_', ' ')})")
     assert proc.returncode == code, text[-3000:]
     assert took < 30, f"took {took:.0f} s to stop"
     assert "Traceback" not in text, text[-3000:]
@@ -380,3 +390,42 @@ def test_a_signal_stops_a_method_run_at_once_without_a_traceback(sig, code, worl
         time.sleep(0.5)
     left = [p for p in children if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert not left, f"processes left running: {left}"
+
+
+LOST_SIGNAL = """
+import os, signal, sys, time
+from densekit import cli
+signal.signal(signal.SIGTERM, cli._exit_on_sigterm)
+if sys.argv[1] == "hook":
+    sys.unraisablehook = cli._raise_a_lost_stop_again
+class Finaliser:
+    def __del__(self):  # an exception raised here cannot propagate: Python prints "Exception ignored"
+        os.kill(os.getpid(), signal.SIG{name})
+        for _ in range(100000):  # the handler runs at one of these bytecodes, inside __del__
+            pass
+x = Finaliser()
+del x
+time.sleep(3)
+print("still running after the signal")
+"""
+
+
+@pytest.mark.parametrize("name, code", [("INT", -signal.SIGINT), ("TERM", signal.SIGTERM)])
+def test_a_signal_whose_exception_python_drops_is_delivered_again(name, code):
+    """A signal's exception raised where it cannot propagate is dropped by Python; densekit's
+    unraisable hook delivers the signal again, so the program stops; without the hook it runs on
+    (the control: the scenario really drops the exception)."""
+    script = LOST_SIGNAL.replace("{name}", name)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "platform")}
+
+    def start(mode: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True, text=True,
+                              timeout=60, preexec_fn=_sigint_default)
+
+    dropped = start("none")
+    assert "Exception ignored" in dropped.stderr and "still running" in dropped.stdout, dropped.stderr
+    stopped = start("hook")
+    assert "still running" not in stopped.stdout, stopped.stderr
+    assert "Exception ignored" not in stopped.stderr, stopped.stderr
+    # SIGINT: KeyboardInterrupt unhandled ends Python by the signal itself; SIGTERM: sys.exit(15).
+    assert stopped.returncode == code, (stopped.returncode, stopped.stderr)
