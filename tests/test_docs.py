@@ -228,21 +228,19 @@ def check_command(command: str, capsys) -> None:
 def written_by_a_search(path: str) -> tuple[str, list[str]]:
     """`densekit tune` writes `<output>/best_config.yaml`, its base train config with the search's
     overrides and chosen values: a page that trains from it names a file no checkout has. If a
-    search config of the repository writes that file, return its base and overrides (what the file
-    holds but the chosen values); otherwise the path unchanged."""
-    import json
-
+    search config in configs/tune writes that file, return its base and the overrides tune applies
+    (all but the chosen values); otherwise the path unchanged."""
     import yaml
+
+    from densekit.config import TuneConfig
+    from densekit.tune import RETRAIN_DIR, trial_overrides
 
     p = Path(path)
     if p.name == "best_config.yaml":
-        for search in sorted((ROOT / "configs").rglob("*.yaml")):
-            doc = yaml.safe_load(search.read_text(encoding="utf-8")) or {}
-            if isinstance(doc, dict) and "base" in doc and Path(str(doc.get("output", ""))) == p.parent:
-                from densekit.tune import RETRAIN_DIR
-
-                fixed = [f"{k}={json.dumps(v)}" for k, v in (doc.get("overrides") or {}).items()]
-                return str(doc["base"]), [*fixed, f"output={p.parent / RETRAIN_DIR}"]
+        for search in sorted((ROOT / "configs" / "tune").rglob("*.yaml")):
+            if Path(str(yaml.safe_load(search.read_text(encoding="utf-8")).get("output"))) == p.parent:
+                cfg = load_config(TuneConfig, search, [])
+                return cfg.base, trial_overrides(cfg.override_list(), {}, cfg.metric, p.parent / RETRAIN_DIR)
     return path, []
 
 
