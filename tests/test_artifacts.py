@@ -82,6 +82,26 @@ def test_deep_manifest_check_catches_changed_bytes(tmp_path):
         read_manifest(out)  # the default when a step opens an artifact (issue #17)
 
 
+def test_a_report_written_into_an_output_is_not_part_of_its_manifest(tmp_path):
+    # `densekit report` may write into a folder before its step ends (a search that still runs) and
+    # rewrites its files each time: listed in the manifest, they would make the output look changed.
+    from densekit.artifacts.names import REPORT_FILES
+    from densekit.report import PLOT_PNG, REPORT_JSON, REPORT_MD
+    from densekit.report.search import CURVES_PNG, SPACE_PNG
+
+    assert {REPORT_MD, REPORT_JSON, PLOT_PNG, CURVES_PNG, SPACE_PNG} == set(REPORT_FILES)
+    out = tmp_path / "o"
+    (out / "sub").mkdir(parents=True)
+    (out / "a.txt").write_text("abc")
+    for name in REPORT_FILES:
+        (out / name).write_text("first report")
+    (out / "sub" / "report.md").write_text("a file of the step's own")
+    files = write_manifest(out, "test")["files"]
+    assert sorted(files) == ["a.txt", "sub/report.md"]
+    (out / "report.md").write_text("the report, written again")
+    read_manifest(out)
+
+
 def test_prepare_output_skip_resume_conflict(tmp_path):
     out = tmp_path / "task"
     cfg = GenerateConfig(output=str(out))

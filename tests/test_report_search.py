@@ -92,3 +92,43 @@ def test_bad_trial_row_names_the_line(tmp_path):
         f.write(json.dumps({"trial_id": "d", "status": "finished"}) + "\n")
     with pytest.raises(InputError, match=r"trials.jsonl.*4.*'params'"):
         collect(d)
+
+
+def test_a_search_that_has_not_finished_is_reported_from_its_trial_folders(tmp_path):
+    # No trials.jsonl yet: trial a ended (metrics.jsonl + summary.json), b is mid-way (two
+    # checkpoints, the newer one counts; a third is being written: no state file yet), c has
+    # started without a checkpoint.
+    d = tmp_path / "tune"
+    (d / "trials").mkdir(parents=True)
+    (d / "base_config.yaml").write_text(BASE)
+    (d / "_config.yaml").write_text("metric: ndcg@10\nspace:\n  model.student_layers: {grid: [[0, 5], [0, 4], [1, 2]]}\n")
+    for tid, layers in (("a", [0, 5]), ("b", [0, 4]), ("c", [1, 2])):
+        (d / "trials" / tid).mkdir()
+        (d / "trials" / tid / "_config.yaml").write_text(
+            f"model: {{path: m, student_layers: {layers}}}\noptim: {{max_steps: 300}}\n")
+    a = d / "trials" / "a"
+    a.joinpath("metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        {"step": 100, "ndcg@10": 0.4, "loss": 1.0}, {"step": 150, "loss": 0.9},
+        {"step": 200, "ndcg@10": 0.5}, {"step": 300, "ndcg@10": 0.5})))
+    a.joinpath("summary.json").write_text("{}")
+    for name, hist in (("ck1", [{"step": 100, "ndcg@10": 0.3}]),
+                       ("ck2", [{"step": 100, "ndcg@10": 0.3}, {"step": 200, "ndcg@10": 0.6}])):
+        ck = d / "trials" / "b" / "checkpoints" / name
+        ck.mkdir(parents=True)
+        ck.joinpath("trainer_state.json").write_text(json.dumps({"step": hist[-1]["step"], "history": hist}))
+    (d / "trials" / "b" / "checkpoints" / "ck3").mkdir()
+
+    assert main(["report", str(d), "speed.enabled=false"]) == 0
+    s = collect(d).search
+    by_id = {t["trial_id"]: t for t in s["trials"]}
+    assert [by_id[t]["status"] for t in "abc"] == ["finished", "unfinished", "unfinished"]
+    assert by_id["a"]["history"] == [{"step": 100, "ndcg@10": 0.4}, {"step": 200, "ndcg@10": 0.5},
+                                     {"step": 300, "ndcg@10": 0.5}]
+    assert (by_id["a"]["best"], by_id["a"]["best_step"], by_id["a"]["steps"]) == (0.5, 200, 300)
+    assert (by_id["b"]["best"], by_id["b"]["best_step"], by_id["b"]["steps"]) == (0.6, 200, 200)
+    assert by_id["c"]["history"] == [] and by_id["c"]["best"] is None
+    assert by_id["b"]["params"] == {"model.student_layers": [0, 4]}
+    assert s["counts"] == {"finished": 1, "stopped": 0, "error": 0, "unfinished": 2}
+    assert s["chosen"] == "b" and s["default_trial"] == "a" and s["gain_over_default"] == pytest.approx(0.1)
+    md = (d / "report.md").read_text()
+    assert "**The search has not finished**" in md and "**Best so far**: trial b" in md

@@ -160,7 +160,26 @@ def test_search_resumes_and_returns_the_best_config(
     assert not (trials[1] / "_manifest.json").exists(), "ASHA stopped trial 2 before its export"
     first_manifest = (trials[0] / "_manifest.json").read_text()
 
+    # The interrupted search can be reported before it resumes: each trial from its own folder.
+    from densekit.report import report_run
+
+    so_far = report_run(out).search
+    assert "has not finished" in (out / "report.md").read_text()
+    assert [t["status"] for t in so_far["trials"]] == ["finished", "unfinished"]
+    ended = [json.loads(line) for line in (trials[0] / "metrics.jsonl").read_text().splitlines()]
+    assert so_far["trials"][0]["history"] == [{"step": r["step"], "ndcg@10": r["ndcg@10"]} for r in ended if "ndcg@10" in r]
+    # Trial 2's figures are its newest checkpoint's: at least the rung where ASHA stopped it (the stop
+    # reaches a worker a little late), and what Tune itself recorded of it comes first, unchanged.
+    stopped = so_far["trials"][1]
+    assert stopped["steps"] >= 16
+    recorded = [json.loads(line) for f in (out / "search").glob(f"*{trials[1].name}*/result.json")
+                for line in f.read_text().splitlines()]
+    recorded = [{"step": r["step"], "ndcg@10": r["ndcg@10"]} for r in recorded if "ndcg@10" in r]
+    assert recorded and stopped["history"][: len(recorded)] == recorded
+    assert so_far["trials"][1]["params"]["optim.lr"] == 1.0e-5
+
     tune(cfg)  # resumes: only the third trial runs
+    assert "has not finished" not in (out / "report.md").read_text()
     manifest = read_manifest(out)
     assert len(json.loads((out / "report.json").read_text())["rows"]) >= 1  # report=true
     assert (trials[0] / "_manifest.json").read_text() == first_manifest, "a finished trial was rerun"

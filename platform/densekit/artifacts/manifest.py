@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from densekit import __version__
 from densekit.artifacts.files import write_json_atomic
-from densekit.artifacts.names import LEGACY_MANIFEST, MANIFEST, MARKER, manifest_file
+from densekit.artifacts.names import LEGACY_MANIFEST, MANIFEST, MARKER, REPORT_FILES, manifest_file
 from densekit.errors import ChangedArtifactError, IncompleteOutputError
 
 
@@ -29,12 +29,15 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
 
 def _listed_files(directory: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
     """Every regular file below `directory` except temporaries, the top manifest (either name), the
-    marker and `exclude`d relative path prefixes."""
+    marker, a report's files at the top (`densekit report` rewrites them whenever it runs) and
+    `exclude`d relative path prefixes."""
     files = []
     for p in sorted(directory.rglob("*")):
         if not p.is_file() or ".tmp-" in p.name:
             continue
         if p in (directory / MANIFEST, directory / LEGACY_MANIFEST, directory / MARKER):
+            continue
+        if p.parent == directory and p.name in REPORT_FILES:
             continue
         if exclude and p.relative_to(directory).as_posix().startswith(exclude):
             continue

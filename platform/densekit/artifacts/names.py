@@ -18,6 +18,9 @@ LEGACY_CONFIG = "config.yaml"
 # replaces a folder that holds this marker or a densekit manifest (it never deletes a user's files).
 MARKER = ".densekit-output"
 PART = "part-{:05d}.parquet"
+# What `densekit report` writes into the folder it reports on: derived files, rewritten by every
+# report (also while a search runs), so an output's manifest never lists them.
+REPORT_FILES = ("report.md", "report.json", "quality_vs_speed.png", "tune_curves.png", "tune_space.png")
 
 
 def manifest_file(directory: str | Path) -> Path:

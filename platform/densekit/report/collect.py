@@ -164,13 +164,13 @@ def collect(run_dir: str | Path) -> Report:
     d = Path(run_dir)
     if any(d.glob("method-*.json")):
         return _collect_method(d)
-    if (d / "trials.jsonl").is_file():
-        return _collect_tune(d)
+    if (d / "trials.jsonl").is_file() or ((d / "trials").is_dir() and (d / "base_config.yaml").is_file()):
+        return _collect_tune(d)  # a tune output, finished or not
     if (d / "summary.json").is_file() and (d / "model").is_dir():
         return _collect_train(d)
     raise ConfigError(
         f"{d}: not a method run (method-<name>.json), a train output (summary.json + model/) "
-        "or a tune output (trials.jsonl)"
+        "or a tune output (trials.jsonl, or trials/ while the search runs)"
     )
 
 
@@ -276,6 +276,22 @@ def _collect_train(d: Path) -> Report:
     return rep
 
 
+def _trial_lines(path: Path) -> list[tuple[int, dict]]:
+    """(line number, row) of each trial in a tune output's trials.jsonl."""
+    lines = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            t = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(path, line_no, f"not valid JSON ({e.msg})") from None
+        if not isinstance(t, dict) or "trial_id" not in t:
+            raise InputError(path, line_no, "expected a JSON object with a 'trial_id'")
+        lines.append((line_no, t))
+    return lines
+
+
 def _collect_tune(d: Path) -> Report:
     from densekit.report.search import collect_search
 
@@ -283,17 +299,15 @@ def _collect_tune(d: Path) -> Report:
     metric = None
     base = _read_yaml(d / "base_config.yaml")
     queries = (base.get("eval") or {}).get("queries")
-    lines = []
-    for line_no, line in enumerate((d / "trials.jsonl").read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            t = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(d / "trials.jsonl", line_no, f"not valid JSON ({e.msg})") from None
-        if not isinstance(t, dict) or "trial_id" not in t:
-            raise InputError(d / "trials.jsonl", line_no, "expected a JSON object with a 'trial_id'")
-        lines.append((line_no, t))
+    if (d / "trials.jsonl").is_file():
+        lines = _trial_lines(d / "trials.jsonl")
+    else:  # the search runs, or was killed: read the trial folders
+        from densekit.report.search import trials_so_far
+
+        lines = trials_so_far(d)
+        rep.notes.append("the search has not finished: the figures are those of each trial's latest "
+                         "checkpoint; run the same `densekit tune` command to resume it")
+    for _, t in lines:
         metric = t.get("metric", metric)
         out = Path(t.get("output", d / "trials" / t["trial_id"]))
         summary = _read_json(out / "summary.json") if (out / "summary.json").is_file() else {}

@@ -46,6 +46,53 @@ def _trial_seconds(search_dir: Path) -> dict[str, float]:
     return seconds
 
 
+STATE_FILE = "trainer_state.json"  # densekit.train.checkpoints.STATE_FILE (that module imports torch)
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def _latest_state(trial_out: Path) -> dict:
+    """The trainer state of a trial's newest complete checkpoint ({} if it has none yet)."""
+    states = []
+    for f in (trial_out / "checkpoints").glob(f"*/{STATE_FILE}"):
+        try:
+            states.append(json.loads(f.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError):
+            continue  # a checkpoint being written or removed
+    return max(states, key=lambda st: st.get("step", 0), default={})
+
+
+def trials_so_far(d: Path) -> list[tuple[int, dict]]:
+    """Rows shaped like trials.jsonl's for a search that has not finished (running, or killed and
+    not resumed yet), read from each trial's folder: its config (the searched values), its
+    evaluations (metrics.jsonl once its training ended, else its newest checkpoint's state).
+    Status: "finished" when its training ended, else "unfinished" (running, waiting, or stopped
+    by ASHA: only Tune's own state tells those apart, and it is written when the search ends)."""
+    search_cfg = _read_yaml(d / "_config.yaml")
+    keys, metric = list(search_cfg.get("space") or {}), search_cfg.get("metric", "ndcg@10")
+    rows = []
+    for out in sorted(p for p in (d / "trials").glob("*") if (p / "_config.yaml").is_file()):
+        cfg = _read_yaml(out / "_config.yaml")
+        if (out / "summary.json").is_file() and (out / "metrics.jsonl").is_file():
+            status = "finished"
+            history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+        else:
+            status, history = "unfinished", _latest_state(out).get("history", [])
+        evals = [{"step": int(h["step"]), metric: float(h[metric])} for h in history if h.get(metric) is not None]
+        best = max(evals, key=lambda e: (e[metric], -e["step"]), default=None)
+        rows.append((0, {
+            "trial_id": out.name, "params": {k: _dotted(cfg, k) for k in keys}, "status": status,
+            "metric": metric, "output": str(out), "steps": evals[-1]["step"] if evals else 0,
+            "max_steps": _dotted(cfg, "optim.max_steps"), "history": evals,
+            "best": best[metric] if best else None, "best_step": best["step"] if best else None,
+        }))
+    return rows
+
+
 def best_trial(trials: list[dict]) -> dict | None:
     """The rule `densekit tune` chooses by: the highest best metric, then the earlier best step,
     then the lower trial id (None if no trial has a finite metric)."""
@@ -96,7 +143,8 @@ def collect_search(d: Path, base: dict, lines: list[tuple[int, dict]]) -> dict:
         "metric": metric,
         "keys": keys,
         "trials": trials,
-        "counts": {s: sum(t["status"] == s for t in trials) for s in ("finished", "stopped", "error")},
+        "counts": {s: n for s in ("finished", "stopped", "error", "unfinished")  # unfinished: only if any
+                   if (n := sum(t["status"] == s for t in trials)) or s != "unfinished"},
         "default": default,
         "default_trial": default_trial["trial_id"] if default_trial else None,
         "chosen": chosen["trial_id"] if chosen else None,
@@ -144,6 +192,11 @@ def render_search(s: dict, plots: list[str]) -> list[str]:
            f"{len(trials)} trials over {', '.join(s['keys']) or 'no searched key'}, maximising dev {metric}: "
            f"{c['finished']} ran to the end ({max_steps} steps), {c['stopped']} stopped early by ASHA, "
            f"{c['error']} failed."]
+    if c.get("unfinished"):
+        out[-1] = (f"**The search has not finished** (no trials.jsonl yet; run the same `densekit tune` "
+                   f"command to resume it): {c['unfinished']} of these trials are running, waiting or were "
+                   f"stopped by ASHA, as far as their folders tell; their figures are those of their latest "
+                   f"checkpoint. " + out[-1])
     if s["trial_seconds"] is not None:
         used = s["trial_seconds"] * s["resource_per_trial"]
         out[-1] += (f" Trial time {format_duration(s['trial_seconds'])} in all; "
@@ -153,7 +206,8 @@ def render_search(s: dict, plots: list[str]) -> list[str]:
     chosen = by_id.get(s["chosen"])
     if chosen:
         where = f" (`{Path(s['best_config']).name}`)" if s["best_config"] else ""
-        out.append(f"- **Chosen**: trial {chosen['trial_id']}, {_fmt_params(chosen['params'])}: "
+        label = "Best so far" if c.get("unfinished") else "Chosen"
+        out.append(f"- **{label}**: trial {chosen['trial_id']}, {_fmt_params(chosen['params'])}: "
                    f"{metric} {chosen['best']:.4f} at step {chosen['best_step']}{where}.")
     dflt = _fmt_params(s["default"])
     if s["default_trial"]:
