@@ -95,3 +95,41 @@ def test_cli_reports_errors_without_traceback(tmp_path, capsys):
     m = method(tmp_path, '  a:\n    step: exprot\n')
     assert main(["run", str(m)]) == 2
     assert main(["run", str(m), "--from", "zzz"]) == 2
+
+
+CHAINED = """
+  search:
+    step: tune
+    set:
+      base: {base}
+      space: {{optim.lr: {{grid: [1.0e-3, 1.0e-4]}}}}
+      num_trials: 1
+      metric: ndcg@10
+  chosen:
+    step: train
+    config: "{config}"
+    set: {{optim.max_steps: 40}}
+"""
+
+
+def test_a_stage_config_written_by_an_earlier_stage(tmp_path, capsys):
+    """`config: "@search/best_config.yaml"`: a search, then its best config retrained in the same
+    method. The file does not exist until the search has run: the plan says so, and running the
+    retrain alone first fails with what to do (the run itself: tests/train/test_tune.py)."""
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        "model: {path: models/student}\ndata: {train: runs/groups}\n"
+        "losses: {contrastive: {}}\noptim: {max_steps: 8}\n"
+        "eval: {every: 4, queries: runs/q, qrels: runs/qrels, corpus: runs/corpus}\noutput: ???\n"
+    )
+    m = method(tmp_path, CHAINED.format(base=base, config="@search/best_config.yaml"))
+    assert run([str(m), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert f"in  config = {tmp_path / 'run' / 'search'}/best_config.yaml" in text
+    assert "config written by stage 'search'" in text
+    with pytest.raises(ConfigError, match="stage 'search' writes it: run that stage first"):
+        run([str(m), "--only", "chosen"])
+    for config, message in [("@chosen/x.yaml", "refers to a later stage"), ("@nope/x.yaml", "names no stage"),
+                            ("@search/../../x.yaml", "may not contain '..'")]:
+        with pytest.raises(ConfigError, match=message):
+            run([str(method(tmp_path, CHAINED.format(base=base, config=config))), "--dry-run"])

@@ -3,7 +3,9 @@
 A method file names its stages in order; each stage is one step with its config (a YAML file, a
 mapping of settings, or both). A stage's output is always `<run output>/<stage name>`; a setting
 written `@name` or `@name/sub/path` refers to the output of an earlier stage. `${vars.x}` refers to
-the method's `vars`, so a small and a full-scale version differ only in their vars and inputs.
+the method's `vars`, so a small and a full-scale version differ only in their vars and inputs. A
+stage's `config:` may be `@stage/file.yaml`, a file an earlier stage writes (a tune stage's
+best_config.yaml): checked in full once it exists.
 
 `include:` puts the stages of other method files first: the small methods share one generated
 task, one warm-up and one baseline through configs/methods/small_common.yaml, and run in one
@@ -55,7 +57,10 @@ class StageConfig:
     """One stage of a method: a step, its config file and/or settings."""
 
     step: str = opt(MISSING, "the step this stage runs (a `densekit` step name)")
-    config: Optional[str] = opt(None, "the step's YAML config (relative to the method file)")
+    config: Optional[str] = opt(
+        None, "the step's YAML config (relative to the method file), or '@stage/file.yaml': a file an "
+        "earlier stage writes, e.g. a tune stage's best_config.yaml"
+    )
     set: Dict[str, Any] = opt({}, "settings over `config` (nested or dotted keys; '@stage' = its output)")  # noqa: UP006
     about: str = opt("", "one line on what the stage does")
 
@@ -152,7 +157,7 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
         for name, stage in sub.stages.items():
             if name in stages:
                 raise ConfigError(f"{path}: stage '{name}' is also defined in {where[name]}")
-            if stage.config and not Path(stage.config).is_absolute():
+            if stage.config and not Path(stage.config).is_absolute() and not REF.match(stage.config):
                 # Absolute, so a file included through another include is not re-prefixed.
                 stage.config = str(path.parent.resolve() / stage.config)
             stages[name], where[name] = stage, path
@@ -174,6 +179,7 @@ class PlannedStage:
     config_path: Optional[Path]
     inputs: dict[str, str]  # dotted key -> path, for --dry-run and the report
     missing: list[str] = dataclasses.field(default_factory=list)  # required keys left unset
+    config_from: Optional[str] = None  # the earlier stage that writes this stage's config (not yet written)
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -280,28 +286,37 @@ def plan(method: MethodConfig, method_file: Path, deep: bool = False) -> list[Pl
             value = resolved if isinstance(value, list) else resolved[0]
             overrides.append(f"{key}={_format_value(value)}")
         overrides.append(f"output={output}")
-        config_path = None
-        if stage.config:
+        config_path, written_by = None, None
+        if stage.config and REF.match(stage.config):
+            # A config an earlier stage writes (a tune stage's best_config.yaml): checked with the
+            # stage's settings alone until that file exists, in full once it does.
+            where = f"stage '{name}': config"
+            config_path = Path(_resolve_ref(stage.config, "config", where, run_dir, method.stages, done, inputs))
+            if not config_path.is_file():
+                written_by = REF.match(stage.config).group(1)
+        elif stage.config:
             config_path = Path(stage.config)
             if not config_path.is_absolute() and not config_path.exists():
                 config_path = base / config_path
         cls = STEPS[stage.step].config_cls()
         try:
-            merged = load_config(cls, config_path, overrides, allow_missing=True)
-            missing = _check_stage(stage.step, merged, deep=deep)
+            merged = load_config(cls, None if written_by else config_path, overrides, allow_missing=True)
+            missing = [] if written_by else _check_stage(stage.step, merged, deep=deep)
         except ConfigError as e:
             raise ConfigError(f"stage '{name}' ({stage.step}): {e}") from None
-        # Any other path the step writes (output*, lookup_cache, margin_mse_tsv: artifacts.is_write_key)
-        # must stay inside the run folder (no absolute paths elsewhere, no '..' tricks).
-        for key, value in _flatten(_to_plain(merged)).items():
-            if is_write_key(key) and isinstance(value, str) and value:
-                if not _inside(Path(value), run_dir):
-                    raise ConfigError(
-                        f"stage '{name}': {key}={value} writes outside the run folder {run_dir}"
-                    )
-        planned.append(PlannedStage(name, stage.step, output, overrides, config_path, inputs, missing))
+        _check_writes(name, merged, run_dir)
+        planned.append(PlannedStage(name, stage.step, output, overrides, config_path, inputs, missing, written_by))
         done.add(name)
     return planned
+
+
+def _check_writes(name: str, cfg: Any, run_dir: Path) -> None:
+    """Any path the step writes (output*, lookup_cache, margin_mse_tsv: artifacts.is_write_key)
+    must stay inside the run folder (no absolute paths elsewhere, no '..' tricks)."""
+    for key, value in _flatten(_to_plain(cfg)).items():
+        if is_write_key(key) and isinstance(value, str) and value:
+            if not _inside(Path(value), run_dir):
+                raise ConfigError(f"stage '{name}': {key}={value} writes outside the run folder {run_dir}")
 
 
 def _to_plain(cfg: Any) -> dict:
@@ -378,10 +393,17 @@ def run(argv: list[str]) -> int:
         if stage.name in forced:
             overrides.append("overwrite=true")
         cls = STEPS[stage.step].config_cls()
+        if stage.config_from and not stage.config_path.is_file():
+            raise ConfigError(
+                f"stage '{stage.name}' ({stage.step}): its config {stage.config_path} is not there; "
+                f"stage '{stage.config_from}' writes it: run that stage first"
+            )
         try:
             cfg = load_config(cls, stage.config_path, overrides)
         except ConfigError as e:
             raise ConfigError(f"stage '{stage.name}' ({stage.step}): {e}") from None
+        if stage.config_from:  # its config was not there when the stages were planned
+            _check_writes(stage.name, cfg, run_dir)
         inputs = input_fingerprints(stage.inputs)
         if stage.name not in forced and stage_complete(stage, cfg):
             changed = changed_inputs(previous.get(stage.name, {}).get("inputs"), inputs)
@@ -447,6 +469,8 @@ def _print_plan(method: MethodConfig, stages: list[PlannedStage]) -> None:
         lines.append(f"expects {name}: {about}")
     for i, s in enumerate(stages, 1):
         lines.append(f"{i:>2}. {s.name}: {s.step}" + (f" (config {s.config_path})" if s.config_path else ""))
+        if s.config_from:
+            lines.append(f"      config written by stage '{s.config_from}': checked in full once it exists")
         for key, value in s.inputs.items():
             lines.append(f"      in  {key} = {value}")
         lines.append(f"      out {s.output}")

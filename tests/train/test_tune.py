@@ -234,3 +234,45 @@ def test_search_resumes_and_returns_the_best_config(
     whole_best = read_manifest(whole)
     assert whole_rows[[r["trial_id"] for r in whole_rows].index(whole_best["best_trial"])]["params"] == best["params"]
     assert whole_best["best"] == pytest.approx(manifest["best"], abs=1e-6)
+
+
+@pytest.mark.long
+def test_a_method_searches_then_retrains_the_chosen_config_longer(tmp_path, train_task, student_dir, ray_session):
+    """A method file with a tune stage and a train stage whose config is the search's
+    best_config.yaml (`config: "@search/best_config.yaml"`): one resumable command searches, then
+    retrains the chosen config at full length; a second run skips both."""
+    from densekit.artifacts import read_manifest
+    from densekit.methods import run
+
+    base = write_base(tmp_path / "base.yaml", train_task, student_dir)
+    m = tmp_path / "m.yaml"
+    m.write_text(yaml.safe_dump({
+        "name": "searched", "output": str(tmp_path / "run"),
+        "stages": {
+            "search": {"step": "tune", "set": {
+                "base": str(base), "num_trials": 1, "metric": "ndcg@10", "scheduler": "none",
+                "overrides": {"optim.max_steps": 16},
+                "space": {"optim.lr": {"grid": [1.0e-5, 5.0e-3]}}}},
+            "chosen": {"step": "train", "config": "@search/best_config.yaml", "set": {"optim.max_steps": 32}},
+        },
+    }, sort_keys=False))  # fmt: skip
+    assert run([str(m)]) == 0
+    out = tmp_path / "run"
+    rows = [json.loads(line) for line in (out / "search" / "trials.jsonl").read_text().splitlines()]
+    best = max(rows, key=lambda r: r["best"])
+    assert best["params"]["optim.lr"] == 5.0e-3 and all(r["steps"] == 16 for r in rows)
+    chosen = load_config(TrainConfig, out / "chosen" / "_config.yaml")
+    assert chosen.optim.lr == 5.0e-3 and chosen.optim.max_steps == 32
+    assert Path(chosen.output) == out / "chosen"  # not the search's own `retrain` folder
+    history = [json.loads(line) for line in (out / "chosen" / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in history) == 32
+    assert not (out / "search" / "retrain").exists()
+    # The method's report holds the search (its trials) and the chosen config's longer training.
+    report = (out / "report.md").read_text()
+    assert "## Search" in report and report.count("finished") >= 2 and "| chosen | 32 |" in report
+    assert (out / "tune_curves.png").is_file()
+    status = json.loads((out / "method-searched.json").read_text())
+    assert "config" in status["stages"]["chosen"]["inputs"]
+    before = read_manifest(out / "chosen")
+    assert run([str(m)]) == 0
+    assert read_manifest(out / "chosen") == before

@@ -214,6 +214,8 @@ def _collect_method(d: Path) -> Report:
             t = _training(name, out)
             if t is not None:
                 rep.trainings.append(t)
+        if st.get("step") == "tune" and rep.search is None and (out / "base_config.yaml").is_file():
+            rep.search = _collect_tune(out).search  # a search stage: its trial table and plots
         if st.get("step") != "evaluate":
             continue
         if not is_complete(out) or not (out / "metrics.json").is_file():
