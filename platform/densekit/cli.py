@@ -12,11 +12,11 @@ import os
 import signal
 import sys
 import textwrap
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from densekit import config as config_module
+from densekit import stopping
 from densekit.config import describe_fields, load_config
 from densekit.errors import DensekitError, root_cause
 from densekit.logs import setup_logging
@@ -200,9 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_step_help(name, step))
         return 0
     setup_logging(verbose_=True if verbose else None)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        sys.unraisablehook = _raise_a_lost_stop_again
+    stopping.install()
     # Which copy runs matters on a cluster: under `ray job submit` it is the one shipped by the
     # runtime env's py_modules (.../runtime_resources/py_modules_files/...), not an installed one.
     import densekit
@@ -241,42 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     return result if isinstance(result, int) else 0
 
 
-def _exit_on_sigterm(signum, frame) -> None:
-    sys.exit(signal.SIGTERM)  # unwinds as Ray's own handler (installed by ray.init) does
-
-
-_default_unraisablehook = sys.unraisablehook
-
-
-def _raise_a_lost_stop_again(unraisable) -> None:
-    """Python runs a signal's handler at the next bytecode, wherever that is; where the exception it
-    raises cannot propagate (a compiled extension's module initialisation such as `import ray`'s, a
-    `__del__`, a weakref callback) Python prints "Exception ignored in ..." and the run would go on
-    as if never stopped. Deliver the signal again, from another thread a moment later (delivered from
-    here, its handler would run inside this hook, where it is dropped too): it is handled at a later
-    bytecode of the main thread, dropped again only while still inside such a place (a no-op once
-    `_stopped` ignores both signals)."""
-    import _thread
-
-    exc = unraisable.exc_value
-    if isinstance(exc, KeyboardInterrupt):
-        signum = signal.SIGINT
-    elif isinstance(exc, SystemExit) and exc.code == signal.SIGTERM:
-        signum = signal.SIGTERM
-    else:
-        _default_unraisablehook(unraisable)
-        return
-    again = threading.Timer(0.01, _thread.interrupt_main, args=(signum,))
-    again.daemon = True
-    again.start()
-
-
 def _stopped(how: str, code: int) -> int:
     """Ctrl-C or SIGTERM: stop the Ray this process started (a cluster it joined keeps running),
     say so in one line, no traceback. Outputs stay as they are: rerun the command to resume."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the shutdown
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stopping.mark_handled()  # a second Ctrl-C must not break the shutdown
     ray = sys.modules.get("ray")
     try:
         if ray is not None and ray.is_initialized():

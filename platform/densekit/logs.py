@@ -15,6 +15,8 @@ import re
 import sys
 import time
 
+from densekit import stopping
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DATEFMT = "%H:%M:%S"
 VERBOSE_ENV = "DENSEKIT_VERBOSE"
@@ -183,6 +185,7 @@ class Progress:
                 self.bar = None
 
     def update(self, n: int = 1) -> None:
+        stopping.check()  # a Ctrl-C lost where it landed stops the loop here
         self.count += n
         if self.bar is not None:
             self.bar.update(n)

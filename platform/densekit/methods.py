@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional  # noqa: UP035
 
+from densekit import stopping
 from densekit.artifacts import is_write_key, write_json_atomic
 from densekit.config import MISSING, ConfigError, load_config, opt
 from densekit.stage_status import (
@@ -417,6 +418,7 @@ def run(argv: list[str]) -> int:
             # Stale: built from an earlier version of an input (a stage before it was redone).
             logger.info("%s: its input(s) %s changed since it ran: redoing it", label, ", ".join(changed))
             cfg = load_config(cls, stage.config_path, [*overrides, "overwrite=true"])
+        stopping.check()  # a stop lost in the stage before must not start this one
         logger.info("%s: running -> %s", label, stage.output)
         start = time.time()
         STEPS[stage.step].function()(cfg)

@@ -22,14 +22,13 @@ import logging
 import os
 import re
 import secrets
-import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from densekit import stopping
 from densekit.errors import DensekitError
 
 logger = logging.getLogger(__name__)
@@ -73,7 +72,8 @@ def init_ray(resources: Any | None = None) -> None:
             ray.init(address=address, **kwargs)
         else:
             start_local_ray(**kwargs)
-    _python_handles_sigterm()
+    stopping.reinstall()  # ray.init put its own handlers on SIGTERM
+    stopping.check()  # a Ctrl-C or SIGTERM while `import ray` or ray.init ran may have been lost there
     if not verbose:
         logs.quiet_third_party()
         logs.quiet_ray_data()
@@ -186,17 +186,6 @@ def logs_own_line(line: str) -> bool:
     from densekit.logs import OWN_LINE
 
     return bool(OWN_LINE.match(line))
-
-
-def _python_handles_sigterm() -> None:
-    """ray.init's core worker installs abseil's failure-signal handler for SIGTERM as well as for
-    crashes; on a SIGTERM to the driver it printed a C++ stack and the driver died of SIGABRT (134)
-    instead of stopping as densekit does (143, one line, the Ray it started shut down). Hand SIGTERM
-    back to Python's handler (Ray's own sys.exit(15)); crash signals keep abseil's stack dumps."""
-    if threading.current_thread() is threading.main_thread():
-        handler = signal.getsignal(signal.SIGTERM)
-        if callable(handler):
-            signal.signal(signal.SIGTERM, handler)  # sigaction again: the OS calls Python's handler
 
 
 def start_local_ray(attempts: int = START_ATTEMPTS, **kwargs: Any) -> None:
