@@ -50,6 +50,7 @@ RESERVED_KEYS = ("output", "overwrite", "eval.metric")
 # 2-CPU machine would starve its own 1-CPU worker.
 TRIAL_RESOURCES = {"CPU": 0, "memory": 256 * 2**20}
 RETRAIN_DIR = "retrain"  # the `output` written into best_config.yaml
+TEACHER_CACHE = "_teacher_cache"  # share_teacher: the frozen teacher's embeddings, read by every trial
 BASE_CONFIG = "base_config.yaml"  # the base train config as resolved when the search started
 
 
@@ -93,6 +94,15 @@ def trial_overrides(
         f"output={output}",
         "overwrite=false",
     ]
+
+
+def _with_teacher_cache(cfg: TuneConfig, base_cfg: TrainConfig, out: Path) -> list[str]:
+    """The trials' overrides, with `teacher_cache` in the search's folder when trials share the
+    teacher (they see the same batches: the same data, seed and batch size)."""
+    overrides = cfg.override_list()
+    if cfg.share_teacher and not base_cfg.teacher_cache:
+        overrides.append(f"teacher_cache={out / TEACHER_CACHE}")
+    return overrides
 
 
 def check_space(cfg: TuneConfig, base: str, metric: str) -> tuple[TrainConfig, list[TrainConfig]]:
@@ -222,6 +232,8 @@ def search(cfg: TuneConfig, callbacks: list | None = None) -> None:
     base = str(Path(cfg.base).resolve())
     metric = parse_metric(cfg.metric).name
     base_cfg, probes = check_space(cfg, base, metric)
+    if cfg.share_teacher and base_cfg.teacher is None:
+        raise ConfigError(f"share_teacher=true: {base} has no online teacher (teacher:) for the trials to share")
     rung = base_cfg.eval.every  # ASHA's unit: one evaluation round
     max_t = max(c.optim.max_steps for c in [base_cfg, *probes])
     if cfg.scheduler == "asha" and cfg.grace_period * rung > max_t:
@@ -245,7 +257,7 @@ def search(cfg: TuneConfig, callbacks: list | None = None) -> None:
 
     spec = {
         "base": base,
-        "overrides": cfg.override_list(),
+        "overrides": _with_teacher_cache(cfg, base_cfg, out),
         "metric": metric,
         "trials": str(out / "trials"),
         "cwd": os.getcwd(),
@@ -431,7 +443,7 @@ def _write_outputs(out: Path, rows: list[dict], metric: str, spec: dict) -> None
             "best_step": best["best_step"],
             "trials": counts,
         },
-        exclude=("search/", "trials/"),
+        exclude=("search/", "trials/", f"{TEACHER_CACHE}/"),
     )
     logger.info(
         "tune: best trial %s, %s=%.4f at step %d (%s); %s",

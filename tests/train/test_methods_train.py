@@ -160,3 +160,30 @@ def test_cached_teacher_embeddings_are_checked_before_training(tmp_path, train_t
         train(load_config(TrainConfig, None, [*base, "data.group_size=0", "losses={embedding_mse: {}}",
                                               f"data.teacher_embeddings={train_task['queries']}"]))
     assert not (tmp_path / "o").exists()
+
+
+def test_a_rerun_reads_the_online_teachers_embeddings_from_teacher_cache(tmp_path, train_task, student_dir, ray_session):
+    """LEAD's online teacher (per-layer views too) with `teacher_cache`: the first run computes and
+    keeps each batch's teacher embeddings, a second run with the same batches reads every one of
+    them (it computes none and writes nothing) and trains to the same losses, step for step."""
+    template, terms = METHODS["lead"]
+    paths = {"STUDENT": student_dir, "GROUPS": train_task["groups"]}
+    cache = tmp_path / "cache"
+    histories, files = {}, {}
+    for name in ("first", "again"):
+        train(load_config(TrainConfig, None, [
+            *(_fill(o, paths) for o in template), f"teacher_cache={cache}",
+            "optim.lr=5e-3", "optim.batch_size=8", f"optim.max_steps={STEPS}", "optim.warmup_steps=1",
+            "checkpoint_every=1", "resources.num_workers=1", "resources.cpus_per_worker=1",
+            f"output={tmp_path / name}",
+        ]))  # fmt: skip
+        histories[name] = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        files[name] = {p: p.stat().st_mtime_ns for p in cache.rglob("*.pt")}
+    per_step = 2  # one query and one passage tower batch a step
+    assert [h["teacher_cache_computed"] for h in histories["first"]] == [per_step * s for s in range(1, STEPS + 1)]
+    assert [h["teacher_cache_read"] for h in histories["again"]] == [per_step * s for s in range(1, STEPS + 1)]
+    assert all(h["teacher_cache_computed"] == 0 for h in histories["again"])
+    assert len(files["first"]) == per_step * STEPS and files["again"] == files["first"]
+    for a, b in zip(histories["first"], histories["again"]):
+        for term in ["loss", *(f"loss/{t}" for t in terms)]:
+            assert b[term] == pytest.approx(a[term], rel=1e-6, abs=1e-9), (term, a[term], b[term])

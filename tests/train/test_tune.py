@@ -97,6 +97,29 @@ def test_grace_period_must_fit_in_the_run(tmp_path, train_task, student_dir):
     assert not out.exists()
 
 
+def test_share_teacher_needs_an_online_teacher(tmp_path, train_task, student_dir):
+    from densekit.tune import tune
+
+    base = write_base(tmp_path / "base.yaml", train_task, student_dir)
+    out = tmp_path / "search"
+    with pytest.raises(ConfigError, match="share_teacher=true: .* has no online teacher"):
+        tune(tune_config(base, out, "share_teacher=true"))
+    assert not out.exists()
+
+
+def test_shared_teacher_trials_get_the_searchs_cache_folder_unless_the_base_names_one(tmp_path, train_task, student_dir):
+    from densekit.tune import _with_teacher_cache
+
+    base = write_base(tmp_path / "base.yaml", train_task, student_dir)
+    out = tmp_path / "search"
+    with_teacher = load_config(TrainConfig, base, [f"teacher.path={student_dir}", "output=x"])
+    assert _with_teacher_cache(tune_config(base, out), with_teacher, out) == []
+    shared = tune_config(base, out, "share_teacher=true")
+    assert _with_teacher_cache(shared, with_teacher, out) == [f"teacher_cache={out / '_teacher_cache'}"]
+    own = load_config(TrainConfig, base, [f"teacher.path={student_dir}", "teacher_cache=/elsewhere", "output=x"])
+    assert _with_teacher_cache(shared, own, out) == []
+
+
 def test_space_syntax_is_checked_when_loading():
     with pytest.raises(ConfigError, match="Did you mean 'loguniform'"):
         load_config(
@@ -276,3 +299,29 @@ def test_a_method_searches_then_retrains_the_chosen_config_longer(tmp_path, trai
     before = read_manifest(out / "chosen")
     assert run([str(m)]) == 0
     assert read_manifest(out / "chosen") == before
+
+
+@pytest.mark.long
+def test_trials_that_share_the_teacher_run_it_once_a_batch(tmp_path, train_task, student_dir, ray_session):
+    """share_teacher=true: a 2-trial grid distilling from an online teacher; the first trial
+    computes the teacher's embeddings of every batch, the second reads all of them (the same
+    batches: same data, seed and batch size); the search's manifest leaves the cache out."""
+    from densekit.artifacts import read_manifest
+    from densekit.tune import tune
+
+    base = write_base(tmp_path / "base.yaml", train_task, student_dir)
+    out = tmp_path / "search"
+    tune(load_config(TuneConfig, None, [
+        f"base={base}", f"output={out}", "num_trials=1", "scheduler=none", "max_concurrent_trials=1",
+        "share_teacher=true", "space={optim.lr: {grid: [1.0e-3, 2.0e-3]}}",
+        f"overrides={{teacher.path: {student_dir}, teacher.pooling: mean, optim.max_steps: 16,"
+        " losses: {contrastive: {weight: 1.0}, kl_distill: {weight: 1.0}}}",
+    ]))  # fmt: skip
+    rows = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert [r["params"]["optim.lr"] for r in rows] == [1.0e-3, 2.0e-3]
+    last = [json.loads((Path(r["output"]) / "metrics.jsonl").read_text().splitlines()[-1]) for r in rows]
+    assert last[0]["teacher_cache_computed"] == 2 * 16 and last[0]["teacher_cache_read"] == 0
+    assert last[1]["teacher_cache_computed"] == 0 and last[1]["teacher_cache_read"] == 2 * 16
+    assert len(list((out / "_teacher_cache").rglob("*.pt"))) == 2 * 16
+    assert not any("_teacher_cache" in f for f in read_manifest(out).get("files", {}))
+    assert load_config(TrainConfig, out / "best_config.yaml").teacher_cache == str(out / "_teacher_cache")

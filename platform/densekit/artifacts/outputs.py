@@ -42,7 +42,8 @@ def config_to_yaml(cfg: Any) -> str:
 
 # Keys that do not change what a step computes: a rerun that differs only in these reuses the output
 # (and a key of this kind added in a newer densekit does not turn older outputs into conflicts).
-NON_SEMANTIC_KEYS = frozenset({"overwrite", "resources", "output", "progress_every_s"})
+NON_SEMANTIC_KEYS = frozenset({"overwrite", "resources", "output", "progress_every_s", "teacher_cache",
+                               "share_teacher"})
 
 
 def _semantic(d: dict) -> dict:
@@ -76,7 +77,7 @@ def step_name(cfg: Any) -> str:
 
 # Config keys whose value is a path the step WRITES (the rest, when they name an existing file or
 # folder, are inputs). methods.plan keeps every one of them inside the run folder.
-WRITE_KEYS = frozenset({"lookup_cache", "margin_mse_tsv"})
+WRITE_KEYS = frozenset({"lookup_cache", "margin_mse_tsv", "teacher_cache"})
 
 
 def is_write_key(key: str) -> bool:

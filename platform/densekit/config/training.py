@@ -104,6 +104,12 @@ class TrainConfig:
     teacher: Optional[ModelConfig] = opt(
         None, "an online teacher, frozen unless a loss trains it jointly (offline: data.teacher_scores)"
     )
+    teacher_cache: Optional[str] = opt(
+        None,
+        "folder to keep a frozen bi-encoder teacher's embeddings in, by input: runs that see the same "
+        "batches (a search's trials, a retrain) read them instead of running the teacher; `tune` sets "
+        "<output>/_teacher_cache",
+    )
     data: TrainDataConfig = opt(TrainDataConfig, "training data")
     candidates: Literal["auto", "global", "group", "retrieved"] = opt(
         "auto", "what each query is scored against (auto: what the losses need)"
@@ -129,6 +135,8 @@ class TrainConfig:
     def validate(self) -> None:
         if not self.losses:
             raise ConfigError("train: no losses configured (e.g. losses: {contrastive: {weight: 1}})")
+        if self.teacher_cache and self.teacher is None:
+            raise ConfigError("teacher_cache is set but there is no online teacher (teacher:) to cache")
         if self.optim.batch_size % self.resources.num_workers:
             raise ConfigError(
                 f"optim.batch_size={self.optim.batch_size} must divide by "
@@ -173,6 +181,12 @@ class TuneConfig:
     max_concurrent_trials: int = opt(0, "trials at once; 0: as many as the cluster's CPUs (GPUs) hold")
     max_failures: int = opt(0, "retries of a crashed trial (worker crashes are survived by train's max_failures)")
     seed: Optional[int] = opt(0, "seed of the sampling (null: a different search each run)")
+    share_teacher: bool = opt(
+        False,
+        "trials share a frozen bi-encoder teacher's embeddings (train's teacher_cache, in <output>/_teacher_cache): "
+        "its forward runs once a batch for the whole search; disk: 4 bytes x dim x texts x (1 + layers "
+        "when a loss needs per-layer views) a step",
+    )
     output: str = opt(MISSING, "output folder: best_config.yaml, best/, trials.jsonl, trials/<id>/, search/")
     overwrite: bool = opt(False, "start over even if the output holds a search of this config")
     report: bool = opt(False, "at the end, write report.md, report.json and quality_vs_speed.png (densekit report)")

@@ -33,6 +33,7 @@ class BiEncoder(DenseModel):
     """Queries and passages encoded separately; score = q·p (or cosine)."""
 
     kind = "bi_encoder"
+    embed_cache = None  # an EmbedCache for a frozen teacher (models.embed_cache.attach)
 
     @classmethod
     def _make_head(cls, spec: ModelSpec, hidden: int) -> Head | None:
@@ -59,6 +60,22 @@ class BiEncoder(DenseModel):
 
     def _embed(
         self, tower: Tower, enc: dict[str, Tensor], all_layers: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        cache = self.embed_cache
+        if cache is not None and not torch.is_grad_enabled():  # a frozen teacher: read, or run and keep
+            from densekit.models.embed_cache import precision_of
+
+            side = "query" if tower is self.query_tower else "passage"
+            key = cache.key(side, enc, all_layers, precision_of(self))
+            got = cache.get(key, enc["attention_mask"].device)
+            if got is None:
+                got = self._run_embed(tower, enc, all_layers)
+                cache.put(key, *got)
+            return got
+        return self._run_embed(tower, enc, all_layers)
+
+    def _run_embed(
+        self, tower: Tower, enc: dict[str, Tensor], all_layers: bool
     ) -> tuple[Tensor, Tensor | None]:
         hidden, layers = tower.hidden(enc, all_layers)
         mask = enc["attention_mask"]

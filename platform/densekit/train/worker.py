@@ -62,6 +62,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         teacher = load_configured_model(cfg.teacher).to(device)
         if not objective.teacher_trainable:
             teacher.eval().requires_grad_(False)
+        if cfg.teacher_cache:
+            from densekit.artifacts import config_to_dict
+            from densekit.models.embed_cache import attach
+
+            attach(teacher, cfg.teacher_cache, config_to_dict(cfg.teacher), cfg.teacher.path, objective.teacher_trainable)
     student = load_configured_model(cfg.model).to(device)
     frozen = None
     if objective.needs_reference:
@@ -199,6 +204,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "queries_per_s": n_since * cfg.optim.batch_size / max(1e-9, time.time() - t0),
             "time": time.time(),  # end of the interval (unix seconds): progress over time, benchmarks
         }
+        if (cache := getattr(teacher, "embed_cache", None)) is not None:
+            # Tower batches (queries, passages) of the teacher read from teacher_cache and computed
+            # (then kept there), all ranks, since this run (re)started.
+            read, computed = _all_reduce_mean([float(cache.hits), float(cache.misses)], world, device)
+            metrics["teacher_cache_read"], metrics["teacher_cache_computed"] = read * world, computed * world
         losses_since, parts_since, n_since = 0.0, {}, 0
         is_best = False
         if do_eval:
