@@ -306,7 +306,16 @@ def search(cfg: TuneConfig, callbacks: list | None = None) -> None:
                 verbose=1,
             ),
         )
+    # Ray Tune takes Ctrl-C itself while it runs (its own SIGINT handler): it ends the trials that
+    # run, marks them TERMINATED like the ones ASHA stopped, and returns from fit as if the search
+    # were done; densekit would then write a best config of a search that never finished. Leave
+    # Ctrl-C to densekit: it stops the search as a kill does, and the same command resumes it.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     grid = tuner.fit()
+    unfinished = [t for t in grid._experiment_analysis.trials if t.status not in ("TERMINATED", "ERROR")]
+    if unfinished:
+        logger.warning("tune: stopped with %d trial(s) not finished; nothing written", len(unfinished))
+        raise KeyboardInterrupt
     rows = _trial_rows(grid, cfg, metric, spec)
     _write_outputs(out, rows, metric, spec)
 

@@ -4,6 +4,8 @@ resumed) whose best config `densekit train` accepts and whose best model really 
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -162,22 +164,25 @@ def test_search_resumes_and_returns_the_best_config(
     marker = tmp_path / "interrupted"
 
     class InterruptAfterFirstTrial(Callback):
-        """Stands for a killed driver: the search stops once two trials have ended. Once only:
-        Tune keeps its callbacks in the state it restores."""
+        """Ctrl-C once two trials have ended. Ray Tune takes SIGINT itself while it runs, saves the
+        search and returns from fit as if it were done, the third trial never started: densekit
+        must see a stop there, not a finished search. Once only: Tune keeps its callbacks in the
+        state it restores."""
 
         def on_step_begin(self, iteration, trials, **info):
-            # Raised here, the error leaves Tuner.fit (Tune swallows errors in trial hooks).
             if not marker.exists() and sum(t.status == "TERMINATED" for t in trials) >= 2:
                 marker.touch()
-                raise RuntimeError("interrupted by the test")
+                os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")  # Tune saves its state at every step
     base = write_base(tmp_path / "base.yaml", train_task, student_dir)
     out = tmp_path / "search"
     cfg = tune_config(base, out, "report=true")
-    with pytest.raises(Exception, match="interrupted by the test"):
+    with pytest.raises(KeyboardInterrupt):
         search(cfg, callbacks=[InterruptAfterFirstTrial()])
-    assert not (out / "_manifest.json").exists()
+    assert marker.exists()
+    for written in ("_manifest.json", "trials.jsonl", "best_config.yaml", "best"):
+        assert not (out / written).exists(), f"a stopped search wrote {written}"
     trials = sorted((out / "trials").iterdir())
     assert len(trials) == 2 and (trials[0] / "_manifest.json").exists(), "trial 1 finished"
     assert not (trials[1] / "_manifest.json").exists(), "ASHA stopped trial 2 before its export"
