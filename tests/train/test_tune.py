@@ -330,3 +330,50 @@ def test_trials_that_share_the_teacher_run_it_once_a_batch(tmp_path, train_task,
     assert len(list((out / "_teacher_cache").rglob("*.pt"))) == 2 * 16
     assert not any("_teacher_cache" in f for f in read_manifest(out).get("files", {}))
     assert load_config(TrainConfig, out / "best_config.yaml").teacher_cache == str(out / "_teacher_cache")
+
+
+@pytest.mark.long
+def test_ctrl_c_stops_a_search_and_the_same_command_resumes_it(tmp_path, train_task, student_dir):
+    """`densekit tune` in a terminal: Ctrl-C (SIGINT to its process group) while a trial trains
+    stops the command (130, one line), with nothing of a result written; the same command then
+    runs both trials to their full length (the interrupted one was not taken for finished)."""
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[2]
+    base = write_base(tmp_path / "base.yaml", train_task, student_dir)
+    out = tmp_path / "search"
+    spec = tmp_path / "tune.yaml"
+    spec.write_text(yaml.safe_dump({
+        "base": str(base), "output": str(out), "num_trials": 1, "scheduler": "none", "max_concurrent_trials": 1,
+        "space": {"optim.lr": {"grid": [5.0e-3, 2.0e-3]}},
+    }))  # fmt: skip
+    env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(root / "platform"), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "densekit.cli", "tune", str(spec)]
+    log = tmp_path / "first.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            deadline = time.time() + 600
+            while proc.poll() is None and not list(out.glob("trials/*/checkpoints/*")) and time.time() < deadline:
+                time.sleep(0.2)
+            assert proc.poll() is None, log.read_text()[-3000:]
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    text = log.read_text(errors="replace")
+    assert proc.returncode == 130, text[-3000:]
+    assert "interrupted (SIGINT): stopped; rerun the same command to resume" in text, text[-3000:]
+    for written in ("_manifest.json", "trials.jsonl", "best_config.yaml", "best"):
+        assert not (out / written).exists(), f"a stopped search wrote {written}"
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert [r["params"]["optim.lr"] for r in rows] == [5.0e-3, 2.0e-3]
+    assert [(r["status"], r["steps"]) for r in rows] == [("finished", 24), ("finished", 24)], rows
