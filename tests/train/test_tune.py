@@ -178,8 +178,13 @@ def test_search_resumes_and_returns_the_best_config(
     base = write_base(tmp_path / "base.yaml", train_task, student_dir)
     out = tmp_path / "search"
     cfg = tune_config(base, out, "report=true")
-    with pytest.raises(KeyboardInterrupt):
-        search(cfg, callbacks=[InterruptAfterFirstTrial()])
+    # Ctrl-C at its default, as in a terminal (a test run started with nohup or `&` ignores it).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            search(cfg, callbacks=[InterruptAfterFirstTrial()])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert marker.exists()
     for written in ("_manifest.json", "trials.jsonl", "best_config.yaml", "best"):
         assert not (out / written).exists(), f"a stopped search wrote {written}"
