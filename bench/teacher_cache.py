@@ -6,10 +6,12 @@ teacher's embeddings read from the cache against the same run computing them, si
 Run it where the config's relative paths resolve (for the real-tier LEAD config: after
 `densekit run configs/methods/real/lead.yaml`, in the same folder). First a run with
 `teacher_cache` computes and keeps the teacher's embeddings of every batch (2 CPUs). Then two runs
-of the same steps AT THE SAME TIME, one Ray Train worker of 1 CPU each on a 2-CPU local Ray, so
-both see the same load: one computes the teacher as without a cache, one reads it. Each reports
+of the same batches AT THE SAME TIME, one Ray Train worker of 1 CPU each on a 2-CPU local Ray, so
+both see the same load: one computes the teacher as without a cache, one reads it (the faster,
+it runs twice the steps, so the machine stays shared until the other ends). Each reports
 queries/s per interval between checkpoints (reading, collating, tokenising, forward, backward,
-optimizer; no dev evaluation); the first interval (start-up) is dropped. Printed: both
+optimizer; no dev evaluation); the first interval (start-up) is dropped, and only intervals
+inside the time both ran are compared. Printed: both
 throughputs, the ratio, the reading run's count of batches read and computed (all read, none
 computed), and the largest difference between the two runs' losses (the cache changes nothing).
 """
