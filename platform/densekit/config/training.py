@@ -107,8 +107,8 @@ class TrainConfig:
     teacher_cache: Optional[str] = opt(
         None,
         "folder to keep a frozen bi-encoder teacher's embeddings in, by input: runs that see the same "
-        "batches (a search's trials, a retrain) read them instead of running the teacher; `tune` sets "
-        "<output>/_teacher_cache",
+        "batches (a search's trials, a retrain) read them instead of running the teacher; a search with share_teacher "
+        "sets <output>/_teacher_cache",
     )
     data: TrainDataConfig = opt(TrainDataConfig, "training data")
     candidates: Literal["auto", "global", "group", "retrieved"] = opt(
