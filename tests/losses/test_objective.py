@@ -43,6 +43,24 @@ def test_weighted_sum(st, helpers):
     assert objective.last_terms["margin_mse"].item() == pytest.approx(0.3125)
 
 
+def test_a_term_at_weight_0_is_off(st, helpers):
+    """Not computed (margin_mse would fail without teacher scores), not logged, and what only it
+    needs is not asked for; every term at weight 0 is a config error."""
+    s, t = st
+    objective = build_objective({"nll": {"weight": 0.5}, "margin_mse": {"weight": 0}, "layer_distill": {"weight": 0.0, "params": {"num_layers": 2}}})
+    assert not objective.needs_teacher and not objective.needs_layers
+    assert set(objective.terms) == {"nll", "margin_mse", "layer_distill"}  # kept: a checkpoint's keys
+    batch = helpers.batch_with_teacher_scores(t)
+    batch.teacher_scores = None  # labels only: margin_mse, if computed, would fail
+    value = objective(helpers.group_output(s), batch)
+    torch.testing.assert_close(value, 0.5 * info_nce(s, torch.zeros(2, dtype=torch.long)))
+    assert set(objective.last_terms) == {"nll"}
+    # ADORE's loss at weight 0 no longer forces retrieved candidates on the contrastive term.
+    assert build_objective({"contrastive": {}, "adore_lambda": {"weight": 0, "params": {"metric_cut": 200}}}).candidates("bi_encoder") == ("global", None)
+    with pytest.raises(ConfigError, match="every loss has weight 0"):
+        build_objective({"nll": {"weight": 0}, "kl_distill": {"weight": 0.0}})
+
+
 def test_loss_config_objects_are_accepted(st, helpers):
     from densekit.config import LossConfig
 

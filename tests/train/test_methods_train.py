@@ -187,3 +187,32 @@ def test_a_rerun_reads_the_online_teachers_embeddings_from_teacher_cache(tmp_pat
     for a, b in zip(histories["first"], histories["again"]):
         for term in ["loss", *(f"loss/{t}" for t in terms)]:
             assert b[term] == pytest.approx(a[term], rel=1e-6, abs=1e-9), (term, a[term], b[term])
+
+
+@pytest.mark.long
+def test_a_loss_at_weight_0_is_off_and_its_teacher_is_never_run(tmp_path, train_task, student_dir, ray_session):
+    """LEAD's terms with the teacher's two at weight 0 (a labels-only twin): the teacher is never
+    run (its teacher_cache stays empty), the off terms are not logged, and the run trains to the
+    same losses, step for step, as the same config with no teacher at all, which the config
+    check now accepts (no loss that needs one is on)."""
+    template, _ = METHODS["lead"]
+    paths = {"STUDENT": student_dir, "GROUPS": train_task["groups"]}
+    off = "losses={nll: {weight: 1.0}, kl_distill: {weight: 0}, layer_distill: {weight: 0.0, params: " \
+          "{mapping: random, num_layers: 2, layer_temperature: 10.0, reweight: true}}}"
+    common = ["optim.lr=5e-3", "optim.batch_size=8", f"optim.max_steps={STEPS}", "optim.warmup_steps=1",
+              "checkpoint_every=1", "resources.num_workers=1", "resources.cpus_per_worker=1"]
+    cache = tmp_path / "cache"
+    base = [_fill(o, paths) for o in template if not o.startswith("losses=")]
+    runs = {
+        "with_teacher": [*base, off, f"teacher_cache={cache}"],
+        "no_teacher": [*(o for o in base if not o.startswith("teacher.")), off],
+    }
+    histories = {}
+    for name, overrides in runs.items():
+        train(load_config(TrainConfig, None, [*overrides, *common, f"output={tmp_path / name}"]))
+        histories[name] = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert not cache.exists() or not any(cache.rglob("*.pt")), "the teacher ran"
+    for a, b in zip(histories["with_teacher"], histories["no_teacher"], strict=True):
+        assert "loss/nll" in a and "loss/kl_distill" not in a and "loss/layer_distill" not in a, a
+        assert "teacher_cache_computed" not in a, a
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["loss/nll"] == pytest.approx(b["loss/nll"], rel=1e-6)

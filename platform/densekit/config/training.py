@@ -117,7 +117,7 @@ class TrainConfig:
     train_query_encoder_only: bool = opt(
         False, "freeze the passage tower (ADORE, query-encoder distillation)"
     )
-    losses: Dict[str, LossConfig] = opt({}, "loss name -> {weight, params}; the total is the weighted sum")  # noqa: UP006
+    losses: Dict[str, LossConfig] = opt({}, "loss name -> {weight, params}; the total is the weighted sum (a term at weight 0 is off)")  # noqa: UP006
     optim: OptimConfig = opt(OptimConfig, "optimizer and schedule")
     eval: EvalConfig = opt(EvalConfig, "periodic evaluation")
     retrieved: RetrievedConfig = opt(RetrievedConfig, "ADORE's fixed index")

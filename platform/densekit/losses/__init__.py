@@ -65,6 +65,7 @@ class Objective(nn.Module):
         teacher_trainable: the teacher is trained jointly (optimise its parameters too).
         last_terms: each term's (unweighted) value at the last call, detached tensors for logging
             (no device sync until the trainer reads them).
+        active: the terms with a non-zero weight (the only ones computed; `terms` keeps them all).
     """
 
     def __init__(self, losses: Mapping[str, tuple[float, Loss]]):
@@ -73,26 +74,31 @@ class Objective(nn.Module):
             raise ConfigError("losses: name at least one loss (one of: " + ", ".join(LOSSES) + ")")
         self.terms = nn.ModuleDict({name: loss for name, (_, loss) in losses.items()})
         self.weights = {name: float(w) for name, (w, _) in losses.items()}
-        self.teacher_trainable = any(getattr(loss, "joint", False) for _, loss in losses.values())
+        # A term at weight 0 is off: not computed, not logged, and what only it needs (a teacher,
+        # layer outputs) is not run. It stays in `terms` so checkpoints keep the same keys.
+        self.active = {name: loss for name, loss in self.terms.items() if self.weights[name] != 0.0}
+        if not self.active:
+            raise ConfigError("losses: every loss has weight 0; give at least one a non-zero weight")
+        self.teacher_trainable = any(getattr(loss, "joint", False) for loss in self.active.values())
         for loss in self.terms.values():
             loss.detach_teacher = not self.teacher_trainable
         self.last_terms: dict[str, Tensor] = {}
 
     @property
     def needs_teacher(self) -> bool:
-        return any(loss.needs_teacher for loss in self.terms.values())
+        return any(loss.needs_teacher for loss in self.active.values())
 
     @property
     def needs_reference(self) -> bool:
-        return any(loss.needs_reference for loss in self.terms.values())
+        return any(loss.needs_reference for loss in self.active.values())
 
     @property
     def needs_layers(self) -> bool:
-        return any(loss.needs_layers for loss in self.terms.values())
+        return any(loss.needs_layers for loss in self.active.values())
 
     @property
     def needs_passages(self) -> bool:
-        return any(loss.needs_scores for loss in self.terms.values())
+        return any(loss.needs_scores for loss in self.active.values())
 
     def candidates(
         self, student_kind: str, teacher_kind: str | None = None
@@ -106,7 +112,7 @@ class Objective(nn.Module):
         Raises:
             ConfigError: a loss cannot use what the models can score, naming both.
         """
-        scored = [n for n, loss in self.terms.items() if loss.needs_scores]
+        scored = [n for n, loss in self.active.items() if loss.needs_scores]
         retrieved = [n for n in scored if self.terms[n].modes == ("retrieved",)]
         if not scored:
             return None, None
@@ -141,7 +147,7 @@ class Objective(nn.Module):
     ) -> Tensor:
         total: Tensor | None = None
         self.last_terms = {}
-        for name, loss in self.terms.items():
+        for name, loss in self.active.items():
             value = loss(student, batch, teacher=teacher, reference=reference)
             self.last_terms[name] = value.detach()
             term = self.weights[name] * value

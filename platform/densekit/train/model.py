@@ -53,7 +53,7 @@ def candidate_modes(cfg: TrainConfig, objective=None) -> tuple[str, str | None]:
     student, teacher = objective.candidates(model_kind(cfg.model), model_kind(cfg.teacher))
     if cfg.candidates != "auto":
         student = cfg.candidates
-        for loss in objective.terms.values():  # before any worker starts, not in its first step
+        for loss in objective.active.values():  # before any worker starts, not in its first step
             if loss.needs_scores:
                 try:
                     loss.pick_mode(student, teacher if (loss.needs_teacher or loss.needs_layers) else None)
@@ -62,7 +62,7 @@ def candidate_modes(cfg: TrainConfig, objective=None) -> tuple[str, str | None]:
     if cfg.data.teacher_embeddings is not None:
         if cfg.teacher is not None:
             raise ConfigError("give either `teacher` (run online) or data.teacher_embeddings (read from disk), not both")
-        other = [name for name, t in objective.terms.items() if t.needs_teacher and name != "embedding_mse"]
+        other = [name for name, t in objective.active.items() if t.needs_teacher and name != "embedding_mse"]
         if other:
             raise ConfigError(
                 f"data.teacher_embeddings holds query embeddings, which only embedding_mse reads; "
