@@ -221,7 +221,7 @@ def tune(cfg: TuneConfig) -> None:
 
 def search(cfg: TuneConfig, callbacks: list | None = None) -> None:
     """`tune` with extra Tune callbacks on the driver (tests use one to interrupt a search)."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
     from densekit.metrics import parse_metric
@@ -272,17 +272,7 @@ def search(cfg: TuneConfig, callbacks: list | None = None) -> None:
             str(experiment), trainable, resume_unfinished=True, resume_errored=False
         )
     else:
-        scheduler = (
-            ASHAScheduler(
-                time_attr="step",  # Train's optimizer step: the same after a resumed trial
-                max_t=max_t,
-                grace_period=cfg.grace_period * rung,
-                reduction_factor=cfg.reduction_factor,
-                stop_last_trials=False,  # a trial at max_steps ends by itself, after its export
-            )
-            if cfg.scheduler == "asha"
-            else FIFOScheduler()
-        )
+        scheduler = asha_scheduler(cfg, rung, max_t) if cfg.scheduler == "asha" else FIFOScheduler()
         concurrent = cfg.max_concurrent_trials or _cluster_fit(base_cfg)
         logger.info(
             "tune: %d trial(s) of %s over %s, %d at once, %s, maximising %s -> %s",
@@ -390,6 +380,26 @@ def _seconds(result: dict) -> float | None:
 
 def _plain(v: Any) -> Any:
     return json.loads(_override_value(v))
+
+
+def asha_scheduler(cfg: TuneConfig, rung: int, max_steps: int):
+    """ASHA over Train's optimizer step, stopping a trial only before its last step.
+
+    ASHA puts a rung wherever grace x reduction_factor^k falls; when that is max_steps itself (300
+    steps, rungs of 100, factor 3) it stopped a trial at its final report, which cut the trial's
+    export (model/, best/, manifest) for nothing: the trial had done its work. So its max_t is one
+    step short of max_steps (no rung at the end), and stop_last_trials=False lets trials run on.
+    """
+    from ray.tune.schedulers import ASHAScheduler
+
+    grace = cfg.grace_period * rung
+    return ASHAScheduler(
+        time_attr="step",  # Train's optimizer step: the same after a resumed trial
+        max_t=max(max_steps - 1, grace),
+        grace_period=grace,
+        reduction_factor=cfg.reduction_factor,
+        stop_last_trials=False,  # a trial at max_steps ends by itself, after its export
+    )
 
 
 def _best_row(rows: list[dict]) -> dict:

@@ -122,6 +122,29 @@ def test_shared_teacher_trials_get_the_searchs_cache_folder_unless_the_base_name
     assert _with_teacher_cache(shared, own, out) == []
 
 
+def test_asha_never_stops_a_trial_at_its_last_step(tmp_path, train_task, student_dir):
+    """Rungs of 8 steps, grace 1, factor 3, 24 steps: ASHA's rungs fall at 8 and 24. A trial that
+    trails at step 24 has finished: stopping it there only cut its export. It still stops a
+    trailing trial at step 8."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from densekit.tune import asha_scheduler
+
+    cfg = tune_config(write_base(tmp_path / "base.yaml", train_task, student_dir), tmp_path / "out", "grace_period=1", "reduction_factor=3")
+    asha = asha_scheduler(cfg, rung=8, max_steps=24)
+    asha.set_search_properties("ndcg@10", "max")
+    a, b, c = (SimpleNamespace(trial_id=i, config={}) for i in "abc")
+    for t in (a, b, c):
+        asha.on_trial_add(None, t)
+    act = lambda t, step, v: asha.on_trial_result(None, t, {"step": step, "ndcg@10": v})  # noqa: E731
+    assert act(a, 8, 0.5) == act(b, 8, 0.6) == TrialScheduler.CONTINUE
+    assert act(c, 8, 0.1) == TrialScheduler.STOP, "a trailing trial is still stopped at a rung"
+    assert act(a, 24, 0.9) == TrialScheduler.CONTINUE
+    assert act(b, 24, 0.1) == TrialScheduler.CONTINUE, "a trial was stopped at its last step"
+
+
 def test_space_syntax_is_checked_when_loading():
     with pytest.raises(ConfigError, match="Did you mean 'loguniform'"):
         load_config(
