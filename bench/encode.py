@@ -10,8 +10,9 @@ Targets: densekit >= 1.0x the plain loop's throughput and >= 1.1x sentence-trans
 the time the model's linear layers would take on the corpus's real (unpadded) tokens, each at the
 speed this machine runs a matmul of its shape in isolation (measured in the same run, same
 threads), divided by the method's time.
-Without --model, a 6-layer, 384-wide BERT is built with build_tiny_model (random weights: the
-speed is what counts here). Without --corpus, a synthetic corpus with realistic length spread.
+Each method's line is printed as soon as it has run (a 100,000-document run takes over an hour a
+method on a 2-core CPU). Without --model, a 6-layer, 384-wide BERT with mean pooling is built with
+build_tiny_model (random weights: the speed is what counts here). Without --corpus, a synthetic corpus with realistic length spread.
 """
 
 from __future__ import annotations
@@ -215,7 +216,8 @@ def main() -> None:
 
         _, texts, _ = load_corpus(args.corpus, 2000)
         model = str(build_tiny_model(scratch / "model", texts, layers=6, hidden=384, heads=12,
-                                     intermediate=1536, vocab_size=8000, seed=0))
+                                     intermediate=1536, vocab_size=8000,
+                                     max_positions=max(512, args.max_length), pooling="mean", seed=0))
     big = args.docs * args.scale
     pids, texts, titles = load_corpus(args.corpus, big)
     joined = [f"{ti} {t}" if ti else t for ti, t in zip(titles, texts)]  # what title=prepend encodes
@@ -224,6 +226,22 @@ def main() -> None:
     print(f"model {model}; {args.docs} / {big} documents; batch {args.batch_size}, max_length "
           f"{args.max_length}, {args.threads} threads; machine: {os.cpu_count()} CPUs", flush=True)
 
+    # The roofline first (seconds of work), so that each method's line, printed as soon as it has
+    # run, can give its share: a 100,000-document run takes over an hour a method on a small CPU.
+    shapes = linear_shapes(model)
+    flops = {shape: matmul_flops(shape) for shape in sorted(set(shapes))}
+    tokens = count_tokens(model, joined, args.max_length)
+    roof_s = roofline_seconds(shapes, tokens, flops)
+    gflops = ", ".join(f"{i}x{o}: {f / 1e9:.1f}" for (i, o), f in flops.items())
+    print(f"\nlinear-layer roofline: {len(shapes)} linear layers, {tokens} real tokens in {big} documents; "
+          f"matmul GFLOP/s by shape ({args.threads} threads): {gflops}; "
+          f"the linear layers alone need {roof_s:.1f} s ({big / roof_s:.1f} docs/s)", flush=True)
+
+    def share(rows_per_s: float) -> str:
+        return f"{100 * rows_per_s / (big / roof_s):.0f}% of the roofline"
+
+    print(f"\nthroughput on {big} documents (end-to-end wall time, model loading included; each line "
+          f"printed when its method has run):", flush=True)
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=args.threads, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     ray_start = time.perf_counter() - t0
@@ -233,43 +251,30 @@ def main() -> None:
         d10 = densekit_encode(model, big_dir, scratch / f"emb_{args.scale}x", args)
     finally:
         ray.shutdown()
-    plain = None if args.no_plain else plain_hf_loop(model, joined, args)
-    st = st_encode(model, joined, args) if (Path(model) / "modules.json").exists() else None
-
-    from densekit.artifacts import read_table
-
-    ours = np.array(read_table(scratch / f"emb_{args.scale}x").column("embedding").to_pylist(), np.float32)
     # Marginal throughput: the 1x and 10x runs pay the same start-up (Ray Data, actors, model
     # loading), so the difference of their times is the time of the extra documents alone.
     marginal = (d10["rows"] - d1["rows"]) / max(d10["wall_s"] - d1["wall_s"], 1e-9)
     d10["steady_rows_per_s"] = marginal
     # End to end: Ray's start counts once, for the large run (the small one only sets the margin).
     d10["rows_per_s"] = d10["rows"] / (d10["wall_s"] + ray_start)
-    shapes = linear_shapes(model)
-    flops = {shape: matmul_flops(shape) for shape in sorted(set(shapes))}
-    tokens = count_tokens(model, joined, args.max_length)
-    roof_s = roofline_seconds(shapes, tokens, flops)
-    gflops = ", ".join(f"{i}x{o}: {f / 1e9:.1f}" for (i, o), f in flops.items())
-    print(f"\nlinear-layer roofline: {len(shapes)} linear layers, {tokens} real tokens in {big} documents; "
-          f"matmul GFLOP/s by shape ({args.threads} threads): {gflops}; "
-          f"the linear layers alone need {roof_s:.1f} s ({big / roof_s:.1f} docs/s)")
-    print(f"\nthroughput on {big} documents (end-to-end wall time, model loading included for densekit):")
-
-    def share(rows_per_s: float) -> str:
-        return f"{100 * rows_per_s / (big / roof_s):.0f}% of the roofline"
-
     if marginal > big / roof_s:
         print("  (the marginal figure is above the roofline: the two runs' start-up times differ by more "
               "than the extra documents take; measure with a larger --docs)")
-
     print(f"  densekit encode       {d10['rows_per_s']:8.1f} docs/s  ({d10['wall_s'] + ray_start:.1f} s with "
           f"Ray's start {ray_start:.1f} s; {share(d10['rows_per_s'])}; {marginal:.1f} docs/s marginal, i.e. "
-          f"without start-up: (N10x - N1x) / (T10x - T1x), {share(marginal)})")
+          f"without start-up: (N{args.scale}x - N1x) / (T{args.scale}x - T1x), {share(marginal)})", flush=True)
+
+    from densekit.artifacts import read_table
+
+    ours = np.array(read_table(scratch / f"emb_{args.scale}x").column("embedding").to_pylist(), np.float32)
+    plain = None if args.no_plain else plain_hf_loop(model, joined, args)
     if plain:
-        print(f"  plain HF loop         {plain['rows_per_s']:8.1f} docs/s  ({plain['wall_s']:.1f} s; {share(plain['rows_per_s'])})")
+        print(f"  plain HF loop         {plain['rows_per_s']:8.1f} docs/s  ({plain['wall_s']:.1f} s; "
+              f"{share(plain['rows_per_s'])})", flush=True)
+    st = st_encode(model, joined, args) if (Path(model) / "modules.json").exists() else None
     if st:
         print(f"  sentence-transformers {st['rows_per_s']:8.1f} docs/s  ({st['wall_s']:.1f} s with model "
-              f"loading {st['load_s']:.1f} s; {share(st['rows_per_s'])})")
+              f"loading {st['load_s']:.1f} s; {share(st['rows_per_s'])})", flush=True)
     if plain:
         print(f"  densekit / plain loop: {d10['rows_per_s'] / plain['rows_per_s']:.2f}x end-to-end, "
               f"{d10['steady_rows_per_s'] / plain['rows_per_s']:.2f}x marginal (target >= 1.0x)")
