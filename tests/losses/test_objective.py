@@ -49,6 +49,9 @@ def test_a_term_at_weight_0_is_off(st, helpers):
     s, t = st
     objective = build_objective({"nll": {"weight": 0.5}, "margin_mse": {"weight": 0}, "layer_distill": {"weight": 0.0, "params": {"num_layers": 2}}})
     assert not objective.needs_teacher and not objective.needs_layers
+    assert not objective.reads_teacher  # so an online teacher is not loaded (train/worker.py)
+    assert build_objective({"nll": {}, "layer_distill": {"params": {"num_layers": 2}}}).reads_teacher
+    assert not build_objective({"nll": {}, "lwf": {}}).reads_teacher  # LwF reads the student's own copy
     assert set(objective.terms) == {"nll", "margin_mse", "layer_distill"}  # kept: a checkpoint's keys
     batch = helpers.batch_with_teacher_scores(t)
     batch.teacher_scores = None  # labels only: margin_mse, if computed, would fail

@@ -89,6 +89,11 @@ class Objective(nn.Module):
         return any(loss.needs_teacher for loss in self.active.values())
 
     @property
+    def reads_teacher(self) -> bool:
+        """Whether any active term reads the teacher (an online teacher is needed only then)."""
+        return any(loss.reads_teacher for loss in self.active.values())
+
+    @property
     def needs_reference(self) -> bool:
         return any(loss.needs_reference for loss in self.active.values())
 
@@ -130,7 +135,7 @@ class Objective(nn.Module):
             teacher = "group" if teacher_kind == "cross_encoder" else student
         for name in scored:
             loss = self.terms[name]
-            t_mode = teacher if (loss.needs_teacher or loss.needs_layers) else None
+            t_mode = teacher if loss.reads_teacher else None
             try:
                 loss.pick_mode(student, t_mode)
             except ValueError as e:

@@ -57,6 +57,11 @@ class Loss(nn.Module):
         # distillation): teacher terms then pass gradients to the teacher too.
         self.detach_teacher = True
 
+    @property
+    def reads_teacher(self) -> bool:
+        """Whether the loss reads the teacher at all (its outputs, offline scores or layers)."""
+        return self.needs_teacher or self.needs_layers
+
     # --- choosing the candidate mode -----------------------------------------------------------
 
     def pick_mode(self, *modes: str | None) -> str:

@@ -56,7 +56,7 @@ def candidate_modes(cfg: TrainConfig, objective=None) -> tuple[str, str | None]:
         for loss in objective.active.values():  # before any worker starts, not in its first step
             if loss.needs_scores:
                 try:
-                    loss.pick_mode(student, teacher if (loss.needs_teacher or loss.needs_layers) else None)
+                    loss.pick_mode(student, teacher if loss.reads_teacher else None)
                 except ValueError as e:
                     raise ConfigError(f"candidates: {student}: {e}") from None
     if cfg.data.teacher_embeddings is not None:

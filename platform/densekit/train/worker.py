@@ -58,7 +58,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # [1] Models: the student, an online teacher (frozen, or trained jointly when a loss says so),
     # and for LwF a frozen copy of the student as the stage starts.
     teacher = None
-    if cfg.teacher is not None and not (objective.needs_teacher or objective.needs_layers):
+    if cfg.teacher is not None and not objective.reads_teacher:
         if rank == 0:
             logger.info("teacher %s not loaded: every loss that reads it has weight 0", cfg.teacher.path)
     elif cfg.teacher is not None:
