@@ -236,9 +236,12 @@ def search(cfg: TuneConfig, callbacks: list | None = None) -> None:
         raise ConfigError(f"share_teacher=true: {base} has no online teacher (teacher:) for the trials to share")
     rung = base_cfg.eval.every  # ASHA's unit: one evaluation round
     max_t = max(c.optim.max_steps for c in [base_cfg, *probes])
-    if cfg.scheduler == "asha" and cfg.grace_period * rung > max_t:
+    if cfg.scheduler == "asha" and cfg.grace_period * rung >= max_t:
+        # At max_steps itself a rung could only stop trials that have finished (asha_scheduler).
         raise ConfigError(
-            f"grace_period={cfg.grace_period} evaluation rounds of {rung} steps exceed max_steps={max_t}"
+            f"grace_period={cfg.grace_period} evaluation rounds of {rung} steps "
+            f"{'exceed' if cfg.grace_period * rung > max_t else 'reach'} max_steps={max_t}: ASHA would "
+            "have no rung before the end; lower grace_period or eval.every, or set scheduler=none"
         )
     # The tune config names its base by path: a search is the same only if the base still
     # resolves to the same train config (kept as base_config.yaml).

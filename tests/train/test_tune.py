@@ -96,6 +96,9 @@ def test_grace_period_must_fit_in_the_run(tmp_path, train_task, student_dir):
         ConfigError, match="grace_period=4 evaluation rounds of 8 steps exceed max_steps=24"
     ):
         tune(tune_config(base, out, "grace_period=4"))
+    # A first rung at the last step stops nothing that has not finished: refused as well.
+    with pytest.raises(ConfigError, match="3 evaluation rounds of 8 steps reach max_steps=24: ASHA would have no rung"):
+        tune(tune_config(base, out, "grace_period=3"))
     assert not out.exists()
 
 
