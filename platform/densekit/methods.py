@@ -129,11 +129,13 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
         if path.resolve() in _seen or path.resolve() == method_file.resolve():
             raise ConfigError(f"{method_file}: include {path.name} includes itself (a cycle)")
     seen = (*_seen, method_file.resolve())
-    # The including file's vars override the included files' vars of the same name (a documents
-    # variant = the passage method with other data paths and lengths).
+    # The including file's vars (and the command line's) override the included files' vars of the
+    # same name (a documents variant = the passage method with other data paths and lengths): a var
+    # goes to an include that declares it, itself or through its own includes (query_align.yaml's
+    # `vars.sentence_queries=...` reaches real_common.yaml through real_groups.yaml).
     shared = []
     for path in includes:
-        names = load_config(MethodConfig, path, []).vars  # this file's vars only, its includes unread
+        names = _declared_vars(path, seen)
         shared.append([f"vars.{k}={_format_value(v)}" for k, v in own.vars.items() if k in names])
     # Each include as it is used (with those vars): the stages it defines.
     included = [load_method(p, sv, seen) for p, sv in zip(includes, shared)]
@@ -169,6 +171,17 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
     method.stages, method.include = stages, []
     method.validate()
     return method
+
+
+def _declared_vars(method_file: Path, seen: tuple = ()) -> set[str]:
+    """The names of the vars a method file declares, with those of the files it includes."""
+    own = load_config(MethodConfig, method_file, [])
+    names = set(own.vars)
+    for inc in own.include:
+        path = Path(inc) if Path(inc).is_absolute() else method_file.parent / inc
+        if path.resolve() not in seen and path.resolve() != method_file.resolve():
+            names |= _declared_vars(path, (*seen, method_file.resolve()))
+    return names
 
 
 @dataclass

@@ -156,6 +156,19 @@ def test_command_line_overrides_reach_the_included_stages():
         load_method(path, ["stages.nosuch.set.x=1"])
 
 
+def test_a_vars_override_reaches_a_file_included_two_levels_down():
+    # query_align.yaml includes real_groups.yaml, which includes real_common.yaml: only the last
+    # declares sentence_queries (the trainset's unjudged sentences), and the command line's value
+    # must reach it (it was dropped at real_groups.yaml, which does not declare it).
+    path = ROOT / "configs" / "methods" / "real" / "query_align.yaml"
+    assert load_method(path).stages["train_data"].set["sentence_queries"] == 20000
+    method = load_method(path, ["vars.sentence_queries=5000", "vars.teacher=all-mpnet-base-v2"])
+    assert method.stages["train_data"].set["sentence_queries"] == 5000
+    # A var two files declare still reaches both: the teacher of the shared and of the own stages.
+    assert method.stages["teacher_emb_scifact"].set["model"].endswith("/all-mpnet-base-v2")
+    assert method.stages["qa"].set["model"]["path"].endswith("/all-mpnet-base-v2")
+
+
 def test_a_stage_setting_can_be_removed_on_the_command_line():
     # Swap a stage's loss: `~stages.mmse.set.losses.margin_mse stages.mmse.set.losses.nll.weight=1`;
     # in an included file's stage too.
