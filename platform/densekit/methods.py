@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional  # noqa: UP035
 
 from densekit import stopping
 from densekit.artifacts import is_write_key, write_json_atomic
-from densekit.config import MISSING, ConfigError, load_config, opt
+from densekit.config import MISSING, ConfigError, load_config, opt, unknown_name
 from densekit.stage_status import (
     changed_inputs,
     input_fingerprints,
@@ -119,6 +119,12 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
     """
     method_file = Path(method_file)
     overrides = list(overrides or [])
+    if not _seen:  # the command line's vars: a name no file of the method declares is a typo
+        given = [ov.lstrip("~").split("=", 1)[0][len("vars."):] for ov in overrides if ov.lstrip("~").startswith("vars.")]
+        declared = _declared_vars(method_file) if given else set()
+        for name in given:
+            if name.split(".", 1)[0] not in declared:
+                raise ConfigError(f"{method_file}: vars.{name}: " + unknown_name("var", name.split(".", 1)[0], sorted(declared)))
     # Include paths may name vars (`include: ["${vars.data}"]`): they resolve with the overriding
     # vars (an including file's or the command line's), so a documents variant can swap the data file.
     own = load_config(MethodConfig, method_file, [ov for ov in overrides if ov.lstrip("~").startswith("vars.")])

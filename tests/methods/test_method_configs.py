@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from densekit.config import ConfigError
 from densekit.methods import load_method, run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,6 +168,9 @@ def test_a_vars_override_reaches_a_file_included_two_levels_down():
     # A var two files declare still reaches both: the teacher of the shared and of the own stages.
     assert method.stages["teacher_emb_scifact"].set["model"].endswith("/all-mpnet-base-v2")
     assert method.stages["qa"].set["model"]["path"].endswith("/all-mpnet-base-v2")
+    # A var no file of the method declares is a typo, not a silent no-op.
+    with pytest.raises(ConfigError, match=r"vars.sentence_query: unknown var 'sentence_query'.*Did you mean 'sentence_queries'"):
+        load_method(path, ["vars.sentence_query=5000"])
 
 
 def test_a_stage_setting_can_be_removed_on_the_command_line():
