@@ -121,7 +121,8 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
     overrides = list(overrides or [])
     if not _seen:  # the command line's vars: a name no file of the method declares is a typo
         given = [ov.lstrip("~").split("=", 1)[0][len("vars."):] for ov in overrides if ov.lstrip("~").startswith("vars.")]
-        declared = _declared_vars(method_file) if given else set()
+        var_overrides = [ov for ov in overrides if ov.lstrip("~").startswith("vars.")]
+        declared = _declared_vars(method_file, (), var_overrides) if given else set()
         for name in given:
             if name.split(".", 1)[0] not in declared:
                 raise ConfigError(f"{method_file}: vars.{name}: " + unknown_name("var", name.split(".", 1)[0], sorted(declared)))
@@ -179,11 +180,11 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
     return method
 
 
-def _declared_vars(method_file: Path, seen: tuple = ()) -> set[str]:
-    """The names of the vars a method file declares, with those of the files it includes."""
-    own = load_config(MethodConfig, method_file, [])
-    names = set(own.vars)
-    for inc in own.include:
+def _declared_vars(method_file: Path, seen: tuple = (), var_overrides: list[str] | None = None) -> set[str]:
+    """The names of the vars a method file declares, with those of the files it includes (which
+    `var_overrides` may choose: `include: ["${vars.data}"]`)."""
+    names = set(load_config(MethodConfig, method_file, []).vars)
+    for inc in load_config(MethodConfig, method_file, var_overrides or []).include:
         path = Path(inc) if Path(inc).is_absolute() else method_file.parent / inc
         if path.resolve() not in seen and path.resolve() != method_file.resolve():
             names |= _declared_vars(path, (*seen, method_file.resolve()))

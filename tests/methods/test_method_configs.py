@@ -64,6 +64,10 @@ def test_a_vars_override_swaps_an_included_file():
     method = load_method(path, ["vars.data=msmarco_doc_data.yaml"])
     assert Path(method.stages["corpus"].config).name == "msmarco_docs.yaml"
     assert Path(load_method(path).stages["corpus"].config).name == "msmarco_passages.yaml"
+    # A var only the swapped-in file declares is accepted with it, refused without it.
+    assert load_method(path, ["vars.data=msmarco_doc_data.yaml", "vars.bm25_depth=50"])
+    with pytest.raises(ConfigError, match="unknown var 'bm25_depth'"):
+        load_method(path, ["vars.bm25_depth=50"])
 
 
 @pytest.mark.parametrize("path", METHOD_FILES, ids=lambda p: p.stem)
