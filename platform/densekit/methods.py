@@ -119,16 +119,15 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
     """
     method_file = Path(method_file)
     overrides = list(overrides or [])
-    if not _seen:  # the command line's vars: a name no file of the method declares is a typo
-        given = [ov.lstrip("~").split("=", 1)[0][len("vars."):] for ov in overrides if ov.lstrip("~").startswith("vars.")]
-        var_overrides = [ov for ov in overrides if ov.lstrip("~").startswith("vars.")]
-        declared = _declared_vars(method_file, (), var_overrides) if given else set()
-        for name in given:
-            if name.split(".", 1)[0] not in declared:
-                raise ConfigError(f"{method_file}: vars.{name}: " + unknown_name("var", name.split(".", 1)[0], sorted(declared)))
+    var_overrides = [ov for ov in overrides if ov.lstrip("~").startswith("vars.")]
+    given = {ov.lstrip("~").split("=", 1)[0][5:].split(".", 1)[0] for ov in var_overrides}
+    if given and not _seen:  # the command line's vars: a name no file of the method declares is a typo
+        declared = _declared_vars(method_file, (), var_overrides)
+        for name in sorted(given - declared):
+            raise ConfigError(f"{method_file}: vars.{name}: " + unknown_name("var", name, sorted(declared)))
     # Include paths may name vars (`include: ["${vars.data}"]`): they resolve with the overriding
     # vars (an including file's or the command line's), so a documents variant can swap the data file.
-    own = load_config(MethodConfig, method_file, [ov for ov in overrides if ov.lstrip("~").startswith("vars.")])
+    own = load_config(MethodConfig, method_file, var_overrides)
     if not own.include:
         return load_config(MethodConfig, method_file, overrides)
     includes = [Path(inc) if Path(inc).is_absolute() else method_file.parent / inc for inc in own.include]
@@ -137,9 +136,8 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
             raise ConfigError(f"{method_file}: include {path.name} includes itself (a cycle)")
     seen = (*_seen, method_file.resolve())
     # The including file's vars (and the command line's) override the included files' vars of the
-    # same name (a documents variant = the passage method with other data paths and lengths): a var
-    # goes to an include that declares it, itself or through its own includes (query_align.yaml's
-    # `vars.sentence_queries=...` reaches real_common.yaml through real_groups.yaml).
+    # same name (a documents variant: other data paths and lengths), in each include that declares
+    # the var itself or through its own includes (real_groups.yaml passes on real_common.yaml's).
     shared = []
     for path in includes:
         names = _declared_vars(path, seen)
@@ -181,8 +179,7 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
 
 
 def _declared_vars(method_file: Path, seen: tuple = (), var_overrides: list[str] | None = None) -> set[str]:
-    """The names of the vars a method file declares, with those of the files it includes (which
-    `var_overrides` may choose: `include: ["${vars.data}"]`)."""
+    """The vars a method file and the files it includes declare (`var_overrides` choose the includes)."""
     names = set(load_config(MethodConfig, method_file, []).vars)
     for inc in load_config(MethodConfig, method_file, var_overrides or []).include:
         path = Path(inc) if Path(inc).is_absolute() else method_file.parent / inc
