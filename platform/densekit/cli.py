@@ -91,6 +91,11 @@ STEPS: dict[str, Step] = {
         "densekit.pipelines.score:score",
         "ScoreConfig",
     ),
+    "rerank": Step(
+        "rerank each query's top candidates of a run with a cross-encoder (or another teacher) -> a run",
+        "densekit.pipelines.rerank:rerank",
+        "RerankConfig",
+    ),
     "evaluate": Step(
         "MRR@k, nDCG@k, Recall@k, MAP of a run (pytrec_eval); paired significance tests vs a baseline",
         "densekit.pipelines.evaluate:evaluate",

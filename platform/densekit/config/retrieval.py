@@ -1,4 +1,4 @@
-"""Configs of the retrieval steps: encode, index, search, evaluate, mine, score."""
+"""Configs of the retrieval steps: encode, index, search, evaluate, mine, score, rerank."""
 
 from __future__ import annotations
 
@@ -230,5 +230,32 @@ class ScoreConfig:
     def validate(self) -> None:
         if not self.teachers:
             raise ConfigError("teachers is empty: give at least one {model: DIR}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(unknown_name("precision", self.precision, PRECISIONS))
+
+
+@dataclass
+class RerankConfig:
+    """Rerank each query's top candidates of a run with a teacher (cross-encoder, ColBERT, bi-encoder)."""
+
+    run: str = opt(MISSING, "run table (qid, pid, rank, score) whose top candidates are reranked")
+    queries: str = opt(MISSING, "queries table (qid, text) of the run's queries")
+    corpus: str = opt(MISSING, "corpus table (pid, text, title) of the run's passages")
+    output: str = opt(MISSING, "run table of the reranked candidates (score = the reranker's) + _run.trec")
+    reranker: str = opt(MISSING, "reranker model directory (densekit checkpoint or HF / sentence-transformers)")
+    kind: str = opt("auto", f"one of {', '.join(TEACHER_KINDS)}; auto: as saved in the checkpoint")
+    max_length: Optional[int] = opt(None, "override the reranker's max token length")
+    depth: int = opt(100, "candidates reranked per query: the run's top `depth` (the rest are dropped)")
+    batch_size: int = opt(64, "query-passage pairs per forward pass")
+    precision: str = opt("auto", f"autocast on CUDA: one of {', '.join(PRECISIONS)} (auto = fp16)")
+    tag: str = opt("densekit-rerank", "run tag written in the TREC file")
+    resources: ResourcesConfig = opt(ResourcesConfig, "num_workers: reranker actors (GPU each if use_gpu)")
+    overwrite: bool = opt(False, "replace a complete output made with another config")
+
+    def validate(self) -> None:
+        if self.depth < 1 or self.batch_size < 1:
+            raise ConfigError(f"rerank: depth and batch_size must be >= 1, got {self.depth} and {self.batch_size}")
+        if self.kind not in TEACHER_KINDS:
+            raise ConfigError(unknown_name("reranker kind", self.kind, TEACHER_KINDS))
         if self.precision not in PRECISIONS:
             raise ConfigError(unknown_name("precision", self.precision, PRECISIONS))

@@ -122,7 +122,7 @@ def mine(cfg) -> None:
 
         def flush() -> None:
             if pending:
-                writer.write(_groups_batch(pending, corpus, queries, cfg))
+                writer.write(groups_batch(pending, corpus, queries, cfg))
                 pending.clear()
 
         for qid, pids, ranks, *rest in iter_query_runs(cfg.run, with_scores=cfg.run_scores):
@@ -166,7 +166,7 @@ def mine(cfg) -> None:
     write_manifest(out, "mine", {"counts": counts, "run": str(cfg.run), "qrels": str(cfg.qrels)})
 
 
-def _groups_batch(pending, corpus, queries, cfg) -> pa.RecordBatch:
+def groups_batch(pending, corpus, queries, cfg) -> pa.RecordBatch:
     """Fill in query and passage texts for a list of (qid, positives, negatives)."""
     qids = [q for q, *_ in pending]
     qpos = queries.find(qids)
