@@ -29,6 +29,19 @@ def test_kl_distill_by_hand_and_t2_scaling(st):
     assert kl_distill(s, s, 4.0).item() == pytest.approx(0.0, abs=1e-7)
 
 
+def test_kl_distill_with_its_own_teacher_temperature(st):
+    s, t = st
+    # p_s = softmax(s / 0.5), p_t = softmax(t / 2): Σ p_t log(p_t / p_s) / 2 queries, times 0.5²
+    assert kl_distill(s, t, 0.5, teacher_temperature=2.0).item() == pytest.approx(0.09528384612252305, rel=1e-5)
+    # dividing the teacher by T_t is rescaling its scores by T / T_t at the common T
+    torch.testing.assert_close(kl_distill(s, t, 0.5, teacher_temperature=2.0), kl_distill(s, t * 0.25, 0.5))
+    assert kl_distill(s, t, 0.5, teacher_temperature=None).item() == pytest.approx(kl_distill(s, t, 0.5).item())
+    loss = KLDistill(temperature=0.5, teacher_temperature=2.0)
+    assert loss.teacher_temperature == 2.0
+    with pytest.raises(ValueError, match="teacher_temperature"):
+        KLDistill(temperature=0.5, teacher_temperature=0.0)
+
+
 def test_kl_distill_at_t1_equals_f_kl_div(st):
     s, t = st
     expected = F.kl_div(F.log_softmax(s, -1), F.softmax(t, -1), reduction="batchmean")

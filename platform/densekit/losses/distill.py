@@ -36,18 +36,22 @@ def kl_scores(
     teacher_scores: Tensor,
     temperature: float = 1.0,
     keep: Tensor | None = None,
+    teacher_temperature: float | None = None,
 ) -> Tensor:
-    """KL(softmax(t/T) ‖ softmax(s/T)), mean over queries ("batchmean"), without T² scaling.
+    """KL(softmax(t/T_t) ‖ softmax(s/T)), mean over queries ("batchmean"), without T² scaling.
 
     Args:
         student_scores, teacher_scores: `[B, C]` over the same candidates.
-        temperature: T, applied to both.
+        temperature: T, applied to the student's scores (and the teacher's unless teacher_temperature).
         keep: `[B, C]` bool; dropped columns get no probability on either side.
+        teacher_temperature: T_t for the teacher's scores when they are on another scale (a
+            cross-encoder's logits teaching a cosine student); None = T.
     """
     B, C = check_shape("student_scores", student_scores, (None, None), "kl").shape
     check_shape("teacher_scores", teacher_scores, (B, C), "kl")
+    t_temp = temperature if teacher_temperature is None else teacher_temperature
     log_s = torch.log_softmax(masked(student_scores / temperature, keep), dim=-1)
-    log_t = torch.log_softmax(masked(teacher_scores / temperature, keep), dim=-1)
+    log_t = torch.log_softmax(masked(teacher_scores / t_temp, keep), dim=-1)
     terms = log_t.exp() * (log_t - log_s)  # [B, C]
     if keep is not None:  # 0 * (-inf - -inf) is nan: dropped columns contribute nothing
         terms = terms.masked_fill(~keep, 0.0)
@@ -59,10 +63,12 @@ def kl_distill(
     teacher_scores: Tensor,
     temperature: float = 1.0,
     keep: Tensor | None = None,
+    teacher_temperature: float | None = None,
 ) -> Tensor:
-    """T² · KL(softmax(t/T) ‖ softmax(s/T)); at T = 1 equal to F.kl_div(log_softmax(s), softmax(t), "batchmean")."""
+    """T² · KL(softmax(t/T_t) ‖ softmax(s/T)), T_t = T unless given; at T = 1 equal to
+    F.kl_div(log_softmax(s), softmax(t), "batchmean")."""
     # Gradients of the softened KL shrink as 1/T²: scale back (Hinton et al.), as PROD does.
-    return kl_scores(student_scores, teacher_scores, temperature, keep) * temperature**2
+    return kl_scores(student_scores, teacher_scores, temperature, keep, teacher_temperature) * temperature**2
 
 
 def embedding_mse(student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
@@ -107,7 +113,8 @@ class _Tempered(Loss):
 class KLDistill(_Tempered):
     """T² · KL(softmax(t/T) ‖ softmax(s/T)) over the teacher's candidates: a bi-encoder or ColBERT
     teacher scored over global candidates distils over them; a cross-encoder teacher (or offline
-    scores) over each query's group.
+    scores) over each query's group. `teacher_temperature` divides the teacher's scores instead of
+    T where they are on another scale (a cross-encoder's logits against a cosine student's scores).
 
     Inputs:
         student.scores; teacher scores (`teacher` output or the batch's `teacher_scores`).
@@ -121,9 +128,15 @@ class KLDistill(_Tempered):
     modes = ("global", "group")
     needs_teacher = True
 
+    def __init__(self, temperature: float = 1.0, teacher_temperature: float | None = None):
+        super().__init__(temperature)
+        if teacher_temperature is not None and teacher_temperature <= 0:
+            raise ValueError(f"teacher_temperature must be positive, got {teacher_temperature}")
+        self.teacher_temperature = teacher_temperature
+
     def forward(self, student: ModelOutput, batch, teacher=None, reference=None) -> Tensor:
         s, t, cands = self.scores_pair(student, self.teacher_output(teacher, batch), "teacher")
-        return kl_distill(s, self._t(t), self.temperature, cands.valid)
+        return kl_distill(s, self._t(t), self.temperature, cands.valid, self.teacher_temperature)
 
 
 class LwF(_Tempered):
