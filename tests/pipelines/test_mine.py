@@ -136,3 +136,33 @@ def test_run_scores_become_teacher_scores(tmp_path, task):
         assert "d_unretrieved" not in {p[R.PID] for p in g[R.POSITIVES]}
     counts = read_manifest(out)["counts"]
     assert counts["positives_not_retrieved"] == 1 and counts["no_retrieved_positive"] == 0
+
+
+def test_positive_rank_window_keeps_the_queries_the_run_gets_wrong(tmp_path, write_table):
+    # Best positive at rank 1 (a), 3 (b), 16 (c), missed by the run (d); b's second positive at 9.
+    pids = [f"d{i}" for i in range(20)] + ["far"]
+    corpus = write_table(tmp_path / "corpus", R.CORPUS_SCHEMA, {
+        R.PID: pids, R.TEXT: [f"text of {p}" for p in pids], R.TITLE: [""] * len(pids)})
+    queries = write_table(tmp_path / "queries", R.QUERIES_SCHEMA, {R.QID: list("abcd"), R.TEXT: list("abcd")})
+    best = {"a": 1, "b": 3, "c": 16}
+    qrels = [(q, f"d{r - 1}", 1) for q, r in best.items()] + [("b", "d8", 2), ("d", "far", 1)]
+    qrels_dir = write_table(tmp_path / "qrels", R.QRELS_SCHEMA, {
+        R.QID: [r[0] for r in qrels], R.PID: [r[1] for r in qrels], R.RELEVANCE: [r[2] for r in qrels]})
+    run = [(q, f"d{r - 1}", r) for q in "abcd" for r in range(1, 21)]
+    run_dir = write_table(tmp_path / "run", R.RUN_SCHEMA, {
+        R.QID: [r[0] for r in run], R.PID: [r[1] for r in run], R.RANK: [r[2] for r in run],
+        R.SCORE: [-float(r[2]) for r in run]})
+    task = {"run": run_dir, "qrels": qrels_dir, "queries": queries, "corpus": corpus}
+
+    mine(_cfg(task, tmp_path / "all", "max_rank=15", "num_negatives=15", "strategy=top"))
+    assert [g[R.QID] for g in read_table(tmp_path / "all").to_pylist()] == list("abcd")
+    mine(_cfg(task, tmp_path / "window", "max_rank=15", "num_negatives=15", "strategy=top",
+              "positive_min_rank=2", "positive_max_rank=15"))
+    kept = read_table(tmp_path / "window").to_pylist()
+    assert [g[R.QID] for g in kept] == ["b"]  # its best positive (rank 3) decides, not the one at 9
+    assert [p[R.PID] for p in kept[0][R.POSITIVES]] == ["d8", "d2"]
+    assert read_manifest(tmp_path / "window")["counts"]["positive_rank_outside"] == 3
+    mine(_cfg(task, tmp_path / "below", "max_rank=15", "num_negatives=15", "positive_min_rank=2"))
+    assert [g[R.QID] for g in read_table(tmp_path / "below").to_pylist()] == ["b", "c"]
+    with pytest.raises(Exception, match="positive_min_rank"):
+        _cfg(task, tmp_path / "bad", "positive_min_rank=5", "positive_max_rank=2")

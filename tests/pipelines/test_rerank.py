@@ -92,6 +92,17 @@ def test_rerank_orders_the_top_candidates_by_the_cross_encoder(tmp_path, ray_ses
 
 
 @pytest.mark.ray
+def test_rerank_only_the_judged_queries(tmp_path, ray_session, cross_encoder, tables, write_table):
+    corpus, queries, run = tables
+    qrels = write_table(tmp_path / "qrels", R.QRELS_SCHEMA, {R.QID: ["q2", "q2"], R.PID: ["d5", "d1"],
+                                                             R.RELEVANCE: [1, 0]})
+    rerank(_cfg(tmp_path, corpus, queries, run, cross_encoder, f"qrels={qrels}"))
+    out = read_table(tmp_path / "reranked").to_pylist()
+    assert {r[R.QID] for r in out} == {"q2"} and len(out) == 2
+    assert read_manifest(tmp_path / "reranked")["num_queries"] == 1
+
+
+@pytest.mark.ray
 def test_rerank_names_a_passage_missing_from_the_corpus(tmp_path, ray_session, cross_encoder, tables, write_table):
     corpus, queries, _ = tables
     run = write_table(tmp_path / "bad_run", R.RUN_SCHEMA, {

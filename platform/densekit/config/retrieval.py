@@ -181,10 +181,25 @@ class MineConfig:
         "store the run's score of every passage as its teacher `score` (the mining retriever is the teacher: "
         "Margin-MSE / KL from a DE teacher without a `score` step); positives the run missed are dropped",
     )
+    positive_min_rank: int = opt(
+        1, "keep only the queries whose best positive the run ranks at this rank or lower (PROD: 2)"
+    )
+    positive_max_rank: Optional[int] = opt(
+        None, "... and at this rank or higher (PROD: 15, the queries its select step can keep, before a "
+        "cross-encoder scores them); with either set, a query whose positive the run missed is dropped",
+    )
     rows_per_part: int = opt(100_000, "groups per Parquet part")
     overwrite: bool = opt(False, "replace a complete output made with another config")
 
+    def positive_window(self) -> bool:
+        """True when queries are kept by their best positive's rank."""
+        return self.positive_min_rank > 1 or self.positive_max_rank is not None
+
     def validate(self) -> None:
+        if self.positive_min_rank < 1 or (self.positive_max_rank is not None
+                                          and self.positive_max_rank < self.positive_min_rank):
+            raise ConfigError(f"need 1 <= positive_min_rank <= positive_max_rank, got "
+                              f"{self.positive_min_rank}..{self.positive_max_rank}")
         if not 1 <= self.min_rank <= self.max_rank:
             raise ConfigError(f"need 1 <= min_rank <= max_rank, got {self.min_rank}..{self.max_rank}")
         if self.num_negatives < 1 or self.min_negatives < 0:
@@ -246,6 +261,9 @@ class RerankConfig:
     kind: str = opt("auto", f"one of {', '.join(TEACHER_KINDS)}; auto: as saved in the checkpoint")
     max_length: Optional[int] = opt(None, "override the reranker's max token length")
     depth: int = opt(100, "candidates reranked per query: the run's top `depth` (the rest are dropped)")
+    qrels: Optional[str] = opt(
+        None, "rerank only the queries this qrels table judges (e.g. a test split of a run over every query)"
+    )
     batch_size: int = opt(64, "query-passage pairs per forward pass")
     precision: str = opt("auto", f"autocast on CUDA: one of {', '.join(PRECISIONS)} (auto = fp16)")
     tag: str = opt("densekit-rerank", "run tag written in the TREC file")

@@ -3,7 +3,9 @@
 Per query: positives are the qrels with relevance >= positive_level; negatives come from the run's
 ranks [min_rank, max_rank] after removing EVERY judged-relevant document (relevance > 0), not only
 the first positive (LEAD's upstream code drops only the first one, a bug). Then n are sampled
-(seeded per qid) or the top n are kept, in rank order. Texts come from the corpus and queries
+(seeded per qid) or the top n are kept, in rank order. With positive_min_rank / positive_max_rank,
+only the queries whose best positive the run ranks inside that window get a group (PROD's select
+keeps no other, so its cross-encoder need not score them). Texts come from the corpus and queries
 tables through densekit.data.lookup (bounded memory), so the run is streamed query by query.
 """
 
@@ -113,6 +115,8 @@ def mine(cfg) -> None:
               "judged_relevant_removed": 0, "qrels_queries_not_in_run": 0}
     if cfg.run_scores:
         counts.update(positives_not_retrieved=0, no_retrieved_positive=0)
+    if cfg.positive_window():
+        counts["positive_rank_outside"] = 0
     run_qids: set[str] = set()
     progress = Progress(logger, "mine", unit="queries")
     with TableLookup.for_table(cfg.corpus, R.PID, [R.TEXT, R.TITLE]) as corpus, \
@@ -134,6 +138,12 @@ def mine(cfg) -> None:
             if not positives:
                 counts["no_positive"] += 1
                 continue
+            if cfg.positive_window():
+                best = min((r for p, r in zip(pids, ranks) if judged.get(p, 0) >= cfg.positive_level), default=None)
+                if best is None or best < cfg.positive_min_rank or (
+                        cfg.positive_max_rank is not None and best > cfg.positive_max_rank):
+                    counts["positive_rank_outside"] += 1
+                    continue
             scores = None
             if cfg.run_scores:  # the run's scores become the groups' teacher scores
                 scores = dict(zip(pids, rest[0]))

@@ -3,8 +3,9 @@
 The run's top `depth` passages of every query become one candidate group (texts from the corpus and
 queries tables), the `score` step's Ray Data actor pool scores every (query, passage) pair, and the
 groups are written back as a run, ordered by the reranker's score (ties keep the first run's
-order). Its output is a run table like `search`'s, so `evaluate` compares the reranker with the
-retriever it reranks on the same queries: how a cross-encoder teacher is checked before it teaches.
+order); with `qrels`, only the queries it judges are reranked. Its output is a run table like
+`search`'s, so `evaluate` compares the reranker with the retriever it reranks on the same queries:
+how a cross-encoder teacher is checked before it teaches.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def rerank(cfg) -> None:
     from densekit.models import check_model_files
     from densekit.pipelines.embeddings import model_fingerprint
 
-    for path in (cfg.run, cfg.queries, cfg.corpus):
+    for path in (cfg.run, cfg.queries, cfg.corpus, *([cfg.qrels] if cfg.qrels else [])):
         read_manifest(path)
     check_model_files(cfg.reranker)  # before any text is read or Ray starts
     out = Path(cfg.output)
@@ -64,7 +65,7 @@ def rerank(cfg) -> None:
         write_manifest(out, "rerank", {
             "run": str(cfg.run), "reranker": str(cfg.reranker),
             "reranker_fingerprint": model_fingerprint(cfg.reranker), "depth": cfg.depth,
-            "num_queries": n_queries, "pairs": pairs,
+            "num_queries": n_queries, "pairs": pairs, "qrels": cfg.qrels,
         })
     logger.info("rerank: %d queries, top %d each (%d pairs, %d run rows) -> %s",
                 n_queries, cfg.depth, pairs, n_rows, out)
@@ -75,12 +76,19 @@ def _candidates(cfg, groups: Path) -> tuple[int, int]:
     from densekit.data.lookup import TableLookup
     from densekit.pipelines.mine import groups_batch, iter_query_runs
 
+    judged = None
+    if cfg.qrels:
+        from densekit.pipelines.evaluate import load_qrels
+
+        judged = set(load_qrels(cfg.qrels))
     n_queries = pairs = 0
     with TableLookup.for_table(cfg.corpus, R.PID, [R.TEXT, R.TITLE]) as corpus, \
             TableLookup.for_table(cfg.queries, R.QID, [R.TEXT]) as queries, \
             TableWriter(groups, R.GROUPS_SCHEMA, rows_per_part=100_000) as writer:
         pending: list[tuple] = []
         for qid, pids, ranks in iter_query_runs(cfg.run):
+            if judged is not None and qid not in judged:
+                continue
             order = np.argsort(np.asarray(ranks), kind="stable")[: cfg.depth]
             top = [pids[i] for i in order]
             pending.append((qid, [], top, None))
@@ -91,6 +99,11 @@ def _candidates(cfg, groups: Path) -> tuple[int, int]:
                 pending.clear()
         if pending:
             writer.write(groups_batch(pending, corpus, queries, cfg))
+    if n_queries == 0:
+        from densekit.errors import InputError
+
+        raise InputError(cfg.run, None, "no query to rerank: the run is empty" + (
+            f" or none of its queries is judged in {cfg.qrels}" if cfg.qrels else ""))
     write_manifest(groups, "rerank-candidates", {"run": str(cfg.run)})
     return n_queries, pairs
 
