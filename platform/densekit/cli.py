@@ -6,6 +6,7 @@ Steps are listed once, in STEPS. Their modules are imported only when the step r
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -37,8 +38,21 @@ class Step:
     config: str | None = None  # class name in densekit.config
 
     def function(self) -> Callable:
+        """The step's function; a step with a config class holds its output's lock while it runs
+        (densekit.artifacts.output_lock: one writer per output, however it was started)."""
         module, _, name = self.run.partition(":")
-        return getattr(importlib.import_module(module), name)
+        fn = getattr(importlib.import_module(module), name)
+        if self.config is None:
+            return fn
+
+        @functools.wraps(fn)
+        def locked(cfg, *args, **kwargs):
+            from densekit.artifacts import output_lock
+
+            with output_lock(getattr(cfg, "output", None), name):
+                return fn(cfg, *args, **kwargs)
+
+        return locked
 
     def config_cls(self) -> type | None:
         return getattr(config_module, self.config) if self.config else None

@@ -52,6 +52,10 @@ class WriteError(DensekitError):
     marked complete: the output has no manifest, and a rerun resumes or starts over."""
 
 
+class OutputBusyError(DensekitError):
+    """Another densekit process is writing the same output directory (it holds the output's lock)."""
+
+
 def root_cause(error: BaseException) -> BaseException:
     """The exception a Ray task, actor or Ray Data function raised, behind Ray's wrappers
     (`RayTaskError.cause`, Train's per-worker errors); `error` itself when it wraps nothing."""

@@ -22,6 +22,8 @@ from densekit.artifacts.files import (
     atomic_path,
     fsync_dir,
     is_write_failure,
+    lock_path,
+    output_lock,
     scratch_dir,
     tmp_name,
     write_json_atomic,
@@ -65,7 +67,7 @@ from densekit.artifacts.tables import (
 __all__ = [
     "CONFIG", "LEGACY_CONFIG", "LEGACY_MANIFEST", "MANIFEST", "MARKER", "NON_SEMANTIC_KEYS", "PART", "WRITE_ERRNOS", "WRITE_KEYS",
     "TableWriter", "atomic_path", "check_output_paths", "config_changes", "config_file", "config_to_dict",
-    "config_to_yaml", "fsync_dir", "input_paths", "is_complete", "is_write_failure", "is_write_key",
+    "config_to_yaml", "fsync_dir", "input_paths", "is_complete", "is_write_failure", "is_write_key", "lock_path", "output_lock",
     "iter_table", "manifest_file", "open_part", "output_owner", "prepare_output", "read_manifest", "read_table",
     "scratch_dir", "sha256_file", "step_name", "table_parts", "table_rows", "tmp_name",
     "write_json_atomic", "write_manifest", "write_marker", "write_text_atomic", "writing",

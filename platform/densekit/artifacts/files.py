@@ -1,4 +1,5 @@
-"""Atomic files and directories, and the turning of a failed write into a WriteError."""
+"""Atomic files and directories, the lock a step holds on its output, and the turning of a failed
+write into a WriteError."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from densekit.artifacts.names import MANIFEST
-from densekit.errors import DensekitError, WriteError, root_cause
+from densekit.errors import DensekitError, OutputBusyError, WriteError, root_cause
 
 
 def tmp_name(path: Path) -> Path:
@@ -118,3 +119,57 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 def scratch_dir(prefix: str = "densekit-") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def lock_path(directory: str | Path) -> Path:
+    """The lock file of an output directory: `.<name>.lock` beside it."""
+    directory = Path(directory)
+    return directory.with_name(f".{directory.name}.lock")
+
+
+@contextlib.contextmanager
+def output_lock(directory: str | Path | None, step: str) -> Iterator[None]:
+    """Hold an exclusive lock on `directory` while a step writes it: a second densekit process
+    that would write the same output (the same command started twice, two methods sharing a run
+    folder) is refused at once instead of both writing into it. The lock is an flock on
+    `.<name>.lock` beside the directory, released (and the file removed) when the step ends, also
+    by a crash: the kernel drops the lock of a dead process.
+
+    Raises:
+        OutputBusyError: another process holds the lock (its pid and step are named).
+    """
+    if directory is None:
+        yield
+        return
+    import fcntl
+
+    path = lock_path(directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise OutputBusyError(
+                f"{step}: {directory} is being written by {holder}; wait for it to finish (or stop "
+                f"it) before writing the same output, or choose another output"
+            ) from None
+        try:  # the holder before us may have removed the file after we opened it: lock the new one
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        import socket
+
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} ({step})\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)  # closing drops the flock
