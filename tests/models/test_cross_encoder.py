@@ -53,3 +53,23 @@ def test_cross_encoder_has_one_tower(arch_dirs):
     with pytest.raises(ValueError, match="one tower"):
         build_model(ModelSpec(kind="cross_encoder", shared=False), arch_dirs["bert"])
     assert isinstance(load_model(arch_dirs["bert"], kind="cross_encoder"), CrossEncoder)
+
+
+def test_a_cross_encoder_starts_from_a_sentence_transformers_directory(tmp_path, arch_dirs, data):
+    """PROD's CEs start from pretrained sentence encoders: the ST folder's transformer, a new head."""
+    from sentence_transformers import SentenceTransformer, models
+
+    st = SentenceTransformer(modules=[models.Transformer(str(arch_dirs["bert"]), max_seq_length=64),
+                                      models.Pooling(32, pooling_mode="mean"), models.Normalize()],
+                             device="cpu")
+    st.save(str(tmp_path / "st"))
+    torch.manual_seed(0)
+    ce = load_model(tmp_path / "st", kind="cross_encoder")
+    assert isinstance(ce, CrossEncoder)
+    hf = AutoModel.from_pretrained(str(tmp_path / "st")).eval()
+    enc = ce.tokenize_pairs(data.queries, data.passages[:3])
+    with torch.no_grad():
+        h = hf(**enc).last_hidden_state[:, 0]  # the ST transformer's own weights under the head
+        head = ce.query_tower.head.linear
+        torch.testing.assert_close(ce.score_pairs(**enc), h @ head.weight[0] + head.bias[0], atol=1e-5, rtol=1e-5)
+    assert load_model(tmp_path / "st").kind == "bi_encoder"  # without a kind it stays the bi-encoder

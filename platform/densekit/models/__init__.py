@@ -64,7 +64,8 @@ def load_model(
             plain Hugging Face encoder directory (as a bi-encoder: with overrides["pooling"] or a
             1_Pooling/config.json; refused otherwise).
         kind: expected kind; checked against a saved spec, or chosen for a plain HF directory
-            (default bi_encoder).
+            (default bi_encoder); a cross_encoder or colbert from a sentence-transformers
+            directory starts from its transformer with a new head.
         device: move the model there (e.g. "cuda:0"); default: stay on CPU.
         overrides: spec fields to change (None values ignored), e.g. {"max_passage_length": 512}.
 
@@ -81,6 +82,13 @@ def load_model(
         _check_kind(root, kind, spec.kind)
         spec = spec.replace(**overrides)
         model = model_class(spec.kind).from_pretrained(root, spec, head_required=True)
+    elif kind not in (None, "bi_encoder") and spec_from_sentence_transformers(root) is not None:
+        # A sentence encoder as the start of a cross-encoder or ColBERT (PROD's CEs start from
+        # pretrained encoders): its transformer, a new head.
+        spec = ModelSpec(kind=kind).replace(**overrides)
+        logger.warning("%s: sentence-transformers encoder as the start of a new %s: its head starts "
+                       "untrained (its pooling and normalisation are not used)", root, kind)
+        model = model_class(kind).from_pretrained(root, spec, head_required=False)
     elif (spec := spec_from_sentence_transformers(root)) is not None:
         _check_kind(root, kind, "bi_encoder")
         spec = spec.replace(**overrides)
