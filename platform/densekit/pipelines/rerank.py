@@ -29,11 +29,9 @@ from densekit.artifacts import (
 from densekit.data import records as R
 from densekit.data.io import trec_run_lines, write_lines
 from densekit.logs import Progress
+from densekit.pipelines.search import TREC_FILE  # the run's TREC file, named as search names it
 
 logger = logging.getLogger(__name__)
-
-TREC_FILE = "_run.trec"  # as search writes it
-
 
 def rerank(cfg) -> None:
     """Write the reranked run (qid, pid, rank, score) and _run.trec into `cfg.output`.
