@@ -87,6 +87,9 @@ def test_rerank_orders_the_top_candidates_by_the_cross_encoder(tmp_path, ray_ses
     assert len(trec) == len(out) and trec[0].split()[0] == out[0][R.QID]
     m = read_manifest(tmp_path / "reranked")
     assert m["depth"] == 3 and m["pairs"] == 3 + 2 + 1 and m["num_queries"] == 3
+    from densekit.pipelines.embeddings import model_fingerprint
+
+    assert m["reranker_fingerprint"] == model_fingerprint(cross_encoder)
     leftovers = [p.name for p in tmp_path.iterdir() if "rerank-" in p.name]
     assert leftovers == []  # the scratch candidates are gone
 

@@ -40,7 +40,6 @@ def rerank(cfg) -> None:
         cfg: a RerankConfig.
     """
     from densekit.models import check_model_files
-    from densekit.pipelines.embeddings import model_fingerprint
 
     for path in (cfg.run, cfg.queries, cfg.corpus, *([cfg.qrels] if cfg.qrels else [])):
         read_manifest(path)
@@ -56,13 +55,15 @@ def rerank(cfg) -> None:
             n_queries, pairs = _candidates(cfg, scratch / "candidates")
             _score(cfg, scratch / "candidates", scratch / "scored")
             n_rows = _write_run(scratch / "scored", out)
+            # The score step hashed the reranker's weights into its manifest: not a second time.
+            fingerprint = read_manifest(scratch / "scored")["teachers"][0]["model_fingerprint"]
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         with atomic_path(out / TREC_FILE) as tmp:
             write_lines(tmp, trec_run_lines(iter_table(out), cfg.tag))
         write_manifest(out, "rerank", {
             "run": str(cfg.run), "reranker": str(cfg.reranker),
-            "reranker_fingerprint": model_fingerprint(cfg.reranker), "depth": cfg.depth,
+            "reranker_fingerprint": fingerprint, "depth": cfg.depth,
             "num_queries": n_queries, "pairs": pairs, "qrels": cfg.qrels,
         })
     logger.info("rerank: %d queries, top %d each (%d pairs, %d run rows) -> %s",
