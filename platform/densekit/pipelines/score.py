@@ -32,6 +32,7 @@ from densekit.errors import InputError
 from densekit.logs import Progress
 from densekit.pipelines.embeddings import model_fingerprint
 from densekit.pipelines.encode import autocast_dtype, check_fits
+from densekit.pipelines.text_encoder import release_free_memory
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class TeacherScorer:
         pos, neg = batch.column(R.POSITIVES).to_pylist(), batch.column(R.NEGATIVES).to_pylist()
         passages = [(p or []) + (n or []) for p, n in zip(pos, neg)]
         scores = self.score(queries, passages)
+        release_free_memory()
         for i, s in enumerate(scores):
             if not np.isfinite(s).all():
                 j = int(np.flatnonzero(~np.isfinite(s))[0])

@@ -13,6 +13,34 @@ from densekit.data import records as R
 ROW = "__row"  # global input row number, carried through the encode pipeline
 
 
+def release_free_memory() -> bool:
+    """Hand the heap's free pages back to the OS (glibc `malloc_trim`); False where there is none.
+
+    A model actor runs thousands of forward passes whose activations differ in size (batches are
+    sorted by length), and glibc keeps the freed pages: the actor's RSS then grows with the corpus
+    (measured: 1.5 GB at 100,000 documents, 2.0 GB at 320,000). Trimming after each batch keeps it
+    flat at no measurable cost (a few milliseconds against seconds of encoding).
+    """
+    import ctypes
+    import ctypes.util
+
+    global _LIBC
+    if _LIBC is None:
+        name = ctypes.util.find_library("c")
+        try:
+            libc = ctypes.CDLL(name) if name else None
+            _LIBC = libc if libc is not None and hasattr(libc, "malloc_trim") else False
+        except OSError:
+            _LIBC = False
+    if not _LIBC:
+        return False
+    _LIBC.malloc_trim(0)
+    return True
+
+
+_LIBC: Any = None  # the C library once looked up; False where it has no malloc_trim (macOS, musl)
+
+
 def autocast_dtype(device: str, precision: str) -> Any:
     """The autocast dtype for `precision` on `device`, or None (no autocast: fp32, or CPU)."""
     import torch
@@ -106,7 +134,9 @@ class TextEncoder:
                 texts = [f"{ti} {t}" if ti else t for ti, t in zip(raw, texts)]
             else:
                 titles = raw
-        return {ROW: batch[ROW], R.ID: batch[R.ID], R.EMBEDDING: self.encode(texts, titles)}
+        out = {ROW: batch[ROW], R.ID: batch[R.ID], R.EMBEDDING: self.encode(texts, titles)}
+        release_free_memory()
+        return out
 
 
 def encode_texts(
