@@ -1,6 +1,6 @@
 """Model actors hand freed heap pages back to the OS after each batch (glibc `malloc_trim`), so
-their RSS does not grow with the corpus: the helper really lowers a fragmented heap's RSS, and the
-encode and score actors' batch calls run it."""
+their RSS grows far less with the corpus: the helper really lowers a fragmented heap's RSS, and
+the encode and score actors' batch calls run it."""
 
 from __future__ import annotations
 

@@ -18,8 +18,9 @@ def release_free_memory() -> bool:
 
     A model actor runs thousands of forward passes whose activations differ in size (batches are
     sorted by length), and glibc keeps the freed pages: the actor's RSS then grows with the corpus
-    (measured: 1.5 GB at 100,000 documents, 2.0 GB at 320,000). Trimming after each batch keeps it
-    flat at no measurable cost (a few milliseconds against seconds of encoding).
+    (measured: 1.5 GB at 100,000 documents, 2.0 GB at 320,000). Trimming after each batch cut that
+    to 1.27 / 1.52 GB (1.72 GB at 1M) at no measurable cost (milliseconds against seconds of
+    encoding); docs/benchmarks.md has the curve.
     """
     import ctypes
     import ctypes.util
