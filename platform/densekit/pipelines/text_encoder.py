@@ -3,6 +3,7 @@ actor, also usable in-process) and `encode_texts` (in-process encoding for small
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +23,24 @@ def release_free_memory() -> bool:
     to 1.27 / 1.52 GB (1.72 GB at 1M) at no measurable cost (milliseconds against seconds of
     encoding); docs/benchmarks.md has the curve.
     """
-    import ctypes
-    import ctypes.util
-
-    global _LIBC
-    if _LIBC is None:
-        name = ctypes.util.find_library("c")
-        try:
-            libc = ctypes.CDLL(name) if name else None
-            _LIBC = libc if libc is not None and hasattr(libc, "malloc_trim") else False
-        except OSError:
-            _LIBC = False
-    if not _LIBC:
+    trim = _malloc_trim()
+    if trim is None:
         return False
-    _LIBC.malloc_trim(0)
+    trim(0)
     return True
 
 
-_LIBC: Any = None  # the C library once looked up; False where it has no malloc_trim (macOS, musl)
+@functools.cache
+def _malloc_trim() -> Any:
+    """The C library's malloc_trim, looked up once; None where it has none (macOS, musl)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
 
 
 def autocast_dtype(device: str, precision: str) -> Any:
