@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +141,9 @@ def _sample_shard(path: str, n: int, seed: int, shard: int) -> np.ndarray:
 
 def _train(
     sample: np.ndarray, factory: str, dim: int, metric: str, seed: int, use_gpu: bool, threads: int
-) -> np.ndarray:
-    """Train an empty index on `sample` `[n, D]`; return it serialised (uint8 array)."""
+) -> tuple[np.ndarray, str]:
+    """Train an empty index on `sample` `[n, D]`; return it serialised (uint8 array) and the
+    OpenMP wait policy its threads ran with (the task's environment; see openmp_options)."""
     import faiss
 
     faiss.omp_set_num_threads(max(1, threads))
@@ -162,7 +164,7 @@ def _train(
     index.train(sample)
     if ivf is not None:
         ivf.clustering_index = None
-    return faiss.serialize_index(index)
+    return faiss.serialize_index(index), os.environ.get("OMP_WAIT_POLICY", "default")
 
 
 def _build_shard(
@@ -254,7 +256,7 @@ def _index(
 ) -> None:
     import ray
 
-    from densekit.raycluster import init_ray
+    from densekit.raycluster import init_ray, openmp_options
 
     if not prepare_output(out, cfg, overwrite=cfg.overwrite, keep_partial=True):
         return
@@ -287,7 +289,8 @@ def _index(
     use_gpu = bool(cfg.use_gpu_faiss and cfg.resources.use_gpu)
     if cfg.use_gpu_faiss and not cfg.resources.use_gpu:
         logger.warning("use_gpu_faiss needs resources.use_gpu=true; building on CPU")
-    task_opts = {"num_cpus": cfg.resources.cpus_per_worker, "num_gpus": 1 if use_gpu else 0}
+    task_opts = {"num_cpus": cfg.resources.cpus_per_worker, "num_gpus": 1 if use_gpu else 0,
+                 **openmp_options(threads)}
 
     trained_ref = None
     if todo and not probe.is_trained:
@@ -396,13 +399,15 @@ def _train_remote(sources, rows, cfg, dim, metric, task_opts, use_gpu) -> np.nda
     """Draw the training sample evenly from every shard (one task each), then train once."""
     import ray
 
+    from densekit.raycluster import openmp_options
+
     total = sum(rows)
     want = min(cfg.train_size, total)
     # Training runs alone (the builders wait for it): give its k-means a whole node, not the one
     # builder's share (cpus_per_worker) that it used to run on.
     train_cpus = training_cpus(cfg)
-    task_opts = {**task_opts, "num_cpus": train_cpus}
     threads = max(1, int(train_cpus))
+    task_opts = {**task_opts, "num_cpus": train_cpus, **openmp_options(threads)}
     per_shard = [int(round(want * r / total)) for r in rows]
     sample_task = ray.remote(num_cpus=1)(_sample_shard)
     parts = ray.get(
@@ -415,7 +420,10 @@ def _train_remote(sources, rows, cfg, dim, metric, task_opts, use_gpu) -> np.nda
     sample = np.concatenate([p for p in parts if len(p)])
     logger.info("training %s on %d vectors (%d threads)", cfg.factory, len(sample), threads)
     train_task = ray.remote(**task_opts)(_train)
-    return ray.get(train_task.remote(sample, cfg.factory, dim, metric, cfg.seed, use_gpu, threads))
+    t0 = time.perf_counter()
+    trained, policy = ray.get(train_task.remote(sample, cfg.factory, dim, metric, cfg.seed, use_gpu, threads))
+    logger.info("trained in %.1f s (%d threads, OpenMP wait policy %s)", time.perf_counter() - t0, threads, policy)
+    return trained
 
 
 def load_shard(path: str | Path, factory: str, mmap: bool = True) -> Any:

@@ -230,7 +230,7 @@ class ShardedSearcher:
             return
         import ray
 
-        from densekit.raycluster import init_ray
+        from densekit.raycluster import init_ray, openmp_options
 
         init_ray(resources)
         n = max(1, min(num_actors, len(shards)))
@@ -242,7 +242,8 @@ class ShardedSearcher:
             groups[j].append(s)
             load[j] += s["ntotal"]
         actor_cls = ray.remote(
-            num_cpus=cpus_per_actor, max_restarts=max_restarts, max_task_retries=max_restarts
+            num_cpus=cpus_per_actor, max_restarts=max_restarts, max_task_retries=max_restarts,
+            **openmp_options(int(max(1, cpus_per_actor))),
         )(_ShardGroup)
         self.groups = [sorted(g, key=lambda s: s["shard"]) for g in groups]
         self.actors = [
