@@ -129,6 +129,11 @@ def test_worker_runtime_env_leaves_a_jobs_own_keys_alone(monkeypatch):
     assert "worker_process_setup_hook" not in env and "HF_HUB_DISABLE_PROGRESS_BARS" not in env["env_vars"]
     monkeypatch.setenv("DENSEKIT_VERBOSE", "1")
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(k, raising=False)
+    # OpenMP threads that sleep while they wait (docs/cluster.md), unless the user chose a policy.
+    assert worker_runtime_env()["env_vars"] == {"DENSEKIT_VERBOSE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert worker_runtime_env()["env_vars"] == {"DENSEKIT_VERBOSE": "1"}
 
 

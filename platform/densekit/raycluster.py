@@ -96,7 +96,7 @@ def worker_runtime_env() -> dict[str, Any]:
     a key it already sets is left out (Ray refuses to merge two values of one key)."""
     from densekit import logs
 
-    env = {logs.VERBOSE_ENV: "1" if logs.verbose() else "0"}
+    env = {logs.VERBOSE_ENV: "1" if logs.verbose() else "0", **openmp_env()}
     if not logs.verbose():
         env.update({k: os.environ.get(k, v) for k, v in logs.QUIET_ENV.items()})
     runtime_env: dict[str, Any] = {"env_vars": env, "worker_process_setup_hook": SETUP_HOOK}
@@ -124,15 +124,28 @@ def openmp_options(threads: int) -> dict[str, Any]:
     threads: a runtime_env with OMP_WAIT_POLICY=PASSIVE, so that its threads sleep, not spin, while
     they wait for each other. GNU OpenMP (the faiss-cpu wheel's) spins by default, which starves the
     threads doing the work as soon as anything else runs on the same cores (another job, Ray's own
-    processes): on 2 cores beside one busy process, training IVF1024,PQ32 on 100,000 vectors took
-    2.7x as long, searching in batches of 10 queries 5.2x (`bench/omp_wait.py`). Nothing for one
+    processes): on 2 cores beside another 2-thread job, training IVF1024,PQ32 on 100,000 vectors
+    took 4.5x as long, searching in batches of 10 queries 3.4x (docs/benchmarks.md, "OpenMP threads
+    on a shared machine"; `bench/omp_wait.py` measures it). Nothing for one
     thread, nor where the driver's environment already sets a wait policy (the user's, or a
     submitted job's runtime_env): theirs is kept. Only `env_vars` is given, which Ray merges with
     the job's; a task with its own environment runs in workers started for it.
     """
-    if threads <= 1 or any(k in os.environ for k in OMP_WAIT_VARS):
+    env = openmp_env()
+    return {"runtime_env": {"env_vars": env}} if threads > 1 and env else {}
+
+
+def openmp_env() -> dict[str, str]:
+    """{OMP_WAIT_POLICY: PASSIVE} unless the driver's environment chooses a wait policy itself.
+
+    The job's runtime_env (worker_runtime_env) carries it to every worker a densekit driver starts,
+    torch's too: encoding MiniLM on 2 threads beside the tier's training it gave 28.6-28.9 docs/s
+    against 22.3-23.5 with spinning threads, and at idle the same speed (55.4-56.9 against
+    54.6-56.6). openmp_options adds it to FAISS's tasks where Ray was started by someone else.
+    """
+    if any(k in os.environ for k in OMP_WAIT_VARS):
         return {}
-    return {"runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}}
+    return {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def worker_setup() -> None:
