@@ -43,7 +43,15 @@ def test_a_task_with_the_options_runs_with_the_policy(ray_session, no_user_polic
     with_env = ray.remote(num_cpus=1, **openmp_options(2))(_policy)
     without = ray.remote(num_cpus=1, **openmp_options(1))(_policy)
     assert ray.get(with_env.remote()) == "PASSIVE"
-    assert ray.get(without.remote()) is None
+    # One thread adds nothing: such a task sees what every worker of this Ray's job sees (None when
+    # the tests' Ray was started without densekit's job runtime_env, PASSIVE when with it).
+    assert ray.get(without.remote()) == _job_policy()
+
+
+def _job_policy() -> str | None:
+    import ray
+
+    return ray.get(ray.remote(num_cpus=1)(_policy).remote())
 
 
 @pytest.mark.ray
@@ -62,9 +70,10 @@ def test_index_training_and_search_actors_use_it(tmp_path, ray_session, write_em
             index(cfg)
         line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("trained in"))
         policies[train_cpus] = line.rsplit(" ", 1)[-1].rstrip(")")
-    assert policies == {2: "PASSIVE", 1: "default"}
+    job = _job_policy()
+    assert policies == {2: "PASSIVE", 1: job or "default"}
 
-    for cpus, expected in ((2, "PASSIVE"), (1, None)):
+    for cpus, expected in ((2, "PASSIVE"), (1, job)):
         with ShardedSearcher(tmp_path / "index2", num_actors=1, cpus_per_actor=cpus) as searcher:
             import ray
 
