@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+# Ray starts its workers at nice 15 (RayConfig worker_niceness); the in-process build runs at the
+# driver's priority. Same priority for both, as bench/scale.py and bench/index_search.py do.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 def write_vectors(emb: Path, n: int, dim: int, shard_rows: int, seed: int) -> None:
@@ -45,28 +48,44 @@ def write_vectors(emb: Path, n: int, dim: int, shard_rows: int, seed: int) -> No
                                    "model_fingerprint": "random-v1", "count": n, "kind": "passages"})
 
 
-def in_process(emb: Path, factory: str, train_size: int, seed: int) -> dict:
+def build_in_process(x: np.ndarray, factory: str, train_size: int, seed: int, threads: int):
+    """One FAISS index of `factory` over `x` in this process on `threads` threads, trained as
+    densekit's index step trains (no polysemous training, k-means seeded) on a `train_size` sample.
+    Returns the index and the seconds of each part: {"sample", "train", "add"}."""
     import faiss
 
-    from densekit.pipelines.embeddings import iter_embeddings
     from densekit.pipelines.index import new_index, skip_polysemous_training
+
+    faiss.omp_set_num_threads(threads)
+    seconds = {"sample": 0.0, "train": 0.0}
+    index = new_index(factory, x.shape[1], "ip")
+    skip_polysemous_training(index)  # as densekit's index step trains it
+    if not index.is_trained:
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            ivf.cp.seed = seed
+        t = time.perf_counter()
+        sample = x[np.random.default_rng(seed).choice(len(x), size=min(len(x), train_size), replace=False)]
+        seconds["sample"] = time.perf_counter() - t
+        t = time.perf_counter()
+        index.train(sample)
+        seconds["train"] = time.perf_counter() - t
+    t = time.perf_counter()
+    index.add(x)
+    seconds["add"] = time.perf_counter() - t
+    return index, seconds
+
+
+def in_process(emb: Path, factory: str, train_size: int, seed: int) -> dict:
+    from densekit.pipelines.embeddings import iter_embeddings
 
     x = np.concatenate([v for _, v in iter_embeddings(emb)])
     out = {}
     for threads in sorted({1, os.cpu_count() or 1}):
-        faiss.omp_set_num_threads(threads)
-        index = new_index(factory, x.shape[1], "ip")
-        skip_polysemous_training(index)  # as densekit's index step trains it
-        faiss.try_extract_index_ivf(index).cp.seed = seed
-        sample = x[np.random.default_rng(seed).choice(len(x), min(len(x), train_size), replace=False)]
-        t = time.perf_counter()
-        index.train(sample)
-        trained = time.perf_counter() - t
-        t = time.perf_counter()
-        index.add(x)
-        out[threads] = {"train": trained, "add": time.perf_counter() - t}
-        print(f"one in-process index, {threads} thread(s): train {trained:.2f} s + add {out[threads]['add']:.2f} s "
-              f"= {trained + out[threads]['add']:.2f} s", flush=True)
+        _, seconds = build_in_process(x, factory, train_size, seed, threads)
+        out[threads] = {"train": seconds["train"], "add": seconds["add"]}
+        print(f"one in-process index, {threads} thread(s): train {seconds['train']:.2f} s + add {seconds['add']:.2f} s "
+              f"= {seconds['train'] + seconds['add']:.2f} s", flush=True)
     return out
 
 

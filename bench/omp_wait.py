@@ -28,6 +28,7 @@ import time
 CHILD = r"""
 import json, sys, time
 import numpy as np, faiss
+from densekit.pipelines.index import new_index, skip_polysemous_training
 n, dim, threads, factory = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rng = np.random.default_rng(0)
 centers = rng.standard_normal((4096, dim)).astype(np.float32)
@@ -36,10 +37,8 @@ x /= np.linalg.norm(x, axis=1, keepdims=True)
 sample = x[rng.choice(n, min(n, 100_000), replace=False)]
 q = x[rng.choice(n, 2000, replace=False)]
 faiss.omp_set_num_threads(threads)
-index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-for part in (index, faiss.try_extract_index_ivf(index)):
-    if part is not None and hasattr(faiss.downcast_index(part), "do_polysemous_training"):
-        faiss.downcast_index(part).do_polysemous_training = False
+index = new_index(factory, dim, "ip")
+skip_polysemous_training(index)  # as densekit's index step trains it
 out = {}
 t = time.perf_counter(); index.train(sample); out["train"] = time.perf_counter() - t
 t = time.perf_counter(); index.add(x); out["add"] = time.perf_counter() - t

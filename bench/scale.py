@@ -69,6 +69,7 @@ sys.path.insert(0, str(BENCH))
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
+from index_build import build_in_process  # noqa: E402  (bench/index_build.py: one in-process index)
 from index_search import recall  # noqa: E402  (bench/index_search.py: recall@k of row ids)
 
 MSDOC_DOCS = 3_213_835
@@ -703,7 +704,6 @@ class SizeRun:
         import faiss
 
         from densekit.pipelines.embeddings import iter_embeddings
-        from densekit.pipelines.index import new_index, skip_polysemous_training
         from densekit.pipelines.search import ShardedSearcher
 
         a = self.args
@@ -732,18 +732,8 @@ class SizeRun:
         )
 
         def build_single(n_threads: int):
-            faiss.omp_set_num_threads(n_threads)
-            t0 = time.perf_counter()
-            index = new_index(self.factory, x.shape[1], "ip")
-            skip_polysemous_training(index)  # as densekit's index step trains it
-            if not index.is_trained:
-                ivf = faiss.try_extract_index_ivf(index)
-                if ivf is not None:
-                    ivf.cp.seed = a.seed
-                rng = np.random.default_rng(a.seed)
-                index.train(x[rng.choice(len(x), size=min(len(x), train_size), replace=False)])
-            index.add(x)
-            return index, time.perf_counter() - t0
+            index, seconds = build_in_process(x, self.factory, train_size, a.seed, n_threads)
+            return index, sum(seconds.values())
 
         # One worker's share (1 thread): what adding workers is measured against; then all threads.
         single_1 = build_single(1)[1] if threads > 1 else None
