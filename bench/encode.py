@@ -9,7 +9,9 @@ Targets: densekit >= 1.0x the plain loop's throughput and >= 1.1x sentence-trans
 10x <= 1.2x the RSS at 1x; and the share of the machine's linear-layer roofline (issue #19: >= 65%):
 the time the model's linear layers would take on the corpus's real (unpadded) tokens, each at the
 speed this machine runs a matmul of its shape in isolation (measured in the same run, same
-threads), divided by the method's time.
+threads; the faster of eager PyTorch and the layer compiled with frozen weights), divided by the
+method's time. densekit encodes with `compile=true` (a compiled encoder, densekit.models.compiled)
+unless --no-compile.
 Each method's line is printed as soon as it has run (a 100,000-document run takes over an hour a
 method on a 2-core CPU). Without --model, a 6-layer, 384-wide BERT with mean pooling is built with
 build_tiny_model (random weights: the speed is what counts here). Without --corpus, a synthetic corpus with realistic length spread.
@@ -108,7 +110,8 @@ def densekit_encode(model: str, corpus: Path, out: Path, args) -> dict:
         f"model={model}", f"input={corpus}", f"output={out}", f"batch_size={args.batch_size}",
         f"max_length={args.max_length}", f"block_rows={args.block_rows}",
         f"rows_per_shard={args.block_rows}", f"resources.num_workers={args.actors}",
-        f"resources.cpus_per_worker={args.threads / args.actors}", "title=prepend"])
+        f"resources.cpus_per_worker={args.threads / args.actors}", "title=prepend",
+        f"compile={'true' if args.compile else 'false'}"])
     with PeakRSS() as rss:
         t0 = time.perf_counter()
         encode(cfg)
@@ -161,20 +164,32 @@ def linear_shapes(model: str) -> list[tuple[int, int]]:
             if isinstance(m, torch.nn.Linear) and "pooler" not in name]
 
 
-def matmul_flops(shape: tuple[int, int], tokens: int = 8192, repeats: int = 5) -> float:
-    """FLOP/s of this machine on one linear layer of `shape` over `tokens` rows (best of repeats)."""
+def matmul_flops(shape: tuple[int, int], tokens: int = 8192, repeats: int = 5) -> dict[str, float]:
+    """FLOP/s of this machine on one linear layer of `shape` over `tokens` tokens (best of repeats),
+    two ways: eager `F.linear` (MKL's GEMM), and the same layer compiled with frozen weights
+    (inductor pre-packs them for oneDNN, as a compiled encoder does; on this 2-core CPU 1.6-2.3x
+    eager's FLOP/s). The roofline takes the faster: the machine's best, not eager PyTorch's."""
     import torch
+    import torch._inductor.config as inductor_config
 
-    x = torch.randn(tokens, shape[0])
-    w = torch.randn(shape[1], shape[0])
-    with torch.inference_mode():
-        torch.nn.functional.linear(x, w)  # warm-up
-        best = float("inf")
+    lin = torch.nn.Linear(*shape).eval()
+    x = torch.randn(tokens // 128, 128, shape[0])  # [texts, length, in] as in an encoder
+
+    def best(fn) -> float:
+        fn(x)
+        fn(x)  # warm-up (and compile)
+        t = float("inf")
         for _ in range(repeats):
             t0 = time.perf_counter()
-            torch.nn.functional.linear(x, w)
-            best = min(best, time.perf_counter() - t0)
-    return 2.0 * tokens * shape[0] * shape[1] / best
+            fn(x)
+            t = min(t, time.perf_counter() - t0)
+        return 2.0 * (x.shape[0] * x.shape[1]) * shape[0] * shape[1] / t
+
+    with torch.inference_mode():
+        eager = best(lin)
+        with inductor_config.patch(freezing=True):
+            compiled = best(torch.compile(lin, dynamic=True))  # as densekit compiles encoders
+    return {"eager": eager, "compiled": compiled}
 
 
 def roofline_seconds(shapes: list[tuple[int, int]], tokens: int, flops: dict) -> float:
@@ -202,6 +217,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for every method")
     ap.add_argument("--actors", type=int, default=2, help="densekit model actors (threads split among them)")
     ap.add_argument("--no-plain", action="store_true", help="leave out the plain loop (long runs)")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                    help="densekit encode with compile=true (default) or false, in both runs")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = ap.parse_args()
 
@@ -224,15 +241,18 @@ def main() -> None:
     small_dir = write_corpus(scratch / "corpus_1x", pids[: args.docs], texts[: args.docs], titles[: args.docs])
     big_dir = write_corpus(scratch / f"corpus_{args.scale}x", pids, texts, titles)
     print(f"model {model}; {args.docs} / {big} documents; batch {args.batch_size}, max_length "
-          f"{args.max_length}, {args.threads} threads; machine: {os.cpu_count()} CPUs", flush=True)
+          f"{args.max_length}, {args.threads} threads; densekit compile={args.compile}; machine: "
+          f"{os.cpu_count()} CPUs", flush=True)
 
     # The roofline first (seconds of work), so that each method's line, printed as soon as it has
     # run, can give its share: a 100,000-document run takes over an hour a method on a small CPU.
     shapes = linear_shapes(model)
-    flops = {shape: matmul_flops(shape) for shape in sorted(set(shapes))}
+    both = {shape: matmul_flops(shape) for shape in sorted(set(shapes))}
+    flops = {shape: max(f.values()) for shape, f in both.items()}
     tokens = count_tokens(model, joined, args.max_length)
     roof_s = roofline_seconds(shapes, tokens, flops)
-    gflops = ", ".join(f"{i}x{o}: {f / 1e9:.1f}" for (i, o), f in flops.items())
+    gflops = ", ".join(f"{i}x{o}: {f['eager'] / 1e9:.1f} eager, {f['compiled'] / 1e9:.1f} compiled"
+                       for (i, o), f in both.items())
     print(f"\nlinear-layer roofline: {len(shapes)} linear layers, {tokens} real tokens in {big} documents; "
           f"matmul GFLOP/s by shape ({args.threads} threads): {gflops}; "
           f"the linear layers alone need {roof_s:.1f} s ({big / roof_s:.1f} docs/s)", flush=True)

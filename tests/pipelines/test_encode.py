@@ -115,6 +115,31 @@ def test_encode_every_pid_once_and_resume(tmp_path, ray_session, tiny_model_dir,
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == after
 
 
+@pytest.mark.ray
+def test_encode_with_a_compiled_encoder(tmp_path, ray_session, tiny_model_dir, corpus, caplog):
+    """compile=true: the actors' compiled encoders give the eager reference's embeddings; compile
+    only changes speed, so a rerun without it finds the output complete (nothing to do)."""
+    import logging
+
+    path, pids, texts, titles = corpus
+    out = tmp_path / "emb"
+    overrides = [f"model={tiny_model_dir}", f"input={path}", f"output={out}", "rows_per_shard=128",
+                 "batch_size=16", "resources.num_workers=1"]
+    with caplog.at_level(logging.INFO, logger="densekit.pipelines.encode"):
+        encode(load_config(EncodeConfig, overrides=[*overrides, "compile=true"]))
+    assert any("compiled encoder on" in r.getMessage() for r in caplog.records)
+    table = read_table(out)
+    assert table.column(R.ID).to_pylist() == pids
+    np.testing.assert_allclose(np.array(table.column(R.EMBEDDING).to_pylist()),
+                               _one_by_one(tiny_model_dir, texts, titles), rtol=1e-4, atol=1e-5)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        encode(load_config(EncodeConfig, overrides=overrides))  # compile unset (auto): 300 rows, off
+    assert any("complete for this config" in r.getMessage() for r in caplog.records)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == mtimes
+
+
 def test_encode_refuses_a_cross_encoder(tmp_path, tiny_model_dir, corpus):
     from densekit.models.spec import ModelSpec
 

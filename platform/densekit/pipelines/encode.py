@@ -38,6 +38,7 @@ from densekit.data import records as R
 from densekit.errors import ConfigError, DensekitError, InputError
 from densekit.logs import Progress
 from densekit.pipelines.embeddings import embeddings_batch, model_fingerprint
+from densekit.models.compiled import compile_wanted
 from densekit.pipelines.text_encoder import ROW, TextEncoder, autocast_dtype, encode_texts
 
 logger = logging.getLogger(__name__)
@@ -323,6 +324,12 @@ def _stream(
         # ... but never below one forward batch: a few queries need one actor, not the pool.
         floor = min(cfg.batch_size, cfg.block_rows)
         batch_rows = max(floor, min(cfg.block_rows, -(-rows // (4 * actors))))
+    n_actors = max(1, min(actors, -(-rows // batch_rows)))  # no more actors than batches
+    compile = compile_wanted(cfg.compile, rows / n_actors, res.use_gpu)
+    logger.info(
+        "encode %s: %d rows on %d actors, compiled encoder %s%s", kind, rows, n_actors,
+        "on" if compile else "off", " (auto)" if cfg.compile is None else "",
+    )
     # Every work unit holds at most batch_rows rows and is one actor call (see batch_size=None below).
     todo = [c for s in todo for c in _chunks(s, batch_rows)]
     items = [dataclasses.asdict(s) for s in todo]
@@ -353,14 +360,14 @@ def _stream(
             "max_length": cfg.max_length,
             "precision": cfg.precision,
             "use_gpu": res.use_gpu,
+            "compile": compile,
         },
         # None: one read slice (<= batch_rows rows) per call. A row count here would also be the
         # fused read stage's input bundle size, counted in slice descriptors (one row each): all
         # slices would then go to ONE task, i.e. one actor, the others idle.
         batch_size=None,
         batch_format="numpy",
-        # No more actors than batches.
-        compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, -(-rows // batch_rows)))),
+        compute=ray.data.ActorPoolStrategy(size=n_actors),
         **actor_res,
     )
 

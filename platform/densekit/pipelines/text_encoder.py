@@ -65,6 +65,8 @@ class TextEncoder:
         max_length: override the spec's max length for this kind.
         precision: "auto" | "fp32" | "fp16" | "bf16" (autocast on CUDA only).
         use_gpu: put the model on CUDA when available.
+        compile: run the encoder through `torch.compile` with frozen weights
+            (densekit.models.compiled: ~1.9x on CPU, 10-25 s to compile; eager if it fails).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class TextEncoder:
         max_length: int | None = None,
         precision: str = "auto",
         use_gpu: bool = False,
+        compile: bool = False,
     ):
         import torch
 
@@ -91,6 +94,12 @@ class TextEncoder:
         )
         self.kind, self.batch_size, self.title = kind, batch_size, title
         self.amp = autocast_dtype(self.device, precision)
+        run = self.model.encode_queries if kind == "queries" else self.model.encode_passages
+        if compile:
+            from densekit.models.compiled import CompiledInference
+
+            run = CompiledInference(run, f"the {kind} encoder")
+        self._run = run
 
     def encode(self, texts: list[str], titles: list[str] | None = None) -> np.ndarray:
         """`[N, D]` float32 embeddings of `texts`, in input order.
@@ -118,11 +127,7 @@ class TextEncoder:
                     "cuda", dtype=self.amp or torch.float16, enabled=self.amp is not None
                 ),
             ):
-                emb = (
-                    self.model.encode_queries(**enc)
-                    if self.kind == "queries"
-                    else self.model.encode_passages(**enc)
-                )
+                emb = self._run(**enc)
             out[idx] = emb.float().cpu().numpy()
         return out
 

@@ -1,0 +1,75 @@
+"""Compiled inference (densekit.models.compiled): a torch.compile'd encoder with frozen weights
+gives the eager encoder's embeddings, for every batch shape; a compile that fails falls back to
+the eager model with one warning; `compile: null` (auto) compiles only large CPU inputs."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from densekit.models.compiled import COMPILE_MIN_TEXTS, CompiledInference, compile_wanted
+from densekit.pipelines.text_encoder import TextEncoder
+
+TEXTS = [
+    "dense retrieval trains small query and passage encoders",
+    "a cross encoder teacher scores each pair",
+    "hard negatives are mined from faiss index of the corpus",
+    "margin mse distils score",
+    "quick brown fox jumps over lazy dog " * 6,
+    "layer wise distillation aligns",
+    "positive negative",
+] * 3
+
+
+def test_compiled_encoder_equals_eager(tiny_model_dir):
+    eager = TextEncoder(str(tiny_model_dir), "passages", batch_size=4)
+    compiled = TextEncoder(str(tiny_model_dir), "passages", batch_size=4, compile=True)
+    assert isinstance(compiled._run, CompiledInference)
+    # 21 texts in batches of 4: batch sizes 4 and 1, lengths from 3 to 43 tokens (dynamic shapes).
+    got, ref = compiled.encode(TEXTS), eager.encode(TEXTS)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    assert not compiled._run.failed and compiled._run.calls == 6
+    # Queries go through the query tower, compiled apart.
+    q = TextEncoder(str(tiny_model_dir), "queries", batch_size=8, compile=True).encode(TEXTS[:9])
+    np.testing.assert_allclose(q, TextEncoder(str(tiny_model_dir), "queries").encode(TEXTS[:9]),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_a_failed_compile_falls_back_to_eager(tiny_model_dir, caplog):
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    enc = TextEncoder(str(tiny_model_dir), "passages", batch_size=8)
+    ref = enc.encode(TEXTS)
+    enc._run = CompiledInference(enc.model.encode_passages, "the passages encoder", backend=broken_backend)
+    with caplog.at_level(logging.WARNING, logger="densekit.models.compiled"):
+        got = enc.encode(TEXTS)
+    np.testing.assert_array_equal(got, ref)  # the eager model itself: bit for bit
+    assert enc._run.failed
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "compiling the passages encoder failed" in warnings[0]
+    assert "no compiler here" in warnings[0] and "eager model" in warnings[0]
+
+
+def test_a_genuine_error_is_not_swallowed(tiny_model_dir):
+    enc = TextEncoder(str(tiny_model_dir), "passages", compile=True)
+    with pytest.raises(ValueError, match="input_ids"):  # the caller's error, compiled or not
+        enc._run(input_ids=None)
+    assert not enc._run.failed
+
+
+@pytest.mark.parametrize(
+    ("setting", "texts", "gpu", "expected"),
+    [
+        (None, COMPILE_MIN_TEXTS, False, True),
+        (None, COMPILE_MIN_TEXTS - 1, False, False),
+        (None, 10 * COMPILE_MIN_TEXTS, True, False),  # GPU: only when asked
+        (True, 10, False, True),
+        (True, 10, True, True),
+        (False, 10 * COMPILE_MIN_TEXTS, False, False),
+    ],
+)
+def test_compile_wanted(setting, texts, gpu, expected):
+    assert compile_wanted(setting, texts, gpu) is expected
