@@ -64,16 +64,31 @@ def _reference(model_dir: str) -> dict[tuple[str, str], float]:
             for qid, q, pos, neg in GROUPS for pid, text, title in pos + neg}
 
 
-@pytest.mark.parametrize("kind", ["bi_encoder", "cross_encoder", "colbert"])
-def test_teacher_scorer_equals_direct_computation(teachers, kind):
+@pytest.mark.parametrize(("kind", "compile"), [("bi_encoder", False), ("cross_encoder", False),
+                                               ("colbert", False), ("cross_encoder", True),
+                                               ("colbert", True)])
+def test_teacher_scorer_equals_direct_computation(teachers, kind, compile):
+    from densekit.models.compiled import CompiledInference
+
     ref = _reference(teachers[kind])
-    scorer = TeacherScorer(teachers[kind], kind=kind, batch_size=3)  # batches mix groups
+    scorer = TeacherScorer(teachers[kind], kind=kind, batch_size=3, compile=compile)  # batches mix groups
     assert scorer.kind == kind
+    assert isinstance(scorer._pairs, CompiledInference) is compile
     got = scorer.score([g[1] for g in GROUPS], [[{R.TEXT: t, R.TITLE: ti} for _, t, ti in g[2] + g[3]]
                                                for g in GROUPS])
     for g, scores in zip(GROUPS, got):
         want = [ref[(g[0], pid)] for pid, _, _ in g[2] + g[3]]
         np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-5)
+    if compile:
+        assert not scorer._pairs.failed and scorer._pairs.calls > 1
+
+
+def test_pairs_are_counted_from_the_metadata(tmp_path, write_table):
+    from densekit.pipelines.score import count_pairs
+
+    groups = write_table(tmp_path / "groups", R.GROUPS_SCHEMA, _groups_columns(), rows_per_part=3)
+    passages = sum(len(g[2]) + len(g[3]) for g in GROUPS)
+    assert count_pairs(groups) == passages + 1  # + q3's empty list of negatives
 
 
 def test_combine_scores_places_the_mean():

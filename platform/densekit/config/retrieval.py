@@ -244,6 +244,11 @@ class ScoreConfig:
     margin_mse_tsv: Optional[str] = opt(
         None, "also write the Margin-MSE teacher TSV here (pos_score neg_score qid pos_pid neg_pid)"
     )
+    compile: Optional[bool] = opt(
+        None,
+        "torch.compile each teacher actor's model with frozen weights; unset = on for CPU actors "
+        "with >= 20,000 pairs each",
+    )
     resources: ResourcesConfig = opt(ResourcesConfig, "num_workers: actors per teacher (GPU each if use_gpu)")
     overwrite: bool = opt(False, "replace a complete output made with another config")
 
@@ -272,6 +277,11 @@ class RerankConfig:
     batch_size: int = opt(64, "query-passage pairs per forward pass")
     precision: str = opt("auto", f"autocast on CUDA: one of {', '.join(PRECISIONS)} (auto = fp16)")
     tag: str = opt("densekit-rerank", "run tag written in the TREC file")
+    compile: Optional[bool] = opt(
+        None,
+        "torch.compile each reranker actor's model with frozen weights; unset = on for CPU actors "
+        "with >= 20,000 pairs each",
+    )
     resources: ResourcesConfig = opt(ResourcesConfig, "num_workers: reranker actors (GPU each if use_gpu)")
     overwrite: bool = opt(False, "replace a complete output made with another config")
 

@@ -25,7 +25,8 @@ COMPILE_MIN_TEXTS = 20_000
 
 def compile_wanted(setting: bool | None, texts_per_process: float, on_gpu: bool) -> bool:
     """The `compile` option resolved: True/False as set; None (auto) compiles on CPU when each
-    process has at least COMPILE_MIN_TEXTS texts to encode (on GPU only when asked)."""
+    process has at least COMPILE_MIN_TEXTS texts (or query-passage pairs) to run through the model
+    (on GPU only when asked)."""
     if setting is not None:
         return bool(setting)
     return not on_gpu and texts_per_process >= COMPILE_MIN_TEXTS

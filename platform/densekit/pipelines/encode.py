@@ -155,7 +155,7 @@ def _write_pieces(batch: dict[str, np.ndarray], out: str, rows_per_shard: int, d
 
 
 def _merge_shard(out: str, shard: int, first: int, count: int) -> int:
-    """Ray task: the pieces of one shard -> part-NNNNN.parquet (rows in input order, each once)."""
+    """The pieces of one shard -> part-NNNNN.parquet (rows in input order, each once)."""
     d = Path(out) / PIECES / f"shard-{shard:05d}"
     pieces = sorted(d.glob("rows-*.parquet"))
     table = pa.concat_tables([pq.read_table(p) for p in pieces])
@@ -170,6 +170,13 @@ def _merge_shard(out: str, shard: int, first: int, count: int) -> int:
         pq.write_table(table.drop_columns([ROW]), tmp, row_group_size=65_536, compression="zstd")
     shutil.rmtree(d, ignore_errors=True)
     return count
+
+
+class ShardMerger:
+    """The step's one merging process (a Ray actor): `_merge_shard` for each finished shard."""
+
+    def merge(self, out: str, shard: int, first: int, count: int) -> int:
+        return _merge_shard(out, shard, first, count)
 
 
 # --- the step --------------------------------------------------------------------------------------
@@ -375,7 +382,10 @@ def _stream(
     remaining = {s: expected(s) for s in shards}
     # Merging is short and I/O-bound: it must not wait for a CPU the model actors hold until the
     # end (num_cpus=0), or no shard would be finished, hence resumable, before the whole run is.
-    merge = ray.remote(num_cpus=0, max_retries=2)(_merge_shard)
+    # One long-lived merger for the whole step: a task per shard started a fresh Ray worker
+    # process each time (Ray keeps no idle worker beyond the node's CPU count, which the model
+    # actors fill), about a second of CPU per shard taken from the actors.
+    merger = ray.remote(num_cpus=0, max_restarts=2, max_task_retries=2)(ShardMerger).remote()
     merges = []
     progress = Progress(logger, f"encode {kind}", total=sum(remaining.values()))
     # Only (shard, row count) pairs reach the driver; a shard is merged as soon as it is whole.
@@ -386,9 +396,8 @@ def _stream(
                 remaining[shard] -= n
                 progress.update(n)
                 if remaining[shard] == 0:
-                    merges.append(
-                        merge.remote(str(out), shard, shard * cfg.rows_per_shard, expected(shard))
-                    )
+                    merges.append(merger.merge.remote(
+                        str(out), shard, shard * cfg.rows_per_shard, expected(shard)))
                 elif remaining[shard] < 0:
                     raise DensekitError(f"shard {shard} received more rows than it holds")
     finally:

@@ -114,7 +114,8 @@ def _score(cfg, groups: Path, scored: Path) -> None:
 
     score(ScoreConfig(groups=str(groups), output=str(scored),
                       teachers=[TeacherConfig(model=cfg.reranker, kind=cfg.kind, max_length=cfg.max_length)],
-                      batch_size=cfg.batch_size, precision=cfg.precision, resources=cfg.resources))
+                      batch_size=cfg.batch_size, precision=cfg.precision, compile=cfg.compile,
+                      resources=cfg.resources))
 
 
 def _write_run(scored: Path, out: Path) -> int:

@@ -30,6 +30,7 @@ from densekit.artifacts import (
 from densekit.data import records as R
 from densekit.errors import InputError
 from densekit.logs import Progress
+from densekit.models.compiled import compile_wanted
 from densekit.pipelines.embeddings import model_fingerprint
 from densekit.pipelines.encode import autocast_dtype, check_fits
 from densekit.pipelines.text_encoder import release_free_memory
@@ -51,11 +52,13 @@ class TeacherScorer:
         batch_size: query-passage pairs per forward pass.
         precision: autocast on CUDA ("auto" = fp16); use_gpu: CUDA when available.
         column: the output column name.
+        compile: run the pair scorer (cross-encoder) or passage encoder through `torch.compile`
+            with frozen weights (densekit.models.compiled; eager if compiling fails).
     """
 
     def __init__(self, model: str, kind: str = "auto", max_length: int | None = None,
                  batch_size: int = 64, precision: str = "auto", use_gpu: bool = False,
-                 column: str = "teacher_scores"):
+                 column: str = "teacher_scores", compile: bool = False):
         import torch
 
         from densekit.models import load_model
@@ -67,6 +70,14 @@ class TeacherScorer:
         self.path = str(model)
         self.batch_size, self.column = batch_size, column
         self.amp = autocast_dtype(self.device, precision)
+        # The per-pair work (queries are encoded once per call of 64 groups).
+        pairs = self.model.score_pairs if self.kind == "cross_encoder" else self.model.encode_passages
+        if compile:
+            from densekit.models.compiled import CompiledInference
+
+            what = "cross-encoder" if self.kind == "cross_encoder" else f"{self.kind} passage encoder"
+            pairs = CompiledInference(pairs, f"the teacher's {what}")
+        self._pairs = pairs
 
     def _ctx(self):
         import torch
@@ -105,16 +116,16 @@ class TeacherScorer:
         if self.kind == "cross_encoder":
             enc = m.tokenize_pairs([queries[i] for i in qi], texts, titles)
             enc = {k: v.to(self.device) for k, v in enc.items()}
-            return m.score_pairs(**enc).float().cpu().numpy()
+            return self._pairs(**enc).float().cpu().numpy()
         enc = {k: v.to(self.device) for k, v in m.tokenize_passages(texts, titles).items()}
         sel = torch.as_tensor(qi, device=self.device)
         if self.kind == "bi_encoder":
-            p = m.encode_passages(**enc)  # [n, D]
+            p = self._pairs(**enc)  # [n, D]
             return (q_state[sel] * p).sum(-1).float().cpu().numpy()
         from densekit.models.colbert import maxsim_group
 
         q, q_mask = q_state
-        d, d_mask = m.encode_passages(**enc)  # [n, Ld, D], [n, Ld]
+        d, d_mask = self._pairs(**enc)  # [n, Ld, D], [n, Ld]
         # Each pair is a group of one: [n, Lq, D] against [n, 1, Ld, D] -> [n, 1].
         return maxsim_group(q[sel], q_mask[sel], d[:, None], d_mask[:, None])[:, 0].float().cpu().numpy()
 
@@ -174,6 +185,20 @@ def _read_row_groups(batch: dict[str, np.ndarray]) -> pa.Table:
                              for p, g in zip(batch["path"], batch["row_group"])])
 
 
+def count_pairs(groups: str | Path) -> int:
+    """Query-passage pairs in a groups table, from the Parquet metadata alone (no data read): the
+    values of its positives' and negatives' pid columns (an empty list counts one)."""
+    leaves = {f"{R.POSITIVES}.list.element.{R.PID}", f"{R.NEGATIVES}.list.element.{R.PID}"}
+    n = 0
+    for part in table_parts(groups):
+        meta = pq.ParquetFile(part).metadata
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            n += sum(rg.column(i).num_values for i in range(rg.num_columns)
+                     if rg.column(i).path_in_schema in leaves)
+    return n
+
+
 def score(cfg) -> None:
     """Score every passage of the groups in `cfg.groups` with the teachers; write `cfg.output`.
 
@@ -206,6 +231,9 @@ def _score(cfg, out: Path, teachers: list[dict]) -> None:
     check_fits(n_actors * len(cfg.teachers), res)
     columns = [f"__teacher_{i}" for i in range(len(cfg.teachers))]
     total = table_rows(cfg.groups)
+    compile = compile_wanted(cfg.compile, count_pairs(cfg.groups) / n_actors, res.use_gpu)
+    logger.info("score: %d groups, %d actors a teacher, compiled teachers %s%s", total, n_actors,
+                "on" if compile else "off", " (auto)" if cfg.compile is None else "")
 
     ctx = ray.data.DataContext.get_current()
     keep_order = ctx.execution_options.preserve_order
@@ -227,7 +255,7 @@ def _score(cfg, out: Path, teachers: list[dict]) -> None:
                 TeacherScorer,
                 fn_constructor_kwargs={"model": t.model, "kind": t.kind, "max_length": t.max_length,
                                        "batch_size": cfg.batch_size, "precision": cfg.precision,
-                                       "use_gpu": res.use_gpu, "column": column},
+                                       "use_gpu": res.use_gpu, "column": column, "compile": compile},
                 batch_size=GROUPS_PER_CALL,
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=n_actors),
