@@ -37,8 +37,8 @@ from densekit.artifacts import (
 from densekit.data import records as R
 from densekit.errors import ConfigError, DensekitError, InputError
 from densekit.logs import Progress
-from densekit.pipelines.embeddings import embeddings_batch, model_fingerprint
 from densekit.models.compiled import compile_wanted
+from densekit.pipelines.embeddings import embeddings_batch, model_fingerprint
 from densekit.pipelines.text_encoder import ROW, TextEncoder, autocast_dtype, encode_texts
 
 logger = logging.getLogger(__name__)
