@@ -73,3 +73,33 @@ def test_a_genuine_error_is_not_swallowed(tiny_model_dir):
 )
 def test_compile_wanted(setting, texts, gpu, expected):
     assert compile_wanted(setting, texts, gpu) is expected
+
+
+def test_a_compiled_frozen_teacher_gives_the_same_outputs_and_its_student_trains(tiny_model_dir):
+    """compile_frozen_towers (train's compile_teacher): the teacher's embeddings and per-layer views
+    (LEAD) equal the eager teacher's, and a student's loss against them backpropagates (no_grad
+    outputs, not inference tensors)."""
+    import torch
+
+    from densekit.models import load_model
+    from densekit.models.compiled import compile_frozen_towers
+
+    eager = load_model(str(tiny_model_dir), kind="bi_encoder").eval().requires_grad_(False)
+    teacher = load_model(str(tiny_model_dir), kind="bi_encoder").eval().requires_grad_(False)
+    compile_frozen_towers(teacher, "the teacher")
+    forward = teacher.query_tower.transformer.forward
+    assert isinstance(forward, CompiledInference)
+    student = load_model(str(tiny_model_dir), kind="bi_encoder")
+    for texts in (TEXTS[:5], TEXTS[5:12]):  # two batch shapes
+        enc = teacher.tokenize_passages(texts)
+        with torch.no_grad():
+            got, got_layers = teacher._embed(teacher.passage_tower, enc, all_layers=True)
+            want, want_layers = eager._embed(eager.passage_tower, enc, all_layers=True)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got_layers, want_layers, rtol=1e-4, atol=1e-5)
+        s = student.encode_passages(**enc)
+        loss = ((s - got) ** 2).sum() + (s @ got.T).logsumexp(-1).sum()
+        loss.backward()
+    assert not forward.failed and forward.calls == 2
+    trained = [p for p in student.parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)

@@ -216,3 +216,27 @@ def test_a_loss_at_weight_0_is_off_and_its_teacher_is_never_run(tmp_path, train_
         assert "loss/nll" in a and "loss/kl_distill" not in a and "loss/layer_distill" not in a, a
         assert "teacher_cache_computed" not in a, a
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["loss/nll"] == pytest.approx(b["loss/nll"], rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["lead", pytest.param("prod_lwf", marks=pytest.mark.long)])
+def test_a_compiled_teacher_trains_to_the_same_losses(method, tmp_path, train_task, student_dir, ray_session):
+    """compile_teacher=true (the frozen teacher's transformers compiled, weights frozen): the same
+    losses, step for step, as the eager teacher; LEAD reads the teacher's per-layer views too, PROD
+    a cross-encoder teacher's scores."""
+    template, terms = METHODS[method]
+    paths = {"STUDENT": student_dir, "GROUPS": train_task["groups"]}
+    histories = {}
+    for compiled in (False, True):
+        out = tmp_path / f"compiled_{compiled}"
+        train(load_config(TrainConfig, None, [
+            *(_fill(o, paths) for o in template), f"compile_teacher={str(compiled).lower()}",
+            "optim.lr=5e-3", "optim.batch_size=8", f"optim.max_steps={STEPS}", "optim.warmup_steps=1",
+            "checkpoint_every=1", "resources.num_workers=1", "resources.cpus_per_worker=1", f"output={out}",
+        ]))  # fmt: skip
+        histories[compiled] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(histories[True]) == STEPS
+    assert [h["teacher_compiled"] for h in histories[True]] == [1.0] * STEPS  # compiled, no fallback
+    assert all("teacher_compiled" not in h for h in histories[False])
+    for a, b in zip(histories[False], histories[True], strict=True):
+        for term in ["loss", *(f"loss/{t}" for t in terms)]:
+            assert b[term] == pytest.approx(a[term], rel=1e-4, abs=1e-6), (term, a[term], b[term])

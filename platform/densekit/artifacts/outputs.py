@@ -42,9 +42,9 @@ def config_to_yaml(cfg: Any) -> str:
 
 # Keys that do not change what a step computes: a rerun that differs only in these reuses the output
 # (and a key of this kind added in a newer densekit does not turn older outputs into conflicts).
-# `compile` changes speed only (compiled and eager embeddings agree to ~1e-6).
+# `compile`, `compile_teacher` change speed only (compiled and eager outputs agree to ~1e-6).
 NON_SEMANTIC_KEYS = frozenset({"overwrite", "resources", "output", "progress_every_s", "teacher_cache",
-                               "share_teacher", "compile"})
+                               "share_teacher", "compile", "compile_teacher"})
 
 
 def _semantic(d: dict) -> dict:

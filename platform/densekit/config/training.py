@@ -110,6 +110,12 @@ class TrainConfig:
         "batches (a search's trials, a retrain) read them instead of running the teacher; a search with share_teacher "
         "sets <output>/_teacher_cache",
     )
+    compile_teacher: Optional[bool] = opt(
+        None,
+        "torch.compile a frozen online teacher's transformers with frozen weights (its forward ~1.9x "
+        "on CPU); unset = on for a CPU run whose teacher sees >= 20,000 texts a worker "
+        "(max_steps x batch x (1 + group_size))",
+    )
     data: TrainDataConfig = opt(TrainDataConfig, "training data")
     candidates: Literal["auto", "global", "group", "retrieved"] = opt(
         "auto", "what each query is scored against (auto: what the losses need)"

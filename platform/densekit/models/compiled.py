@@ -36,25 +36,28 @@ class CompiledInference:
     """`fn(**tensors)` compiled once (dynamic shapes: batch size and length vary), run with
     freezing under inference mode. Falls back to `fn` itself if compiling fails."""
 
-    def __init__(self, fn: Callable[..., Any], label: str, backend: str | Callable = "inductor"):
+    def __init__(self, fn: Callable[..., Any], label: str, backend: str | Callable = "inductor",
+                 inference_mode: bool = True):
         import torch
 
         self.fn, self.label = fn, label
         self.compiled = torch.compile(fn, dynamic=True, backend=backend)
+        # inference_mode for outputs that stay outputs (encode, score); no_grad for a frozen
+        # teacher's, which a student's loss uses (inference tensors cannot be saved for backward).
+        self.grad_off = torch.inference_mode if inference_mode else torch.no_grad
         self.failed = False
         self.calls = 0
 
-    def __call__(self, **inputs: Any) -> Any:
+    def __call__(self, *args: Any, **inputs: Any) -> Any:
         if self.failed:
-            return self.fn(**inputs)
-        import torch
+            return self.fn(*args, **inputs)
         import torch._inductor.config as inductor_config
         from torch._dynamo.exc import TorchDynamoException
 
         t0 = time.perf_counter()
         try:
-            with torch.inference_mode(), inductor_config.patch(freezing=True):
-                out = self.compiled(**inputs)
+            with self.grad_off(), inductor_config.patch(freezing=True):
+                out = self.compiled(*args, **inputs)
         except TorchDynamoException as e:
             self.failed = True
             cause = getattr(e, "inner_exception", None) or e.__cause__ or e
@@ -63,8 +66,22 @@ class CompiledInference:
                 "compiling %s failed (%s: %s); encoding with the eager model instead",
                 self.label, type(cause).__name__, lines[0] if lines else "",
             )
-            return self.fn(**inputs)
+            return self.fn(*args, **inputs)
         self.calls += 1
         if self.calls == 1:
             logger.info("compiled %s in %.1f s (first batch)", self.label, time.perf_counter() - t0)
         return out
+
+
+def compile_frozen_towers(model: Any, label: str) -> list[CompiledInference]:
+    """Compile, in place, the transformer of each tower of a frozen model (an online teacher):
+    its forward then runs compiled under no_grad, wherever the model calls it (bi-encoder,
+    ColBERT and cross-encoder towers alike; a shared tower once). The model must not train.
+    Returns the compiled forwards (their `failed` says whether one fell back to eager)."""
+    compiled = {}
+    for name, tower in model.towers.items():
+        net = tower.transformer
+        if id(net) not in compiled:
+            net.forward = CompiledInference(net.forward, f"{label}'s {name} tower", inference_mode=False)
+            compiled[id(net)] = net.forward
+    return list(compiled.values())

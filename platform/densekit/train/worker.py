@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from densekit.config import TrainConfig
+from densekit.models.compiled import compile_wanted
 from densekit.train.checkpoints import load_checkpoint, report_checkpoint
 from densekit.train.model import (
     TrainModule,
@@ -58,6 +59,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # [1] Models: the student, an online teacher (frozen, or trained jointly when a loss says so),
     # and for LwF a frozen copy of the student as the stage starts.
     teacher = None
+    compiled_teacher = []  # CompiledInference of each compiled teacher transformer
     if cfg.teacher is not None and not objective.reads_teacher:
         if rank == 0:
             logger.info("teacher %s not loaded: every loss that reads it has weight 0", cfg.teacher.path)
@@ -70,6 +72,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             from densekit.models.embed_cache import attach
 
             attach(teacher, cfg.teacher_cache, config_to_dict(cfg.teacher), cfg.teacher.path, objective.teacher_trainable)
+        texts = cfg.optim.max_steps * (cfg.optim.batch_size // world) * (1 + max(cfg.data.group_size, 0))
+        if not objective.teacher_trainable and compile_wanted(cfg.compile_teacher, texts, device.type == "cuda"):
+            from densekit.models.compiled import compile_frozen_towers
+
+            compiled_teacher = compile_frozen_towers(teacher, "the teacher")
+            if rank == 0:
+                logger.info("teacher %s: compiled (frozen weights)", cfg.teacher.path)
     student = load_configured_model(cfg.model).to(device)
     frozen = None
     if objective.needs_reference:
@@ -212,6 +221,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # (then kept there), all ranks, since this run (re)started.
             read, computed = _all_reduce_mean([float(cache.hits), float(cache.misses)], world, device)
             metrics["teacher_cache_read"], metrics["teacher_cache_computed"] = read * world, computed * world
+        if compiled_teacher:
+            # 1 while the compiled teacher runs; 0 once compiling failed and it runs eagerly.
+            metrics["teacher_compiled"] = float(not any(f.failed for f in compiled_teacher))
         losses_since, parts_since, n_since = 0.0, {}, 0
         is_best = False
         if do_eval:
