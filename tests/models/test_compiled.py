@@ -11,6 +11,7 @@ import pytest
 
 from densekit.models.compiled import COMPILE_MIN_TEXTS, CompiledInference, compile_wanted
 from densekit.pipelines.text_encoder import TextEncoder
+from densekit_testdata import needs_cxx
 
 TEXTS = [
     "dense retrieval trains small query and passage encoders",
@@ -23,6 +24,7 @@ TEXTS = [
 ] * 3
 
 
+@needs_cxx
 def test_compiled_encoder_equals_eager(tiny_model_dir):
     eager = TextEncoder(str(tiny_model_dir), "passages", batch_size=4)
     compiled = TextEncoder(str(tiny_model_dir), "passages", batch_size=4, compile=True)
@@ -75,6 +77,7 @@ def test_compile_wanted(setting, texts, gpu, expected):
     assert compile_wanted(setting, texts, gpu) is expected
 
 
+@needs_cxx
 def test_a_compiled_frozen_teacher_gives_the_same_outputs_and_its_student_trains(tiny_model_dir):
     """compile_frozen_towers (train's compile_teacher): the teacher's embeddings and per-layer views
     (LEAD) equal the eager teacher's, and a student's loss against them backpropagates (no_grad

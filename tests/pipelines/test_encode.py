@@ -77,7 +77,9 @@ def test_text_encoder_batched_equals_one_by_one(tiny_model_dir, corpus):
 
 
 @pytest.mark.ray
-def test_encode_every_pid_once_and_resume(tmp_path, ray_session, tiny_model_dir, corpus):
+def test_encode_every_pid_once_and_resume(tmp_path, ray_session, tiny_model_dir, corpus, caplog):
+    import logging
+
     path, pids, texts, titles = corpus
     out = tmp_path / "emb"
     cfg = load_config(EncodeConfig, overrides=[
@@ -99,45 +101,23 @@ def test_encode_every_pid_once_and_resume(tmp_path, ray_session, tiny_model_dir,
     (out / "_manifest.json").unlink()
     # Another pool shape (resources do not change what is computed): one actor holding every CPU
     # of the cluster, which also checks that the read stage is fused into the actors (an unfused
-    # read task would wait forever for a CPU).
+    # read task would wait forever for a CPU). And a compiled encoder (compile=true; unset, 300
+    # rows would not compile): only speed changes, so the shards it did not write stay valid.
     import dataclasses
 
-    encode(dataclasses.replace(cfg, resources=dataclasses.replace(cfg.resources, num_workers=1,
-                                                                  cpus_per_worker=2.0)))
+    with caplog.at_level(logging.INFO, logger="densekit.pipelines.encode"):
+        encode(dataclasses.replace(cfg, compile=True, resources=dataclasses.replace(
+            cfg.resources, num_workers=1, cpus_per_worker=2.0)))
+    assert any("compiled encoder on" in r.getMessage() for r in caplog.records)
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     assert [mtimes[k] == after[k] for k in sorted(mtimes)] == [True, True, False, True, True]
     assert read_table(out).column(R.ID).to_pylist() == pids
     # Equal up to float noise: shard 2's rows were padded in other batches this time.
     np.testing.assert_allclose(np.array(read_table(out).column(R.EMBEDDING).to_pylist()),
                                np.array(table.column(R.EMBEDDING).to_pylist()), rtol=1e-4, atol=1e-6)
-    # Complete: a third run does nothing at all.
+    # Complete: a third run (compile unset) does nothing at all.
     encode(cfg)
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == after
-
-
-@pytest.mark.ray
-def test_encode_with_a_compiled_encoder(tmp_path, ray_session, tiny_model_dir, corpus, caplog):
-    """compile=true: the actors' compiled encoders give the eager reference's embeddings; compile
-    only changes speed, so a rerun without it finds the output complete (nothing to do)."""
-    import logging
-
-    path, pids, texts, titles = corpus
-    out = tmp_path / "emb"
-    overrides = [f"model={tiny_model_dir}", f"input={path}", f"output={out}", "rows_per_shard=128",
-                 "batch_size=16", "resources.num_workers=1"]
-    with caplog.at_level(logging.INFO, logger="densekit.pipelines.encode"):
-        encode(load_config(EncodeConfig, overrides=[*overrides, "compile=true"]))
-    assert any("compiled encoder on" in r.getMessage() for r in caplog.records)
-    table = read_table(out)
-    assert table.column(R.ID).to_pylist() == pids
-    np.testing.assert_allclose(np.array(table.column(R.EMBEDDING).to_pylist()),
-                               _one_by_one(tiny_model_dir, texts, titles), rtol=1e-4, atol=1e-5)
-    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
-    caplog.clear()
-    with caplog.at_level(logging.INFO):
-        encode(load_config(EncodeConfig, overrides=overrides))  # compile unset (auto): 300 rows, off
-    assert any("complete for this config" in r.getMessage() for r in caplog.records)
-    assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == mtimes
 
 
 def test_encode_refuses_a_cross_encoder(tmp_path, tiny_model_dir, corpus):

@@ -12,6 +12,7 @@ from densekit.artifacts import read_manifest, read_table
 from densekit.config import ScoreConfig, load_config
 from densekit.data import records as R
 from densekit.pipelines.score import TeacherScorer, combine_scores, score
+from densekit_testdata import needs_cxx
 
 GROUPS = [
     ("q1", "dense retrieval of passages", [("d1", "passage encoders are small", "dense")],
@@ -65,8 +66,9 @@ def _reference(model_dir: str) -> dict[tuple[str, str], float]:
 
 
 @pytest.mark.parametrize(("kind", "compile"), [("bi_encoder", False), ("cross_encoder", False),
-                                               ("colbert", False), ("cross_encoder", True),
-                                               ("colbert", True)])
+                                               ("colbert", False),
+                                               pytest.param("cross_encoder", True, marks=needs_cxx),
+                                               pytest.param("colbert", True, marks=needs_cxx)])
 def test_teacher_scorer_equals_direct_computation(teachers, kind, compile):
     from densekit.models.compiled import CompiledInference
 

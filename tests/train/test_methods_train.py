@@ -14,6 +14,7 @@ from densekit.artifacts import TableWriter, read_manifest, read_table, write_man
 from densekit.config import TrainConfig, load_config
 from densekit.data import records as R
 from densekit.train import train
+from densekit_testdata import needs_cxx
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -218,7 +219,9 @@ def test_a_loss_at_weight_0_is_off_and_its_teacher_is_never_run(tmp_path, train_
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["loss/nll"] == pytest.approx(b["loss/nll"], rel=1e-6)
 
 
-@pytest.mark.parametrize("method", ["lead", pytest.param("prod_lwf", marks=pytest.mark.long)])
+@needs_cxx
+@pytest.mark.long  # ~45 s a method here; tests/models/test_compiled.py checks the compiled teacher by default
+@pytest.mark.parametrize("method", ["lead", "prod_lwf"])
 def test_a_compiled_teacher_trains_to_the_same_losses(method, tmp_path, train_task, student_dir, ray_session):
     """compile_teacher=true (the frozen teacher's transformers compiled, weights frozen): the same
     losses, step for step, as the eager teacher; LEAD reads the teacher's per-layer views too, PROD
