@@ -63,7 +63,7 @@ class CompiledInference:
             cause = getattr(e, "inner_exception", None) or e.__cause__ or e
             lines = [line for line in str(cause).splitlines() if line.strip()]
             logger.warning(
-                "compiling %s failed (%s: %s); encoding with the eager model instead",
+                "compiling %s failed (%s: %s); running the eager model instead",
                 self.label, type(cause).__name__, lines[0] if lines else "",
             )
             return self.fn(*args, **inputs)
