@@ -186,3 +186,36 @@ def test_a_stage_setting_can_be_removed_on_the_command_line():
     assert method.stages["mmse"].set["losses"] == {"nll": {"weight": 1}}
     assert method.stages["baseline"].set["losses"] == {"nll": {"weight": 1}}
     assert "margin_mse" in load_method(path).stages["mmse"].set["losses"]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_file_reached_through_two_includes_gives_its_stages_once(tmp_path):
+    # tuned_teacher.yaml includes margin_mse.yaml and query_align.yaml, which both include
+    # real_groups.yaml (a diamond): its stages come once, in their place, with both methods' own.
+    tt = load_method(ROOT / "configs" / "methods" / "real" / "tuned_teacher.yaml")
+    names = list(tt.stages)
+    assert len(names) == len(set(names))
+    for shared in ("train_data", "teacher_index_scifact", "hard_groups", "baseline"):
+        assert shared in tt.stages
+    assert names.index("hard_groups") < names.index("mm_twin") < names.index("qa_twin") < names.index("qa_tt")
+    assert tt.stages["qa_tt"].set["data"]["teacher_embeddings"] == "@tt_train_queries"
+    # The same diamond with files of its own: the shared stage once...
+    _write(tmp_path / "common.yaml", "name: c\noutput: o\nvars: {lr: 0.1}\n"
+           "stages: {prep: {step: import, set: {lr: '${vars.lr}'}}}\n")
+    _write(tmp_path / "a.yaml", "name: a\noutput: o\ninclude: [common.yaml]\nstages: {a: {step: train}}\n")
+    _write(tmp_path / "b.yaml", "name: b\noutput: o\ninclude: [common.yaml]\nstages: {b: {step: train}}\n")
+    top = load_method(_write(tmp_path / "top.yaml", "name: t\noutput: o\ninclude: [a.yaml, b.yaml]\n"))
+    assert list(top.stages) == ["prep", "a", "b"]
+    # ...but a name two files define differently is still refused, naming both files,
+    _write(tmp_path / "c.yaml", "name: c2\noutput: o\nstages: {prep: {step: import, set: {lr: 0.2}}}\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: stage 'prep' is also defined in .*a\.yaml"):
+        load_method(_write(tmp_path / "top2.yaml", "name: t\noutput: o\ninclude: [a.yaml, c.yaml]\n"))
+    # and so is the same file reached with other vars (its stage would differ between the two).
+    _write(tmp_path / "b2.yaml", "name: b2\noutput: o\ninclude: [common.yaml]\nvars: {lr: 0.3}\n"
+           "stages: {b: {step: train}}\n")
+    with pytest.raises(ConfigError, match=r"stage 'prep' is also defined"):
+        load_method(_write(tmp_path / "top3.yaml", "name: t\noutput: o\ninclude: [a.yaml, b2.yaml]\n"))
