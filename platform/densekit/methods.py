@@ -164,13 +164,13 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
     for i, path in enumerate(includes):
         sub = load_method(path, shared[i] + routed[i], seen) if i in routed else included[i]
         for name, stage in sub.stages.items():
+            if stage.config and not Path(stage.config).is_absolute() and not REF.match(stage.config):
+                # Absolute, so a file included through another include is not re-prefixed.
+                stage.config = str(path.parent.resolve() / stage.config)
             if name in stages and stage == stages[name]:
                 continue  # a file reached through two includes (both include real_groups.yaml): once
             if name in stages:
                 raise ConfigError(f"{path}: stage '{name}' is also defined in {where[name]}")
-            if stage.config and not Path(stage.config).is_absolute() and not REF.match(stage.config):
-                # Absolute, so a file included through another include is not re-prefixed.
-                stage.config = str(path.parent.resolve() / stage.config)
             stages[name], where[name] = stage, path
     for name, stage in method.stages.items():
         if name in stages:

@@ -205,11 +205,15 @@ def test_a_file_reached_through_two_includes_gives_its_stages_once(tmp_path):
     assert tt.stages["qa_tt"].set["data"]["teacher_embeddings"] == "@tt_train_queries"
     # The same diamond with files of its own: the shared stage once...
     _write(tmp_path / "common.yaml", "name: c\noutput: o\nvars: {lr: 0.1}\n"
-           "stages: {prep: {step: import, set: {lr: '${vars.lr}'}}}\n")
+           "stages: {prep: {step: import, config: prep.yaml, set: {lr: '${vars.lr}'}}}\n")
     _write(tmp_path / "a.yaml", "name: a\noutput: o\ninclude: [common.yaml]\nstages: {a: {step: train}}\n")
     _write(tmp_path / "b.yaml", "name: b\noutput: o\ninclude: [common.yaml]\nstages: {b: {step: train}}\n")
     top = load_method(_write(tmp_path / "top.yaml", "name: t\noutput: o\ninclude: [a.yaml, b.yaml]\n"))
     assert list(top.stages) == ["prep", "a", "b"]
+    assert top.stages["prep"].config == str(tmp_path.resolve() / "prep.yaml")  # from its own file
+    # (also when the shared file is included directly after a file that includes it)
+    both = load_method(_write(tmp_path / "top1.yaml", "name: t\noutput: o\ninclude: [a.yaml, common.yaml]\n"))
+    assert list(both.stages) == ["prep", "a"]
     # ...but a name two files define differently is still refused, naming both files,
     _write(tmp_path / "c.yaml", "name: c2\noutput: o\nstages: {prep: {step: import, set: {lr: 0.2}}}\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: stage 'prep' is also defined in .*a\.yaml"):
