@@ -114,10 +114,8 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
 
     Included stages keep their settings; their `config:` paths are relative to their own file; the
     including file's output folder and results apply, and its vars override the included files'
-    vars of the same name. A file reached through two includes (two methods that both include
-    real_groups.yaml) gives its stages once; a stage name defined twice otherwise, or by the same
-    file with other vars, is an error (two methods sharing a stage share its definition through one
-    file)."""
+    vars of the same name. A file reached through two includes gives its stages once; a stage
+    name defined twice otherwise (or by one file with other vars) is an error."""
     method_file = Path(method_file)
     overrides = list(overrides or [])
     var_overrides = [ov for ov in overrides if ov.lstrip("~").startswith("vars.")]
@@ -167,9 +165,7 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
             if stage.config and not Path(stage.config).is_absolute() and not REF.match(stage.config):
                 # Absolute, so a file included through another include is not re-prefixed.
                 stage.config = str(path.parent.resolve() / stage.config)
-            if name in stages and stage == stages[name]:
-                continue  # a file reached through two includes (both include real_groups.yaml): once
-            if name in stages:
+            if name in stages and stage != stages[name]:  # equal: one file reached through two includes
                 raise ConfigError(f"{path}: stage '{name}' is also defined in {where[name]}")
             stages[name], where[name] = stage, path
     for name, stage in method.stages.items():
