@@ -7,9 +7,8 @@ the method's `vars`, so a small and a full-scale version differ only in their va
 stage's `config:` may be `@stage/file.yaml`, a file an earlier stage writes (a tune stage's
 best_config.yaml): checked in full once it exists.
 
-`include:` puts the stages of other method files first: the small methods share one generated
-task, one warm-up and one baseline through configs/methods/small_common.yaml, and run in one
-folder, so a stage another method already finished is reused.
+`include:` puts the stages of other method files first (densekit.config.method_file: the schema
+and `load_method`).
 
 The runner resumes: a stage whose output is complete (valid manifest) for the same config is
 skipped, a stage interrupted part-way is redone (or resumed, for steps that resume inside, like
@@ -25,16 +24,24 @@ import argparse
 import dataclasses
 import json
 import logging
-import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional  # noqa: UP035
+from typing import Any, Optional  # noqa: UP035
 
 from densekit import stopping
 from densekit.artifacts import is_write_key, write_json_atomic
-from densekit.config import MISSING, ConfigError, load_config, opt, unknown_name
+from densekit.config import ConfigError, load_config
+from densekit.config.method_file import (  # noqa: F401 (StageConfig, STAGE_NAME: re-exported)
+    REF,
+    RESULT_STEPS,
+    STAGE_NAME,
+    MethodConfig,
+    StageConfig,
+    _format_value,
+    load_method,
+)
 from densekit.stage_status import (
     changed_inputs,
     input_fingerprints,
@@ -44,147 +51,9 @@ from densekit.stage_status import (
 
 logger = logging.getLogger(__name__)
 
-STAGE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-REF = re.compile(r"^@([a-z][a-z0-9_]*)(/.*)?$")
-_STAGE_KEY = re.compile(r"^~?stages\.([a-z][a-z0-9_]*)[.=]")  # a dotlist override of one stage
-RESULT_STEPS = ("evaluate", "speed")
 RESULT_FILES = {"evaluate": "metrics.json", "speed": "speed.json"}
 # Deeper checks a --dry-run makes on a fully resolved stage config ("module:function(cfg)").
 DRY_RUN_CHECKS = {"train": "densekit.train:candidate_modes"}
-
-
-@dataclass
-class StageConfig:
-    """One stage of a method: a step, its config file and/or settings."""
-
-    step: str = opt(MISSING, "the step this stage runs (a `densekit` step name)")
-    config: Optional[str] = opt(
-        None, "the step's YAML config (relative to the method file), or '@stage/file.yaml': a file an "
-        "earlier stage writes, e.g. a tune stage's best_config.yaml"
-    )
-    set: Dict[str, Any] = opt({}, "settings over `config` (nested or dotted keys; '@stage' = its output)")  # noqa: UP006
-    about: str = opt("", "one line on what the stage does")
-
-
-@dataclass
-class MethodConfig:
-    """A multi-stage method: ordered stages sharing one run folder."""
-
-    name: str = opt(MISSING, "method name")
-    about: str = opt("", "what the method does and where it comes from")
-    output: str = opt(MISSING, "the run folder; stage S writes <output>/S")
-    scale: str = opt("small", "small (generated task, tiny models), real (pretrained encoders on real text, CPU) or full (the paper's data)")
-    data: Dict[str, str] = opt({}, "what the full-scale version expects, name -> description")  # noqa: UP006
-    gpu_hours: Optional[float] = opt(None, "estimated GPU hours of the full-scale run")
-    vars: Dict[str, Any] = opt({}, "values the stages refer to as ${vars.name}")  # noqa: UP006
-    include: List[str] = opt(  # noqa: UP006
-        [], "method files whose stages come first (stages shared by several methods); relative to this file"
-    )
-    stages: Dict[str, StageConfig] = opt({}, "the stages, in order")  # noqa: UP006
-    report: bool = opt(True, "write report.md and quality_vs_speed.png into the run folder at the end")
-    report_set: Dict[str, Any] = opt({}, "ReportConfig settings of that report, e.g. {speed: {repeats: 3}}")  # noqa: UP006
-    results: Dict[str, str] = opt(  # noqa: UP006
-        {}, "label -> '@stage' of an evaluate (or speed) stage: collected into results-<name>.json at the end"
-    )
-
-    def validate(self) -> None:
-        if not self.stages and not self.include:
-            raise ConfigError(f"method '{self.name}' has no stages")
-        for name in self.stages:
-            if not STAGE_NAME.match(name):
-                raise ConfigError(
-                    f"stage name '{name}' must be lower-case letters, digits and _ "
-                    "(it becomes a folder name under the run output)"
-                )
-        if self.include:
-            return  # results may name included stages: checked once they are merged (load_method)
-        for label, ref in self.results.items():
-            m = REF.match(ref or "")
-            if not m or m.group(2) or m.group(1) not in self.stages:
-                raise ConfigError(f"results.{label}={ref}: expected '@stage' naming one of the method's stages")
-            if self.stages[m.group(1)].step not in RESULT_STEPS:
-                raise ConfigError(
-                    f"results.{label}={ref}: stage '{m.group(1)}' runs {self.stages[m.group(1)].step}; "
-                    f"results come from {' or '.join(RESULT_STEPS)} stages"
-                )
-
-
-def load_method(method_file: str | Path, overrides: list[str] | None = None, _seen: tuple = ()) -> MethodConfig:
-    """Load a method file with its included files' stages first (in include order).
-
-    Included stages keep their settings; their `config:` paths are relative to their own file; the
-    including file's output folder and results apply, and its vars override the included files'
-    vars of the same name. A file reached through two includes gives its stages once; a stage
-    name defined twice otherwise (or by one file with other vars) is an error."""
-    method_file = Path(method_file)
-    overrides = list(overrides or [])
-    var_overrides = [ov for ov in overrides if ov.lstrip("~").startswith("vars.")]
-    given = {ov.lstrip("~").split("=", 1)[0][5:].split(".", 1)[0] for ov in var_overrides}
-    if given and not _seen:  # the command line's vars: a name no file of the method declares is a typo
-        declared = _declared_vars(method_file, (), var_overrides)
-        for name in sorted(given - declared):
-            raise ConfigError(f"{method_file}: vars.{name}: " + unknown_name("var", name, sorted(declared)))
-    # Include paths may name vars (`include: ["${vars.data}"]`): they resolve with the overriding
-    # vars (an including file's or the command line's), so a documents variant can swap the data file.
-    own = load_config(MethodConfig, method_file, var_overrides)
-    if not own.include:
-        return load_config(MethodConfig, method_file, overrides)
-    includes = [Path(inc) if Path(inc).is_absolute() else method_file.parent / inc for inc in own.include]
-    for path in includes:
-        if path.resolve() in _seen or path.resolve() == method_file.resolve():
-            raise ConfigError(f"{method_file}: include {path.name} includes itself (a cycle)")
-    seen = (*_seen, method_file.resolve())
-    # The including file's vars (and the command line's) override the included files' vars of the
-    # same name (a documents variant: other data paths and lengths), in each include that declares
-    # the var itself or through its own includes (real_groups.yaml passes on real_common.yaml's).
-    shared = []
-    for path in includes:
-        names = _declared_vars(path, seen)
-        shared.append([f"vars.{k}={_format_value(v)}" for k, v in own.vars.items() if k in names])
-    # Each include as it is used (with those vars): the stages it defines.
-    included = [load_method(p, sv, seen) for p, sv in zip(includes, shared)]
-    # An override of a stage an included file defines (`stages.warmup.set.optim.lr=...` on the
-    # command line of a method that includes small_common.yaml) goes to that file's stage.
-    routed: dict[int, list[str]] = {}
-    kept: list[str] = []
-    for ov in overrides:
-        m = _STAGE_KEY.match(ov)
-        target = None
-        if m and m.group(1) not in own.stages:
-            target = next((i for i, sub in enumerate(included) if m.group(1) in sub.stages), None)
-        if target is None:
-            kept.append(ov)
-        else:
-            routed.setdefault(target, []).append(ov)
-    method: MethodConfig = load_config(MethodConfig, method_file, kept)
-    stages: dict[str, StageConfig] = {}
-    where: dict[str, Path] = {}
-    for i, path in enumerate(includes):
-        sub = load_method(path, shared[i] + routed[i], seen) if i in routed else included[i]
-        for name, stage in sub.stages.items():
-            if stage.config and not Path(stage.config).is_absolute() and not REF.match(stage.config):
-                # Absolute, so a file included through another include is not re-prefixed.
-                stage.config = str(path.parent.resolve() / stage.config)
-            if name in stages and stage != stages[name]:  # equal: one file reached through two includes
-                raise ConfigError(f"{path}: stage '{name}' is also defined in {where[name]}")
-            stages[name], where[name] = stage, path
-    for name, stage in method.stages.items():
-        if name in stages:
-            raise ConfigError(f"{method_file}: stage '{name}' is also defined in the included {where[name]}")
-        stages[name] = stage
-    method.stages, method.include = stages, []
-    method.validate()
-    return method
-
-
-def _declared_vars(method_file: Path, seen: tuple = (), var_overrides: list[str] | None = None) -> set[str]:
-    """The vars a method file and the files it includes declare (`var_overrides` choose the includes)."""
-    names = set(load_config(MethodConfig, method_file, []).vars)
-    for inc in load_config(MethodConfig, method_file, var_overrides or []).include:
-        path = Path(inc) if Path(inc).is_absolute() else method_file.parent / inc
-        if path.resolve() not in seen and path.resolve() != method_file.resolve():
-            names |= _declared_vars(path, (*seen, method_file.resolve()))
-    return names
 
 
 @dataclass
@@ -208,14 +77,6 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-def _format_value(v: Any) -> str:
-    if isinstance(v, (list, dict)):
-        return json.dumps(v)
-    if v is None:
-        return "null"
-    return str(v)
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -459,7 +320,6 @@ def run(argv: list[str]) -> int:
 def collect_results(method: MethodConfig, stages: list[PlannedStage]) -> dict:
     """Gather the result stages' metrics.json / speed.json into <output>/results-<name>.json and
     log them as a table."""
-    import json
 
     by_name = {s.name: s for s in stages}
     results: dict[str, Any] = {}

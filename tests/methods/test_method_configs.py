@@ -218,8 +218,36 @@ def test_a_file_reached_through_two_includes_gives_its_stages_once(tmp_path):
     _write(tmp_path / "c.yaml", "name: c2\noutput: o\nstages: {prep: {step: import, set: {lr: 0.2}}}\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: stage 'prep' is also defined in .*a\.yaml"):
         load_method(_write(tmp_path / "top2.yaml", "name: t\noutput: o\ninclude: [a.yaml, c.yaml]\n"))
-    # and so is the same file reached with other vars (its stage would differ between the two).
+    # and so is the same file reached with other vars (its stage would differ between the two):
+    # the including file is told to choose the var.
     _write(tmp_path / "b2.yaml", "name: b2\noutput: o\ninclude: [common.yaml]\nvars: {lr: 0.3}\n"
            "stages: {b: {step: train}}\n")
-    with pytest.raises(ConfigError, match=r"stage 'prep' is also defined"):
+    with pytest.raises(ConfigError, match=r"vars\.lr is 0\.1 in a\.yaml and 0\.3 in b2\.yaml; declare it in top3\.yaml"):
         load_method(_write(tmp_path / "top3.yaml", "name: t\noutput: o\ninclude: [a.yaml, b2.yaml]\n"))
+
+
+def test_an_including_files_stages_use_the_included_files_vars(tmp_path):
+    # tuned_teacher.yaml declares only its own vars; its qa_tt stage reads query_align.yaml's.
+    tt = load_method(ROOT / "configs" / "methods" / "real" / "tuned_teacher.yaml")
+    qa = load_method(ROOT / "configs" / "methods" / "real" / "query_align.yaml")
+    assert tt.stages["qa_tt"].set["optim"]["max_steps"] == qa.vars["qa_steps"]
+    _write(tmp_path / "common.yaml", "name: c\noutput: o\nvars: {lr: 0.1, steps: 5}\n"
+           "stages: {prep: {step: import, set: {lr: '${vars.lr}'}}}\n")
+    top = "name: t\noutput: o\ninclude: [common.yaml]\nstages: {a: {step: train, set: {s: '${vars.steps}', lr: '${vars.lr}'}}}\n"
+    m = load_method(_write(tmp_path / "top.yaml", top))
+    assert m.stages["a"].set == {"s": 5, "lr": 0.1} and m.vars == {"lr": 0.1, "steps": 5}
+    # The command line's value reaches both files' stages; the including file's own value wins too.
+    m = load_method(tmp_path / "top.yaml", ["vars.steps=7", "vars.lr=0.5"])
+    assert m.stages["a"].set == {"s": 7, "lr": 0.5} and m.stages["prep"].set == {"lr": 0.5}
+    m = load_method(_write(tmp_path / "top_own.yaml", top.replace("stages:", "vars: {lr: 0.2}\nstages:")))
+    assert m.stages["a"].set["lr"] == 0.2 and m.stages["prep"].set == {"lr": 0.2}
+    # Two includes that disagree on a var the including file leaves to them: it must choose.
+    _write(tmp_path / "other.yaml", "name: o\noutput: o\nvars: {steps: 9}\nstages: {b: {step: train}}\n")
+    bad = top.replace("[common.yaml]", "[common.yaml, other.yaml]")
+    with pytest.raises(ConfigError, match=r"vars\.steps is 5 in common\.yaml and 9 in other\.yaml; declare it in top2\.yaml"):
+        load_method(_write(tmp_path / "top2.yaml", bad))
+    chosen = load_method(_write(tmp_path / "top3.yaml", bad.replace("stages:", "vars: {steps: 6}\nstages:")))
+    assert chosen.stages["a"].set["s"] == 6
+    # A var no file declares is still an error, naming the stage's key.
+    with pytest.raises(ConfigError, match=r"top4\.yaml: stages\.a\.set\.s: .*vars\.nope"):
+        load_method(_write(tmp_path / "top4.yaml", top.replace("vars.steps", "vars.nope")))
