@@ -10,7 +10,8 @@ Conventions: required values use `MISSING`; nested groups are dataclasses; anyth
 The package: `loader` (load_config, opt, describe_fields, validate_tree), and the dataclasses by area:
 `common` (resources, model, loss), `data` (import, export, generate), `retrieval` (encode, index,
 search, evaluate, mine, score), `training` (train, tune), `method_steps` (report, build, trainset,
-select, speed). Every name is importable from densekit.config.
+select, speed). Every name is importable from densekit.config. The method files' schema and
+`load_method` live in `method_file` (imported from there: they are densekit.methods' part).
 """
 
 from __future__ import annotations
