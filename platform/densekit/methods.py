@@ -39,7 +39,7 @@ from densekit.config.method_file import (  # noqa: F401 (StageConfig, STAGE_NAME
     STAGE_NAME,
     MethodConfig,
     StageConfig,
-    _format_value,
+    format_value,
     load_method,
 )
 from densekit.stage_status import (
@@ -162,7 +162,7 @@ def plan(method: MethodConfig, method_file: Path, deep: bool = False) -> list[Pl
                 for i, item in enumerate(items)
             ]
             value = resolved if isinstance(value, list) else resolved[0]
-            overrides.append(f"{key}={_format_value(value)}")
+            overrides.append(f"{key}={format_value(value)}")
         overrides.append(f"output={output}")
         config_path, written_by = None, None
         if stage.config and REF.match(stage.config):
@@ -313,7 +313,7 @@ def run(argv: list[str]) -> int:
     if method.report:
         from densekit.report import report_run
 
-        report_run(run_dir, [f"{k}={_format_value(v)}" for k, v in _flatten(method.report_set).items()])
+        report_run(run_dir, [f"{k}={format_value(v)}" for k, v in _flatten(method.report_set).items()])
     return 0
 
 

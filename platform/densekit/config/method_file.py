@@ -117,7 +117,7 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
     shared = []
     for path in includes:
         names = _declared_vars(path, seen)
-        shared.append([f"vars.{k}={_format_value(v)}" for k, v in own_vars.items() if k in names])
+        shared.append([f"vars.{k}={format_value(v)}" for k, v in own_vars.items() if k in names])
     # Each include as it is used (with those vars): the stages it defines.
     included = [load_method(p, sv, seen) for p, sv in zip(includes, shared)]
     # An override of a stage an included file defines (`stages.warmup.set.optim.lr=...` on the
@@ -141,11 +141,11 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
                 continue
             if k in inherited and inherited[k][0] != v:
                 raise ConfigError(
-                    f"{method_file}: vars.{k} is {_format_value(inherited[k][0])} in {inherited[k][1].name} "
-                    f"and {_format_value(v)} in {path.name}; declare it in {method_file.name}"
+                    f"{method_file}: vars.{k} is {format_value(inherited[k][0])} in {inherited[k][1].name} "
+                    f"and {format_value(v)} in {path.name}; declare it in {method_file.name}"
                 )
             inherited.setdefault(k, (v, path))
-    defaults = [f"vars.{k}={_format_value(v)}" for k, (v, _) in inherited.items()]
+    defaults = [f"vars.{k}={format_value(v)}" for k, (v, _) in inherited.items()]
     method: MethodConfig = load_config(MethodConfig, method_file, defaults + kept)
     stages: dict[str, StageConfig] = {}
     where: dict[str, Path] = {}
@@ -191,7 +191,7 @@ def _declared_vars(method_file: Path, seen: tuple = (), var_overrides: list[str]
 
 
 
-def _format_value(v: Any) -> str:
+def format_value(v: Any) -> str:
     if isinstance(v, (list, dict)):
         return json.dumps(v)
     if v is None:
