@@ -1,5 +1,6 @@
-"""`densekit tune`: search keys checked before any trial; a 2-trial search (interrupted, then
-resumed) whose best config `densekit train` accepts and whose best model really scores best."""
+"""`densekit tune`: search keys checked before any trial; a 3-trial search (interrupted, then
+resumed) whose best config `densekit train` accepts and whose best model really scores best; (long)
+the same search never interrupted gives the same trials."""
 
 from __future__ import annotations
 
@@ -180,6 +181,12 @@ def test_space_syntax_is_checked_when_loading():
 def test_search_resumes_and_returns_the_best_config(
     tmp_path, train_task, student_dir, ray_session, monkeypatch
 ):
+    _search_interrupted_then_resumed(tmp_path, train_task, student_dir, monkeypatch)
+
+
+def _search_interrupted_then_resumed(tmp_path, train_task, student_dir, monkeypatch):
+    """A 3-trial search, Ctrl-C'd after 2 trials, then resumed; checked. Returns its trial rows
+    and manifest."""
     from ray.tune import Callback
 
     from densekit.artifacts import read_manifest
@@ -282,7 +289,20 @@ def test_search_resumes_and_returns_the_best_config(
     search_report = json.loads((out / "report.json").read_text())["search"]
     assert search_report["chosen"] == manifest["best_trial"]
     assert all(t["seconds"] and t["seconds"] > 0 for t in search_report["trials"])
+    return rows, manifest
 
+
+@pytest.mark.long
+def test_an_interrupted_search_resumes_to_what_an_uninterrupted_one_gives(
+    tmp_path, train_task, student_dir, ray_session, monkeypatch
+):
+    """The search above, interrupted and resumed, against the same search never interrupted with
+    the same seed: the same trials (sampled temperatures included), the same best one."""
+    rows, manifest = _search_interrupted_then_resumed(tmp_path, train_task, student_dir, monkeypatch)
+    from densekit.artifacts import read_manifest
+    from densekit.tune import tune
+
+    base = tmp_path / "base.yaml"
     # The same search, never interrupted, with the same seed: the same trials, the same best one.
     whole = tmp_path / "whole"
     tune(tune_config(base, whole))
@@ -291,8 +311,10 @@ def test_search_resumes_and_returns_the_best_config(
         (r["params"], r["status"], r["steps"]) for r in rows
     ]
     whole_best = read_manifest(whole)
+    best = max(rows, key=lambda r: r["best"])
     assert whole_rows[[r["trial_id"] for r in whole_rows].index(whole_best["best_trial"])]["params"] == best["params"]
     assert whole_best["best"] == pytest.approx(manifest["best"], abs=1e-6)
+
 
 
 @pytest.mark.long
