@@ -4,6 +4,7 @@ a 2-node cluster, encode -> index -> search equals encoding and searching in one
 
 from __future__ import annotations
 
+import logging
 import shutil
 
 import numpy as np
@@ -78,8 +79,6 @@ def test_text_encoder_batched_equals_one_by_one(tiny_model_dir, corpus):
 
 @pytest.mark.ray
 def test_encode_every_pid_once_and_resume(tmp_path, ray_session, tiny_model_dir, corpus, caplog):
-    import logging
-
     path, pids, texts, titles = corpus
     out = tmp_path / "emb"
     cfg = load_config(EncodeConfig, overrides=[
