@@ -590,13 +590,14 @@ class SizeRun:
             )
             return
         self.embeddings_how = (
-            f"densekit encode with {self.model} (max_length {a.max_length}, title=model)"
+            f"densekit encode with {self.model} (max_length {a.max_length}, title=model, compile {a.compile})"
         )
         common = {
             "model": self.model,
             "max_length": a.max_length,
             "batch_size": a.batch_size,
             "overwrite": "true",
+            **({"compile": a.compile} if a.compile != "auto" else {}),
             **self.res,
         }
         cfg = _cfg(
@@ -967,6 +968,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-length", type=int, default=512, help="passage tokens (encode max_length)"
     )
     ap.add_argument("--batch-size", type=int, default=64, help="encode batch size")
+    ap.add_argument(
+        "--compile",
+        choices=["auto", "true", "false"],
+        default="auto",
+        help="encode's compile (auto: encode's default, on for CPU actors of >= 20,000 texts)",
+    )
     ap.add_argument(
         "--workers", type=int, default=2, help="encode actors, search actors; CPUs split among them"
     )
