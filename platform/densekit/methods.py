@@ -33,15 +33,7 @@ from typing import Any, Optional  # noqa: UP035
 from densekit import stopping
 from densekit.artifacts import is_write_key, write_json_atomic
 from densekit.config import ConfigError, load_config
-from densekit.config.method_file import (  # noqa: F401 (StageConfig, STAGE_NAME: re-exported)
-    REF,
-    RESULT_STEPS,
-    STAGE_NAME,
-    MethodConfig,
-    StageConfig,
-    format_value,
-    load_method,
-)
+from densekit.config.method_file import REF, MethodConfig, format_value, load_method
 from densekit.stage_status import (
     changed_inputs,
     input_fingerprints,
