@@ -106,3 +106,25 @@ def test_a_compiled_frozen_teacher_gives_the_same_outputs_and_its_student_trains
     assert not forward.failed and forward.calls == 2
     trained = [p for p in student.parameters() if p.requires_grad]
     assert trained and all(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
+
+
+def test_a_compiled_model_caps_onednns_shape_caches_unless_the_user_set_them():
+    # oneDNN keeps a primitive per input shape; uncapped, a compiled model actor's RSS grew with
+    # the corpus (docs/benchmarks.md). The caps must be in the environment before the first
+    # forward; a user's own value stays.
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        f"import os, sys; sys.path[:0] = {[p for p in sys.path if p]!r}\n"
+        "from densekit.models.compiled import CompiledInference\n"
+        "CompiledInference(lambda x: x, 'f', backend='eager')\n"
+        "print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["16", "16"]
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "LRU_CACHE_CAPACITY": "300"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["16", "300"]

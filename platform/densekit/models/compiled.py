@@ -12,11 +12,20 @@ one warning: a slower run, never a failed one.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+# A compiled model's linear layers run oneDNN primitives made for each input shape (batch size x
+# length), kept in two caches of 1,024 entries (oneDNN's own, PyTorch's ideep LRU). A model actor
+# meets ever new shapes: one process encoding MS-DOC-shaped text grew 660 -> 966 MB over 40,000
+# documents (eager: flat); with both caches at 16 entries it stayed at 584-605 MB, at the same speed
+# (docs/benchmarks.md). Set when a compiled model is made, before its first primitive; a value the
+# user set wins.
+ONEDNN_CACHE_ENV = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16", "LRU_CACHE_CAPACITY": "16"}
 
 # Below this many texts per process, compiling (10-25 s) costs more than it saves (an eager
 # 6-layer MiniLM encodes ~55 passages/s on 2 CPU threads): `compile: null` (auto) leaves it off.
@@ -40,6 +49,8 @@ class CompiledInference:
                  inference_mode: bool = True):
         import torch
 
+        for key, value in ONEDNN_CACHE_ENV.items():
+            os.environ.setdefault(key, value)
         self.fn, self.label = fn, label
         self.compiled = torch.compile(fn, dynamic=True, backend=backend)
         # inference_mode for outputs that stay outputs (encode, score); no_grad for a frozen
