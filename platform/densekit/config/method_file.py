@@ -189,8 +189,6 @@ def _declared_vars(method_file: Path, seen: tuple = (), var_overrides: list[str]
     return names
 
 
-
-
 def format_value(v: Any) -> str:
     if isinstance(v, (list, dict)):
         return json.dumps(v)
