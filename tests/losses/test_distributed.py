@@ -20,7 +20,7 @@ from densekit_testdata import PASSAGES
 
 WORKER = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     import torch, torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
     from densekit.data.collate import TrainCollator
@@ -40,7 +40,15 @@ WORKER = textwrap.dedent(
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     torch.save({"loss": loss.item(), "grads": grads}, f"{out}/rank{rank}.pt")
+    # Tear down while the interpreter is whole: drop DDP's reducer (it holds gloo work), let both
+    # ranks finish before rank 0's store goes, and skip interpreter finalisation, where gloo's
+    # threads can still touch Python objects and abort the process (SIGABRT, "terminate called
+    # without an active exception", once in CI after the results were saved).
+    del ddp, loss
+    dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)
     """
 )
 
