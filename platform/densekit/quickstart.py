@@ -40,8 +40,7 @@ def quickstart(argv: list[str]) -> int:
     """
     from densekit.methods import MethodConfig, run
 
-    path = recipe_path()
-    _check_vars(path, argv)
+    path = recipe_path()  # a misspelt vars.x= fails in load_method, before any work
     rc = run([str(path), *argv])
     if rc or "--dry-run" in argv:
         return rc
@@ -62,22 +61,3 @@ def quickstart(argv: list[str]) -> int:
         f"\n{table}\n\n{compared}Report: {out / REPORT_MD} (plot: {out / PLOT_PNG}); stages took {total:.0f} s.\n"
     )
     return rc
-
-
-def _check_vars(path: Path, argv: list[str]) -> None:
-    """`vars` of a method are free-form: catch a misspelt `vars.x=` here, before any work."""
-    import difflib
-
-    from omegaconf import OmegaConf
-
-    from densekit.errors import ConfigError
-
-    known = list(OmegaConf.load(path).get("vars", {}))
-    for arg in argv:
-        key = arg.split("=", 1)[0]
-        if "=" in arg and key.startswith("vars."):
-            name = key.split(".")[1]
-            if name not in known:
-                close = difflib.get_close_matches(name, known, n=1)
-                hint = f" Did you mean 'vars.{close[0]}'?" if close else ""
-                raise ConfigError(f"unknown quickstart setting '{key}'.{hint} Settings: {', '.join(known)}")
