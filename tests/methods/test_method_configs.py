@@ -251,3 +251,21 @@ def test_an_including_files_stages_use_the_included_files_vars(tmp_path):
     # A var no file declares is still an error, naming the stage's key.
     with pytest.raises(ConfigError, match=r"top4\.yaml: stages\.a\.set\.s: .*vars\.nope"):
         load_method(_write(tmp_path / "top4.yaml", top.replace("vars.steps", "vars.nope")))
+
+
+def test_an_edited_file_is_read_again_and_a_loaded_one_is_not_changed(tmp_path):
+    # Method files and their includes are parsed once per content (a method's includes are read by
+    # every file that includes them): an edit of the same size, in the same instant, must be seen.
+    common = _write(tmp_path / "common.yaml", "name: c\noutput: o\nvars: {lr: 0.1}\n"
+                    "stages: {prep: {step: import, set: {lr: '${vars.lr}', keep: 1}}}\n")
+    top = _write(tmp_path / "top.yaml", "name: t\noutput: o\ninclude: [common.yaml]\n")
+    assert load_method(top).stages["prep"].set == {"lr": 0.1, "keep": 1}
+    common.write_text(common.read_text().replace("0.1", "0.7"))
+    assert load_method(top).stages["prep"].set == {"lr": 0.7, "keep": 1}
+    # Removing a setting on the command line, or changing what a load returned, leaves the next load whole.
+    m = load_method(top, ["~stages.prep.set.keep"])
+    assert m.stages["prep"].set == {"lr": 0.7}
+    m.vars["lr"] = 9.0
+    m.stages["prep"].set["lr"] = 9.0
+    again = load_method(top)
+    assert again.stages["prep"].set == {"lr": 0.7, "keep": 1} and again.vars == {"lr": 0.7}

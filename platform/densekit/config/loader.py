@@ -7,6 +7,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
+import io
+import os
 import re
 import typing
 from dataclasses import field
@@ -165,13 +168,13 @@ def load_config(
         checks, `--dry-run`), required values may stay unset and the merged, type-checked
         OmegaConf object is returned instead.
     """
-    layers = [OmegaConf.structured(cls)]
+    layers = [_schema(cls)]  # merge copies its first layer: the cached schema stays as built
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
         try:
-            loaded = OmegaConf.load(p)
+            loaded = _parsed(os.path.abspath(p), p.read_bytes())
         except Exception as e:  # yaml.YAMLError and friends, with line and column
             raise ConfigError(f"{p}: not valid YAML: {e}") from e
         if not OmegaConf.is_dict(loaded):
@@ -214,6 +217,23 @@ def load_config(
         raise ConfigError(where + _explain(e, cls)) from None
     validate_tree(obj)
     return obj
+
+
+@functools.cache
+def _schema(cls: type) -> Any:
+    """A dataclass's OmegaConf schema, built once per process (a method's plan checks every stage's
+    config against its step's schema; building one from the dataclass is most of a check)."""
+    return OmegaConf.structured(cls)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(path: str, content: bytes) -> Any:
+    """A YAML file parsed once per content: keyed on the bytes read, so an edited file is parsed
+    again (a method's includes are read by every file that includes them). Callers never change the
+    result: load_config only merges it into a copy."""
+    stream = io.StringIO(content.decode("utf-8"))
+    stream.name = path  # YAML's error marks name the file, as when it reads the file itself
+    return OmegaConf.load(stream)
 
 
 def _remove(cfg: Any, key: str) -> None:

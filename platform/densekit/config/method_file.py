@@ -10,6 +10,8 @@ command line's, override the included files' vars of the same name.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -170,7 +172,19 @@ def load_method(method_file: str | Path, overrides: list[str] | None = None, _se
 def _head(method_file: Path, var_overrides: list[str]) -> tuple[list[str], dict[str, Any], set[str]]:
     """A method file's includes, vars and stage names, read before its stages resolve (they may
     use vars only an included file declares)."""
-    merged = load_config(MethodConfig, method_file, var_overrides, allow_missing=True)
+    try:
+        content = method_file.read_bytes()
+    except OSError:  # load_config names the missing or unreadable file
+        return _read_head.__wrapped__(method_file, b"", tuple(var_overrides))
+    include, variables, stages = _read_head(method_file, content, tuple(var_overrides))
+    return list(include), copy.deepcopy(variables), set(stages)
+
+
+@functools.lru_cache(maxsize=256)
+def _read_head(method_file: Path, content: bytes, var_overrides: tuple[str, ...]):
+    """`_head`, once per file content and vars (a method's includes are read again for each file
+    that includes them and for each check of the command line's vars)."""
+    merged = load_config(MethodConfig, method_file, list(var_overrides), allow_missing=True)
     try:
         include = OmegaConf.to_container(merged.include, resolve=True)
         variables = OmegaConf.to_container(merged.vars, resolve=True)
