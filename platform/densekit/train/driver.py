@@ -30,6 +30,13 @@ logger = logging.getLogger(__name__)
 # The package's own settings that Train's workers must see as the driver does.
 FORWARDED_ENV = ("DENSEKIT_LOG_LEVEL", "DENSEKIT_VERIFY_CHECKSUMS")
 
+# Ray Train's controller looks at its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (Ray's default:
+# 2 s), and a run's start and end each wait for such a look: a 24-step run of a tiny model took
+# 17.0 s at 2 s and 13.5 s at 0.2 s (docs/benchmarks.md). A method runs many short train stages.
+# Each look is one small call to each worker. Used when the user has not set the variable; Ray
+# Train passes it from the driver to its controller.
+HEALTH_CHECK_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+
 
 def train(cfg: TrainConfig) -> None:
     """Train a student as `cfg` says; resume the run in `cfg.output` if one was interrupted."""
@@ -135,9 +142,15 @@ def fit(cfg: TrainConfig, callbacks: list | None = None):
         "training %s on %d worker(s) (%s) for %d steps -> %s",
         cfg.model.path, res.num_workers, "GPU" if res.use_gpu else "CPU", cfg.optim.max_steps, out,
     )  # fmt: skip
+    name, interval = HEALTH_CHECK_ENV
+    ours = name not in os.environ
+    if ours:
+        os.environ[name] = interval
     try:
         result = trainer.fit()
     finally:
+        if ours:
+            os.environ.pop(name, None)
         if searcher is not None:
             searcher.close()
     if result.error is not None:
