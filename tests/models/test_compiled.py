@@ -9,7 +9,13 @@ import logging
 import numpy as np
 import pytest
 
-from densekit.models.compiled import COMPILE_MIN_TEXTS, CompiledInference, compile_wanted
+from densekit.models.compiled import (
+    COMPILE_MIN_FLOPS,
+    COMPILE_MIN_TEXTS,
+    CompiledInference,
+    compile_wanted,
+    text_flops,
+)
 from densekit.pipelines.text_encoder import TextEncoder
 from densekit_testdata import needs_cxx
 
@@ -75,6 +81,65 @@ def test_a_genuine_error_is_not_swallowed(tiny_model_dir):
 )
 def test_compile_wanted(setting, texts, gpu, expected):
     assert compile_wanted(setting, texts, gpu) is expected
+
+
+@pytest.mark.parametrize(
+    ("setting", "texts", "gpu", "expected"),
+    [
+        (None, 1_000, False, True),  # 1,000 texts of COMPILE_MIN_FLOPS / 1,000 each: enough work
+        (None, 999, False, False),
+        (None, 10 * COMPILE_MIN_TEXTS, True, False),  # GPU: only when asked
+        (False, 10 * COMPILE_MIN_TEXTS, False, False),
+        (True, 1, False, True),
+    ],
+)
+def test_compile_wanted_by_work(setting, texts, gpu, expected):
+    assert compile_wanted(setting, texts, gpu, flops_per_text=COMPILE_MIN_FLOPS / 1_000) is expected
+
+
+def test_text_flops_counts_the_layers_weights_and_attention(tiny_model_dir):
+    # Independently: 2 FLOPs per weight of the encoder layers' linear maps a token (as the model
+    # itself holds them), and QK^T plus AV (2 x 2 x tokens x hidden a layer and token).
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(tiny_model_dir))
+    weights = sum(m.weight.numel() for m in model.encoder.modules() if isinstance(m, torch.nn.Linear))
+    layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
+    for tokens in (8, 64):
+        assert text_flops(tiny_model_dir, tokens) == tokens * (2 * weights + 4 * tokens * hidden * layers)
+    assert text_flops(tiny_model_dir.parent, 8) is None  # no config.json: the texts rule applies
+
+
+def test_encode_compiles_by_model_size_and_text_length(tmp_path):
+    # The measured cases (docs/benchmarks.md): SciFact's abstracts (cut at 256 tokens) on 2 actors,
+    # 2,592 an actor, through 6 layers of all-MiniLM-L6-v2's size (1.6x faster compiled) and
+    # through its 2-layer cut (even): auto compiles the first only. Short texts are lighter work.
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from densekit.data import records as R
+    from densekit.pipelines.text_encoder import estimated_tokens, text_work
+
+    part = tmp_path / "part-00000.parquet"
+    pq.write_table(pa.table({R.PID: ["a", "b"], R.TITLE: ["t" * 99, None], R.TEXT: ["x" * 2000, "y" * 200]}), part)
+    assert estimated_tokens(part, True, 256) == pytest.approx((256 + 200 / 4 + 2 + 1 / 4) / 2)
+    assert estimated_tokens(part, False, 256) == pytest.approx((256 + 200 / 4 + 2) / 2)
+    long = tmp_path / "long.parquet"
+    pq.write_table(pa.table({R.PID: ["a"], R.TEXT: ["word " * 1000]}), long)
+    decisions = {}
+    for layers in (6, 2):
+        model = tmp_path / f"minilm{layers}"
+        model.mkdir()
+        (model / "config.json").write_text(json.dumps(
+            {"model_type": "bert", "num_hidden_layers": layers, "hidden_size": 384, "intermediate_size": 1536}))
+        flops = text_work(str(model), "passages", False, long, None)  # no spec: densekit's default 256
+        assert flops == text_flops(model, 256)
+        decisions[layers] = compile_wanted(None, 2_592, False, flops)
+        assert text_work(str(model), "passages", False, long, 64) == text_flops(model, 64)  # max_length
+    assert decisions == {6: True, 2: False}
 
 
 @needs_cxx

@@ -47,7 +47,8 @@ class EncodeConfig:
     compile: Optional[bool] = opt(
         None,
         "torch.compile each actor's encoder with frozen weights (~1.9x on CPU, 10-25 s to compile); "
-        "unset = on for CPU actors with >= 20,000 texts each",
+        "unset = on for CPU actors with >= 1e13 FLOPs to run each (texts x their estimated tokens x "
+        "the model's size from its config.json)",
     )
     resources: ResourcesConfig = opt(ResourcesConfig, "actor pool: num_workers actors (GPU each if use_gpu)")
     overwrite: bool = opt(False, "replace a complete output made with another config")

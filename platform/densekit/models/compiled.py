@@ -11,10 +11,12 @@ one warning: a slower run, never a failed one.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -29,16 +31,56 @@ ONEDNN_CACHE_ENV = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16", "LRU_CACHE_CAPACITY
 
 # Below this many texts per process, compiling (10-25 s) costs more than it saves (an eager
 # 6-layer MiniLM encodes ~55 passages/s on 2 CPU threads): `compile: null` (auto) leaves it off.
+# The rule where a caller cannot say how much work a text is (scoring, a frozen teacher).
 COMPILE_MIN_TEXTS = 20_000
 
+# Where it can (encode: the model's config.json and the texts' length), the rule is on the work
+# itself: compile when a process has at least this many forward FLOPs to run. Measured encoding
+# SciFact's 5,183 abstracts at 256 tokens on 2 actors of 1 CPU (docs/benchmarks.md): the 6-layer
+# all-MiniLM-L6-v2 (~16e12 FLOPs an actor) took 152 s compiled against 242 s eager; its 2-layer cut
+# (~5e12) 67 s against 66-68 s, even. 20,000 texts of 32 tokens through the 6-layer model, the
+# rule above, are ~14e12.
+COMPILE_MIN_FLOPS = 10e12
 
-def compile_wanted(setting: bool | None, texts_per_process: float, on_gpu: bool) -> bool:
+
+def compile_wanted(
+    setting: bool | None, texts_per_process: float, on_gpu: bool, flops_per_text: float | None = None
+) -> bool:
     """The `compile` option resolved: True/False as set; None (auto) compiles on CPU when each
-    process has at least COMPILE_MIN_TEXTS texts (or query-passage pairs) to run through the model
-    (on GPU only when asked)."""
+    process has at least COMPILE_MIN_FLOPS to run (texts x `flops_per_text`, see `text_flops`) or,
+    without an estimate of a text's work, at least COMPILE_MIN_TEXTS texts (or query-passage
+    pairs); on GPU only when asked."""
     if setting is not None:
         return bool(setting)
-    return not on_gpu and texts_per_process >= COMPILE_MIN_TEXTS
+    if on_gpu:
+        return False
+    if flops_per_text is None:
+        return texts_per_process >= COMPILE_MIN_TEXTS
+    return texts_per_process * flops_per_text >= COMPILE_MIN_FLOPS
+
+
+def text_flops(model_dir: str | Path, tokens: float) -> float | None:
+    """Forward FLOPs of one text of `tokens` tokens through the transformer in `model_dir`, from
+    its config.json (a two-tower save: its passage tower's): per token and layer, 2 per weight of
+    the attention projections (4 h^2) and the feed-forward (2 h i), and attention over the text
+    (4 tokens h). None when no config gives the layers and widths."""
+    root = Path(model_dir)
+    for path in (root / "config.json", root / "passage" / "config.json"):
+        try:
+            conf = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(conf, dict):
+            continue
+        layers = conf.get("num_hidden_layers", conf.get("n_layers"))
+        hidden = conf.get("hidden_size", conf.get("dim"))
+        if not isinstance(layers, int) or not isinstance(hidden, int) or layers < 1 or hidden < 1:
+            continue
+        inter = conf.get("intermediate_size", conf.get("hidden_dim"))
+        inter = inter if isinstance(inter, int) and inter > 0 else 4 * hidden
+        per_token = layers * (2 * (4 * hidden * hidden + 2 * hidden * inter) + 4 * tokens * hidden)
+        return float(tokens * per_token)
+    return None
 
 
 class CompiledInference:

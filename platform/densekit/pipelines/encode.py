@@ -39,7 +39,13 @@ from densekit.errors import ConfigError, DensekitError, InputError
 from densekit.logs import Progress
 from densekit.models.compiled import compile_wanted
 from densekit.pipelines.embeddings import embeddings_batch, model_fingerprint
-from densekit.pipelines.text_encoder import ROW, TextEncoder, autocast_dtype, encode_texts
+from densekit.pipelines.text_encoder import (
+    ROW,
+    TextEncoder,
+    autocast_dtype,
+    encode_texts,
+    text_work,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -332,7 +338,8 @@ def _stream(
         floor = min(cfg.batch_size, cfg.block_rows)
         batch_rows = max(floor, min(cfg.block_rows, -(-rows // (4 * actors))))
     n_actors = max(1, min(actors, -(-rows // batch_rows)))  # no more actors than batches
-    compile = compile_wanted(cfg.compile, rows / n_actors, res.use_gpu)
+    flops = text_work(cfg.model, kind, with_title, todo[0].path, cfg.max_length) if todo else None
+    compile = compile_wanted(cfg.compile, rows / n_actors, res.use_gpu, flops)
     logger.info(
         "encode %s: %d rows on %d actors, compiled encoder %s%s", kind, rows, n_actors,
         "on" if compile else "off", " (auto)" if cfg.compile is None else "",

@@ -162,3 +162,34 @@ def encode_texts(
     """In-process encoding (no Ray): `[N, D]` float32. For small inputs, tests and benchmarks."""
     enc = TextEncoder(str(model_dir), kind, batch_size=batch_size)
     return enc.encode(list(texts), titles)
+
+
+CHARS_PER_TOKEN = 4.0  # English through a WordPiece or BPE vocabulary: about 4 characters a token
+
+
+def estimated_tokens(part: str | Path, with_title: bool, cap: int, sample: int = 1_000) -> float:
+    """The mean length in tokens of a table's texts as a model sees them (cut at `cap`, with its two
+    special tokens), from the characters of the first `sample` rows of one Parquet part: no
+    tokenizer is loaded on the driver. `cap` when the part has no rows."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    columns = [R.TEXT, R.TITLE] if with_title else [R.TEXT]
+    batch = next(pq.ParquetFile(part).iter_batches(batch_size=sample, columns=columns), None)
+    if batch is None or batch.num_rows == 0:
+        return float(cap)
+    chars = pc.fill_null(pc.utf8_length(batch.column(R.TEXT)), 0).to_numpy(zero_copy_only=False)
+    if with_title:
+        chars = chars + 1 + pc.fill_null(pc.utf8_length(batch.column(R.TITLE)), 0).to_numpy(zero_copy_only=False)
+    return float(np.minimum(chars / CHARS_PER_TOKEN + 2, cap).mean())
+
+
+def text_work(model: str, kind: str, with_title: bool, part: str | Path, max_length: int | None) -> float | None:
+    """Forward FLOPs of one text of a table through `model` at the table's estimated length (the
+    auto `compile` of encode); None when the model's config does not give its size."""
+    from densekit.models.compiled import text_flops
+    from densekit.models.spec import ModelSpec, read_spec, spec_from_sentence_transformers
+
+    spec = read_spec(model) or spec_from_sentence_transformers(model) or ModelSpec()
+    cap = max_length or (spec.max_query_length if kind == "queries" else spec.max_passage_length)
+    return text_flops(model, estimated_tokens(part, with_title, cap))
