@@ -31,7 +31,9 @@ ONEDNN_CACHE_ENV = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16", "LRU_CACHE_CAPACITY
 
 # Below this many texts per process, compiling (10-25 s) costs more than it saves (an eager
 # 6-layer MiniLM encodes ~55 passages/s on 2 CPU threads): `compile: null` (auto) leaves it off.
-# The rule where a caller cannot say how much work a text is (scoring, a frozen teacher).
+# The rule where the work is not estimated: scoring and reranking (a MiniLM-sized cross-encoder
+# scored 6,000 pairs in 120 s eager, 116 s compiled after 19 s of compiling: no gain to decide on,
+# docs/benchmarks.md) and a frozen teacher in training.
 COMPILE_MIN_TEXTS = 20_000
 
 # Where it can (encode: the model's config.json and the texts' length), the rule is on the work
