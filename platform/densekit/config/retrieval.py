@@ -46,7 +46,7 @@ class EncodeConfig:
     storage_dtype: str = opt("float32", "embedding dtype on disk: float32 or float16")
     compile: Optional[bool] = opt(
         None,
-        "torch.compile each actor's encoder with frozen weights (~1.9x on CPU, 10-25 s to compile); "
+        "torch.compile each actor's encoder with frozen weights (1.1-2x on CPU, by host; 10-25 s to compile); "
         "unset = on for CPU actors with >= 1e13 FLOPs to run each (texts x their estimated tokens x "
         "the model's size from its config.json)",
     )

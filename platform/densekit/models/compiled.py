@@ -2,7 +2,8 @@
 *freezing* (weights folded in as constants, linear layers' weights pre-packed for oneDNN).
 
 For inference only (no gradients). Measured on a 2-core CPU with all-MiniLM-L6-v2 in fp32:
-1.8-2.0x the eager model's texts/s at max lengths 32-256, embeddings equal to 1e-6
+1.8-2.0x the eager model's texts/s at max lengths 32-256 (1.1-1.3x on another host of the same
+kind), embeddings equal to 1e-6
 (docs/benchmarks.md, "Compiled encoders"). Compiling costs 10-25 s in each process (its first
 batches; inductor's on-disk cache shortens it for the next process). If compiling fails (no C++
 compiler, an operator inductor cannot lower, ...) the eager function is used from then on, with

@@ -72,7 +72,7 @@ class TextEncoder:
         precision: "auto" | "fp32" | "fp16" | "bf16" (autocast on CUDA only).
         use_gpu: put the model on CUDA when available.
         compile: run the encoder through `torch.compile` with frozen weights
-            (densekit.models.compiled: ~1.9x on CPU, 10-25 s to compile; eager if it fails).
+            (densekit.models.compiled: 1.1-2x on CPU, by host; 10-25 s to compile; eager if it fails).
     """
 
     def __init__(
